@@ -1,0 +1,401 @@
+"""The model catalog: which node serves which model and capability, kept live by heartbeats.
+
+Two ways in: the reference API (``register``/``deregister``, static deployments that never
+expire) and ``apply_heartbeat`` (the live federation: nodes announce themselves, an older
+incarnation is ignored, silent nodes expire). Indexes by capability and by
+(capability, model) are maintained incrementally; listeners learn about every change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.clock import MONOTONIC, Clock
+from shared.errors import Internal
+from shared.messages import Heartbeat, ModelInfo, Privacy
+
+STATIC_CAPACITY = 1_000_000
+"""Capacity given to nodes registered through the reference API (effectively unbounded)."""
+
+_RETIRED_MAX = 4096
+
+
+@dataclass(slots=True, eq=False)
+class NodeInfo:
+    """What the gateway knows about one node (from its last heartbeat or a registration)."""
+
+    node_id: str
+    region: str = "default"
+    models: dict[str, frozenset[str]] = field(default_factory=dict)
+    capabilities: frozenset[str] = frozenset()
+    capacity: int = STATIC_CAPACITY
+    in_flight: int = 0
+    local_in_flight: int = 0
+    privacy: Privacy = Privacy.INTERNAL
+    cost: float = 0.5
+    gpu: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+    incarnation: str = ""
+    started_ms: int = 0
+    interval_ms: int = 1000
+    last_seen: float = 0.0
+    queue_depth: int = 0
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+    seq: int = 0
+    """Catalog insertion number: the stable tie-breaker of every ranking."""
+
+    @property
+    def load(self) -> float:
+        """max(reported in-flight, own dispatches) / capacity (can exceed 1.0)."""
+        return max(self.in_flight, self.local_in_flight) / self.capacity
+
+    @property
+    def at_capacity(self) -> bool:
+        """True when this gateway's own dispatches fill the node's declared capacity."""
+        return self.local_in_flight >= self.capacity
+
+    @property
+    def static(self) -> bool:
+        """True for nodes registered through the reference API (they never expire)."""
+        return not self.incarnation
+
+
+class HeartbeatOutcome(enum.Enum):
+    """What a heartbeat did to the catalog."""
+
+    NEW = "new"
+    UPDATED = "updated"
+    REPLACED = "replaced"
+    STALE = "stale"
+
+
+class CatalogEvent(enum.Enum):
+    """What listeners are told (the router keeps its orderings with these)."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    MOVED = "moved"
+    """Models, capabilities or region changed: index membership changed."""
+    CHANGED = "changed"
+    """A scoring input (cost, gpu, tokens_per_s) changed; memberships did not."""
+
+
+CatalogListener = Callable[[CatalogEvent, NodeInfo], None]
+"""Called synchronously after each catalog change."""
+
+
+@dataclass(slots=True, frozen=True)
+class ModelMetadata:
+    """Metadata of a model (reference shape)."""
+
+    model_id: str
+    name: str
+    version: str
+    capabilities: list[str]
+    parameters: int = 0
+    quantization: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Deployment:
+    """One node serving one model."""
+
+    node_id: str
+    region: str
+    capabilities: frozenset[str]
+
+
+@dataclass(slots=True, frozen=True)
+class ModelEntry:
+    """A model with its metadata and deployments."""
+
+    model_id: str
+    metadata: ModelMetadata
+    deployments: list[Deployment]
+
+
+def _models_of(infos: Iterable[ModelInfo]) -> dict[str, frozenset[str]]:
+    models: dict[str, frozenset[str]] = {}
+    for info in infos:
+        models[info.model] = models.get(info.model, frozenset()) | frozenset(info.capabilities)
+    return models
+
+
+class ModelCatalog:
+    """In-memory catalog of nodes, models and capabilities with incremental indexes."""
+
+    def __init__(self, clock: Clock = MONOTONIC, expiry_intervals: int = 3) -> None:
+        self._clock = clock
+        self._expiry_intervals = expiry_intervals
+        self._nodes: dict[str, NodeInfo] = {}
+        self._raw_models: dict[str, tuple[ModelInfo, ...]] = {}
+        self._by_cap: dict[str, dict[str, NodeInfo]] = {}
+        self._by_cap_model: dict[tuple[str, str], dict[str, NodeInfo]] = {}
+        self._by_model: dict[str, dict[str, NodeInfo]] = {}
+        self._retired: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._listeners: list[CatalogListener] = []
+        self._seq = 0
+
+    # -- listeners ----------------------------------------------------------------
+
+    def add_listener(self, listener: CatalogListener) -> None:
+        """Call ``listener(event, node)`` after every change."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: CatalogEvent, node: NodeInfo) -> None:
+        for listener in self._listeners:
+            listener(event, node)
+
+    # -- index maintenance --------------------------------------------------------
+
+    def _index(self, node: NodeInfo) -> None:
+        nid = node.node_id
+        for model, caps in node.models.items():
+            self._by_model.setdefault(model, {})[nid] = node
+            for cap in caps:
+                self._by_cap_model.setdefault((cap, model), {})[nid] = node
+        for cap in node.capabilities:
+            self._by_cap.setdefault(cap, {})[nid] = node
+
+    def _unindex(self, node: NodeInfo) -> None:
+        nid = node.node_id
+        for model, caps in node.models.items():
+            _discard(self._by_model, model, nid)
+            for cap in caps:
+                _discard(self._by_cap_model, (cap, model), nid)
+        for cap in node.capabilities:
+            _discard(self._by_cap, cap, nid)
+
+    def _add(self, node: NodeInfo) -> None:
+        self._seq += 1
+        node.seq = self._seq
+        self._nodes[node.node_id] = node
+        self._index(node)
+        self._notify(CatalogEvent.ADDED, node)
+
+    def _drop(self, node: NodeInfo) -> None:
+        self._unindex(node)
+        del self._nodes[node.node_id]
+        self._raw_models.pop(node.node_id, None)
+        self._notify(CatalogEvent.REMOVED, node)
+
+    def _set_models(self, node: NodeInfo, models: dict[str, frozenset[str]]) -> None:
+        self._unindex(node)
+        node.models = models
+        node.capabilities = frozenset().union(*models.values()) if models else frozenset()
+        self._index(node)
+
+    def _retire(self, node_id: str, incarnation: str) -> None:
+        if not incarnation:
+            return
+        self._retired[(node_id, incarnation)] = None
+        if len(self._retired) > _RETIRED_MAX:
+            self._retired.popitem(last=False)
+
+    # -- reference API ------------------------------------------------------------
+
+    def register(
+        self, model: str, node_id: str, region: str, capabilities: Iterable[str], **attrs: Any
+    ) -> None:
+        """Deploy ``model`` on ``node_id`` (static: never expires); re-registering updates it."""
+        caps = frozenset(capabilities)
+        node = self._nodes.get(node_id)
+        if node is None:
+            node = NodeInfo(node_id=node_id, region=region, last_seen=self._clock())
+            for key, value in attrs.items():
+                setattr(node, key, value)
+            node.models = {model: caps}
+            node.capabilities = caps
+            self._add(node)
+            return
+        for key, value in attrs.items():
+            setattr(node, key, value)
+        node.region = region
+        models = dict(node.models)
+        models[model] = caps
+        self._set_models(node, models)
+        self._notify(CatalogEvent.MOVED, node)
+
+    def deregister(self, model: str, node_id: str) -> None:
+        """Remove ``model`` from ``node_id``; a static node left with no model goes away."""
+        node = self._nodes.get(node_id)
+        if node is None or model not in node.models:
+            return
+        models = dict(node.models)
+        del models[model]
+        if not models and node.static:
+            self._drop(node)
+            return
+        self._set_models(node, models)
+        self._notify(CatalogEvent.MOVED, node)
+
+    def find_by_capability(self, capability: str) -> list[tuple[str, str]]:
+        """(node_id, region) of every deployment serving ``capability``."""
+        out: list[tuple[str, str]] = []
+        for model, nodes in self._by_model.items():
+            for node in nodes.values():
+                if capability in node.models.get(model, ()):
+                    out.append((node.node_id, node.region))
+        return out
+
+    def list_all(self) -> list[str]:
+        """Distinct model ids with at least one deployment."""
+        return list(self._by_model)
+
+    def get(self, model: str) -> ModelEntry | None:
+        """The model's entry, or None."""
+        nodes = self._by_model.get(model)
+        if not nodes:
+            return None
+        deployments = [Deployment(n.node_id, n.region, n.models[model]) for n in nodes.values()]
+        caps: dict[str, None] = {}
+        for dep in deployments:
+            for cap in sorted(dep.capabilities):
+                caps[cap] = None
+        meta = ModelMetadata(model_id=model, name=model, version="1.0.0", capabilities=list(caps))
+        return ModelEntry(model_id=model, metadata=meta, deployments=deployments)
+
+    def get_metadata(self, model: str) -> ModelMetadata:
+        """The model's metadata (capabilities: union over deployments); raises Internal."""
+        entry = self.get(model)
+        if entry is None:
+            raise Internal(f"Model not found: {model}")
+        return entry.metadata
+
+    def all_entries(self) -> list[ModelEntry]:
+        """Every model entry."""
+        return [e for m in list(self._by_model) if (e := self.get(m)) is not None]
+
+    # -- live federation ----------------------------------------------------------
+
+    def apply_heartbeat(self, node_id: str, hb: Heartbeat) -> HeartbeatOutcome:
+        """Fold one heartbeat into the catalog (node_id comes from the subject)."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            if (node_id, hb.incarnation) in self._retired:
+                return HeartbeatOutcome.STALE
+            self._add(self._from_heartbeat(node_id, hb))
+            return HeartbeatOutcome.NEW
+        if node.incarnation != hb.incarnation:
+            if (node_id, hb.incarnation) in self._retired or hb.started_ms < node.started_ms:
+                return HeartbeatOutcome.STALE
+            self._retire(node_id, node.incarnation)
+            self._drop(node)
+            self._add(self._from_heartbeat(node_id, hb))
+            return HeartbeatOutcome.REPLACED
+        node.last_seen = self._clock()
+        node.capacity = hb.capacity
+        node.in_flight = hb.in_flight
+        node.privacy = hb.privacy
+        node.labels = hb.labels
+        node.draining = hb.draining
+        node.interval_ms = hb.interval_ms
+        node.queue_depth = hb.queue_depth
+        node.ttft_ms = hb.ttft_ms
+        moved = False
+        if hb.models is not self._raw_models.get(node_id) and hb.models != self._raw_models.get(
+            node_id
+        ):
+            self._raw_models[node_id] = hb.models
+            self._set_models(node, _models_of(hb.models))
+            moved = True
+        if hb.region != node.region:
+            node.region = hb.region
+            moved = True
+        changed = (
+            hb.cost != node.cost or hb.gpu != node.gpu or hb.tokens_per_s != node.tokens_per_s
+        )
+        node.cost, node.gpu, node.tokens_per_s = hb.cost, hb.gpu, hb.tokens_per_s
+        if moved:
+            self._notify(CatalogEvent.MOVED, node)
+        elif changed:
+            self._notify(CatalogEvent.CHANGED, node)
+        return HeartbeatOutcome.UPDATED
+
+    def _from_heartbeat(self, node_id: str, hb: Heartbeat) -> NodeInfo:
+        models = _models_of(hb.models)
+        self._raw_models[node_id] = hb.models
+        return NodeInfo(
+            node_id=node_id,
+            region=hb.region,
+            models=models,
+            capabilities=frozenset().union(*models.values()) if models else frozenset(),
+            capacity=hb.capacity,
+            in_flight=hb.in_flight,
+            privacy=hb.privacy,
+            cost=hb.cost,
+            gpu=hb.gpu,
+            labels=hb.labels,
+            draining=hb.draining,
+            incarnation=hb.incarnation,
+            started_ms=hb.started_ms,
+            interval_ms=hb.interval_ms,
+            last_seen=self._clock(),
+            queue_depth=hb.queue_depth,
+            ttft_ms=hb.ttft_ms,
+            tokens_per_s=hb.tokens_per_s,
+        )
+
+    def remove_node(self, node_id: str, incarnation: str | None = None) -> bool:
+        """A leave: drop the node unless ``incarnation`` names another one; True if dropped."""
+        node = self._nodes.get(node_id)
+        if incarnation is not None:
+            self._retire(node_id, incarnation)
+            if node is not None and node.incarnation != incarnation:
+                return False
+        if node is None:
+            return False
+        self._retire(node_id, node.incarnation)
+        self._drop(node)
+        return True
+
+    def expire(self) -> list[str]:
+        """Drop heartbeat nodes silent for expiry_intervals x interval_ms; their ids."""
+        now = self._clock()
+        gone = [
+            n
+            for n in self._nodes.values()
+            if n.incarnation
+            and now - n.last_seen > self._expiry_intervals * n.interval_ms / 1000.0
+        ]
+        for node in gone:
+            self._drop(node)
+        return [n.node_id for n in gone]
+
+    def node(self, node_id: str) -> NodeInfo | None:
+        """The node, or None."""
+        return self._nodes.get(node_id)
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node, in insertion order."""
+        return list(self._nodes.values())
+
+    def nodes_for(self, capability: str, model: str | None = None) -> list[NodeInfo]:
+        """Nodes serving ``capability`` (and ``model`` when given), from the index."""
+        index = self._by_cap.get(capability) if model is None else self._by_cap_model.get(
+            (capability, model)
+        )
+        return list(index.values()) if index else []
+
+    def add_in_flight(self, node_id: str, delta: int) -> None:
+        """Count this gateway's own dispatches to a node (never below zero)."""
+        node = self._nodes.get(node_id)
+        if node is not None:
+            node.local_in_flight = max(0, node.local_in_flight + delta)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def _discard(index: dict[Any, dict[str, NodeInfo]], key: Any, node_id: str) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.pop(node_id, None)
+        if not bucket:
+            del index[key]

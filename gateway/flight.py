@@ -1,0 +1,109 @@
+"""One accepted request while the gateway holds it: a plain record, no behaviour.
+
+A flight lives from the moment a request is accepted until it is answered exactly
+once (``done``); the service owns every flight in one dict keyed by a short token
+that is also the middle of its reply subjects.
+"""
+
+from __future__ import annotations
+
+from shared import messages as m
+
+
+class Flight:
+    """State of one request at this gateway."""
+
+    __slots__ = (
+        "attempt",
+        "attempt_started",
+        "capability",
+        "chunk_log",
+        "deadline",
+        "done",
+        "epoch",
+        "failovers",
+        "first_chunk_at",
+        "key",
+        "last_activity",
+        "last_error",
+        "node_id",
+        "offset",
+        "overhead_ns",
+        "pinged",
+        "probe_slot",
+        "queued_at",
+        "raw",
+        "reason",
+        "reply",
+        "request",
+        "request_id",
+        "score",
+        "seq",
+        "started",
+        "trace_headers",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        request_id: str,
+        capability: str,
+        request: m.InferRequest,
+        raw: bytes,
+        reply: str,
+        started: float,
+        deadline: float,
+    ) -> None:
+        self.key = key
+        self.request_id = request_id
+        self.capability = capability
+        self.request = request
+        self.raw = raw
+        """The service's request body, forwarded to nodes untouched."""
+        self.reply = reply
+        self.started = started
+        self.deadline = deadline
+        self.attempt = 0
+        """Dispatches made so far (the current one's number)."""
+        self.attempt_started = 0.0
+        self.first_chunk_at: float | None = None
+        """When the current attempt produced its first chunk (None: not yet)."""
+        self.last_activity = started
+        self.pinged = False
+        self.node_id: str | None = None
+        self.tried: list[str] = []
+        self.seq = 0
+        """Chunks relayed to the caller so far."""
+        self.offset = 0
+        """Caller seq of the chunk before the current attempt's first one."""
+        self.chunk_log: list[bytes | tuple[str, int]] = []
+        """What was relayed: raw chunk bytes (decoded lazily, on failover) or (text, tokens)."""
+        self.failovers = 0
+        self.epoch = 0
+        self.overhead_ns = 0
+        self.done = False
+        self.probe_slot = False
+        self.queued_at: float | None = None
+        self.last_error: tuple[int, str, str] | None = None
+        """(code, kind, text) of the last failed attempt."""
+        self.score = 0.0
+        self.reason = ""
+        self.trace_headers: dict[str, str] | None = None
+
+    @property
+    def stream(self) -> bool:
+        """Whether the caller asked for a stream."""
+        return self.request.stream
+
+    def relayed(self) -> tuple[str, int]:
+        """Text and token count relayed so far (decodes raw chunks once, on failover)."""
+        texts: list[str] = []
+        tokens = 0
+        for i, item in enumerate(self.chunk_log):
+            if isinstance(item, bytes):
+                chunk = m.chunk_decoder.decode(item)
+                item = self.chunk_log[i] = (chunk.text, chunk.tokens)
+            texts.append(item[0])
+            tokens += item[1]
+        return "".join(texts), tokens

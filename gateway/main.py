@@ -1,0 +1,49 @@
+"""Run one gateway process until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.service import GatewayService
+from shared.config import GatewayConfig, NatsConfig
+from shared.connection import connect
+from shared.runtime import stop_event
+
+log = logging.getLogger("fedgate.gateway")
+
+
+async def serve(
+    nats_cfg: NatsConfig,
+    cfg: GatewayConfig,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
+    """Connect, serve until ``stop`` (default: a signal), then stop gracefully."""
+    stop = stop or stop_event()
+    holder: list[GatewayService] = []
+
+    async def on_disconnect() -> None:
+        if holder:
+            holder[0].on_disconnect()
+
+    async def on_reconnect() -> None:
+        if holder:
+            holder[0].on_reconnect()
+
+    nc = await connect(
+        nats_cfg, service=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
+    )
+    service = GatewayService(nc, cfg)
+    holder.append(service)
+    await service.start()
+    log.info(
+        "gateway %s serving %s on %s", service.gateway_id, service.subjects.infer_all, nats_cfg.url
+    )
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("gateway %s stopping", service.gateway_id)
+    await service.stop()
+    await nc.drain()
+    return 0

@@ -1,0 +1,734 @@
+"""The gateway service: wires the federation core to NATS.
+
+Hot path, callback-driven (no task per request or per chunk):
+
+    infer.<cap> ──▶ _on_request: decode, route, publish dispatch ─▶ fed.node.<id>.infer
+                                                       reply: <inbox>.<key>.<attempt>
+    <inbox>.>   ──▶ _on_reply: relay chunk/result to the caller (bytes untouched unless
+                    a failover shifted seq), finish on the terminal message
+    sweeper     ──▶ deadlines, first-chunk and stall timeouts, liveness pings, expiry
+
+A failed attempt before the first chunk is retried on another node (tenacity's
+backoff); after chunks were relayed, a resumable stream fails over with ``resume``.
+Every accepted request is answered exactly once (``Flight.done``), before its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from gateway.breaker import CircuitBreaker
+from gateway.catalog import HeartbeatOutcome, ModelCatalog
+from gateway.control import Control
+from gateway.flight import Flight
+from gateway.health import HealthChecker
+from gateway.retry import RetryPolicy
+from gateway.router import Router
+from gateway.stats import GatewayStats
+from shared import errors
+from shared import headers as h
+from shared import messages as m
+from shared.config import GatewayConfig
+from shared.connection import RateLimitedLog
+from shared.subjects import GATEWAY_QUEUE, Subjects
+
+log = logging.getLogger("fedgate.gateway")
+
+RESUMABLE = frozenset({"generate", "code"})
+"""Capabilities whose streams can continue on another node (text continuation)."""
+
+_RETRYABLE_NODE_ERRORS = frozenset({"overloaded", "node_draining", "no_capacity", "duplicate"})
+"""Node answers that send the request elsewhere without counting against the node."""
+
+
+class GatewayService:
+    """One gateway process: routes ``infer.>`` requests to nodes and relays replies."""
+
+    def __init__(
+        self,
+        nc: Client,
+        config: GatewayConfig | None = None,
+        *,
+        catalog: ModelCatalog | None = None,
+        health: HealthChecker | None = None,
+        breaker: CircuitBreaker | None = None,
+        router: Router | None = None,
+        stats: GatewayStats | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.nc = nc
+        self.config = cfg = config or GatewayConfig()
+        self.gateway_id = cfg.gateway_id or f"gw-{secrets.token_hex(4)}"
+        self.subjects = Subjects(cfg.public_root, cfg.internal_root)
+        self.clock = clock
+        self.catalog = catalog or ModelCatalog(clock=clock)
+        self.health = health or HealthChecker(clock=clock)
+        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.router = router or Router(
+            self.catalog, self.health, self.breaker, config=_router_config(cfg), clock=clock
+        )
+        self.stats = stats or GatewayStats(clock=clock)
+        self._strategy_name = self.router.config.strategy.name.lower()
+        self.retry = RetryPolicy(
+            cfg.max_retries, cfg.retry_backoff_initial_s, cfg.retry_backoff_max_s
+        )
+        self.control = Control(self)
+        self._flights: dict[str, Flight] = {}
+        self._by_request_id: dict[str, Flight] = {}
+        self._waiting: deque[Flight] = deque()
+        self._next_key = 0
+        self._inbox = ""
+        self._inbox_len = 0
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connected = True
+        self._epoch = 0
+        self._accepting = False
+        self._idle = asyncio.Event()
+        self._noisy = RateLimitedLog(log)
+        self._decisions_pending: list[bytes] = []
+        self.failovers = 0
+        self.retries = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to everything and start the background loops."""
+        s = self.subjects
+        self._inbox = self.nc.new_inbox()
+        self._inbox_len = len(self._inbox) + 1
+        subscribe = self.nc.subscribe
+        self._subs += [
+            await subscribe(self._inbox + ".>", cb=self._on_reply),
+            await subscribe(s.heartbeat_all, cb=self._on_heartbeat),
+            await subscribe(s.leave_all, cb=self._on_leave),
+            await subscribe(s.cancel_all, cb=self._on_cancel),
+        ]
+        self._subs += await self.control.subscribe()
+        await self.nc.flush()
+        # Intake last: the catalog fills from heartbeats first.
+        self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))
+        await self.nc.flush()
+        self._accepting = True
+        self._spawn(self._sweep_loop(), "sweeper")
+        self._spawn(self._probe_loop(), "prober")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop intake, let in-flight requests finish (bounded), then end the rest."""
+        if not self._accepting and not self._subs:
+            return
+        self._accepting = False
+        intake = self._subs[-1] if self._subs else None
+        if intake is not None:
+            with contextlib.suppress(Exception):
+                await intake.unsubscribe()
+        if self._flights:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        for flight in list(self._flights.values()):
+            await self._finish_error(flight, errors.Interrupted("gateway shutting down"))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        await self.control.close()
+
+    def on_disconnect(self) -> None:
+        """NATS connection lost: nothing seen from now on counts against a node."""
+        self._connected = False
+        self._epoch += 1
+
+    def on_reconnect(self) -> None:
+        """NATS connection back."""
+        self._connected = True
+        self._epoch += 1
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests accepted and not yet answered."""
+        return len(self._flights)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for capacity."""
+        return len(self._waiting)
+
+    # -- intake --------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        t0 = time.perf_counter_ns()
+        reply = msg.reply
+        if not reply:
+            return  # nobody to answer: a plain publish is not a request
+        capability = self.subjects.capability_of(msg.subject)
+        if capability is None:
+            await self._reply_error(
+                reply,
+                errors.BadRequest(
+                    f"bad subject {msg.subject!r}: use "
+                    f"{self.subjects.public}.<capability> with [a-z0-9_-]"
+                ),
+            )
+            return
+        raw = msg.data or b"{}"
+        if len(raw) > self.config.max_payload_bytes:
+            await self._reply_error(reply, errors.BadRequest("payload too large"))
+            return
+        try:
+            request = m.request_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            await self._reply_error(reply, errors.BadRequest(f"invalid request: {exc}"))
+            return
+        except msgspec.DecodeError:
+            await self._reply_error(reply, errors.BadRequest("body is not a JSON object"))
+            return
+        request_id = request.request_id or secrets.token_hex(8)
+        if request_id in self._by_request_id:
+            await self._reply_error(reply, errors.Duplicate(f"{request_id} is already in flight"))
+            return
+        request = msgspec.structs.replace(request, capability=capability)
+        now = self.clock()
+        timeout_s = (
+            request.timeout_ms / 1000 if request.timeout_ms else self.config.request_timeout_s
+        )
+        self._next_key += 1
+        flight = Flight(
+            key=f"{self._next_key:x}",
+            request_id=request_id,
+            capability=capability,
+            request=request,
+            raw=raw,
+            reply=reply,
+            started=now,
+            deadline=now + timeout_s,
+        )
+        if msg.headers and h.TRACEPARENT in msg.headers:
+            flight.trace_headers = {
+                k: v for k, v in msg.headers.items() if k in (h.TRACEPARENT, h.TRACESTATE)
+            }
+        self._flights[flight.key] = flight
+        self._by_request_id[request_id] = flight
+        self.stats.record_request(request.tenant_id)
+        if request.stream:
+            self.stats.stream_started()
+        await self._dispatch(flight)
+        flight.overhead_ns += time.perf_counter_ns() - t0
+
+    # -- dispatch ------------------------------------------------------------------
+
+    async def _dispatch(self, flight: Flight, resume: m.Resume | None = None) -> bool:
+        """Route and send the next attempt, or finish with the routing error.
+
+        Returns False when the flight waits (or keeps waiting) in the capacity queue.
+        """
+        try:
+            candidate = self.router.route(flight.request, exclude=flight.tried)
+        except errors.Overloaded as exc:
+            if flight.queued_at is not None:
+                return False  # stays queued; tried again when capacity frees
+            if len(self._waiting) < self.config.max_queue and resume is None:
+                flight.queued_at = self.clock()
+                self._waiting.append(flight)
+                return False
+            await self._finish_error(flight, exc)
+            return True
+        except errors.FedError as exc:
+            await self._finish_error(flight, self._final_error(flight, exc))
+            return True
+        node = candidate.node
+        node_id = node.node_id
+        flight.queued_at = None
+        flight.attempt += 1
+        flight.tried.append(node_id)
+        flight.node_id = node_id
+        flight.score = candidate.score
+        flight.reason = self._strategy_name
+        flight.probe_slot = True
+        flight.epoch = self._epoch
+        now = self.clock()
+        flight.attempt_started = now
+        flight.first_chunk_at = None
+        flight.last_activity = now
+        flight.pinged = False
+        flight.offset = flight.seq
+        self.catalog.add_in_flight(node_id, 1)
+        remaining_ms = max(1, int((flight.deadline - now) * 1000))
+        body = b"".join(
+            (
+                b'{"request":',
+                flight.raw,
+                b',"attempt":',
+                str(flight.attempt).encode(),
+                b',"resume":',
+                m.encode(resume) if resume is not None else b"null",
+                b',"capability":"',
+                flight.capability.encode(),
+                b'","request_id":"',
+                flight.request_id.encode(),
+                b'","timeout_ms":',
+                str(remaining_ms).encode(),
+                b"}",
+            )
+        )
+        try:
+            await self.nc.publish(
+                self.subjects.node_infer(node_id),
+                body,
+                reply=f"{self._inbox}.{flight.key}.{flight.attempt}",
+                headers=flight.trace_headers,
+            )
+        except Exception as exc:  # disconnected with a full buffer, closed, ...
+            await self._attempt_failed(
+                flight, node_fault=False, error=errors.Internal(f"dispatch failed: {exc}")
+            )
+        return True
+
+    def _final_error(self, flight: Flight, routing_error: errors.FedError) -> errors.FedError:
+        """The error to answer when no further node can be tried."""
+        if flight.attempt == 0 or flight.last_error is None:
+            return routing_error
+        code, kind, text = flight.last_error
+        if flight.seq:
+            return errors.Interrupted(f"stream lost its node after {flight.seq} chunks: {text}")
+        if kind == "timeout":
+            return errors.Timeout(detail=text)
+        if kind == "overloaded":
+            return errors.Overloaded(text)
+        err = errors.from_headers({h.FED_ERROR: kind, h.ERROR_CODE: str(code), h.ERROR: text})
+        return err or errors.Internal(text)
+
+    # -- relay ---------------------------------------------------------------------
+
+    async def _on_reply(self, msg: Msg) -> None:
+        t0 = time.perf_counter_ns()
+        key, _, tag = msg.subject[self._inbox_len :].partition(".")
+        flight = self._flights.get(key)
+        if flight is None:
+            return  # late message of a finished request
+        if tag != str(flight.attempt):
+            await self._on_side_reply(flight, tag, msg)
+            return
+        hdrs = msg.headers
+        data = msg.data
+        if hdrs:
+            if hdrs.get(h.NATS_STATUS) == "503":
+                await self._attempt_failed(
+                    flight,
+                    node_fault=True,
+                    error=errors.NodeUnreachable(flight.node_id or ""),
+                    gone=True,
+                )
+                return
+            kind = hdrs.get(h.FED_ERROR)
+            if kind is not None or h.ERROR_CODE in hdrs:
+                await self._node_error(flight, hdrs)
+                return
+        now = self.clock()
+        flight.last_activity = now
+        flight.pinged = False
+        if flight.first_chunk_at is None:
+            flight.first_chunk_at = now
+        if not flight.request.stream:
+            if data:
+                await self._finish_ok(flight, data, hdrs)
+            return
+        if not data:  # terminal message of a stream
+            await self._finish_ok(flight, b"", hdrs)
+            return
+        flight.seq += 1
+        if flight.offset:
+            chunk = m.chunk_decoder.decode(data)
+            flight.chunk_log.append((chunk.text, chunk.tokens))
+            data = m.encode(m.Chunk(seq=flight.seq, text=chunk.text, tokens=chunk.tokens))
+        else:
+            flight.chunk_log.append(data)
+        await self.nc.publish(flight.reply, data, reply=f"{self._inbox}.{key}.c")
+        flight.overhead_ns += time.perf_counter_ns() - t0
+
+    async def _on_side_reply(self, flight: Flight, tag: str, msg: Msg) -> None:
+        status = msg.headers.get(h.NATS_STATUS) if msg.headers else None
+        if tag == "c":  # caller-gone probe on a relayed chunk
+            if status == "503":
+                await self._caller_gone(flight)
+        elif tag == f"p{flight.attempt}" and status == "503":  # liveness ping: node gone
+            await self._attempt_failed(
+                flight,
+                node_fault=True,
+                error=errors.NodeUnreachable(flight.node_id or ""),
+                gone=True,
+            )
+
+    async def _node_error(self, flight: Flight, hdrs: dict[str, str]) -> None:
+        kind = hdrs.get(h.FED_ERROR, "internal")
+        code_text = hdrs.get(h.ERROR_CODE, "500")
+        code = int(code_text) if code_text.isdigit() else 500
+        text = hdrs.get(h.ERROR, kind)
+        if kind == "bad_request" or code == 400:
+            self._release(flight, success=None)
+            await self._finish_error(flight, errors.BadRequest(text))
+            return
+        node_fault = kind not in _RETRYABLE_NODE_ERRORS and kind != "cancelled"
+        err = errors.from_headers(hdrs) or errors.Internal(text)
+        await self._attempt_failed(flight, node_fault=node_fault, error=err, code=code, kind=kind)
+
+    async def _attempt_failed(
+        self,
+        flight: Flight,
+        *,
+        node_fault: bool,
+        error: errors.FedError,
+        code: int | None = None,
+        kind: str | None = None,
+        gone: bool = False,
+    ) -> None:
+        """The current attempt failed: retry, fail over, or answer the error."""
+        if flight.done:
+            return
+        node_id = flight.node_id
+        counts = node_fault and self._connected and flight.epoch == self._epoch
+        self._release(flight, success=False if counts else None)
+        if gone and node_id is not None:
+            self._cancel_on_node(node_id, flight.request_id)
+        elif node_id is not None and flight.seq:
+            self._cancel_on_node(node_id, flight.request_id)
+        flight.last_error = (code or error.code, kind or error.kind, error.message)
+        remaining = flight.deadline - self.clock()
+        if flight.seq:
+            if flight.capability not in RESUMABLE:
+                await self._finish_error(
+                    flight,
+                    errors.Interrupted(
+                        f"{flight.capability} streams cannot resume: {error.message}"
+                    ),
+                )
+                return
+            if flight.attempt > self.config.max_retries or remaining <= 0:
+                await self._finish_error(flight, errors.Interrupted(error.message))
+                return
+            text, tokens = flight.relayed()
+            self.failovers += 1
+            flight.failovers += 1
+            await self._dispatch(flight, m.Resume(text=text, tokens=tokens))
+            return
+        delay = self.retry.next_delay(flight.attempt, remaining)
+        if delay is None:
+            await self._finish_error(flight, self._final_error(flight, error))
+            return
+        self.retries += 1
+        if delay <= 0.001:
+            await self._dispatch(flight)
+        else:
+            self._spawn(self._retry_later(flight, delay), "retry")
+
+    async def _retry_later(self, flight: Flight, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not flight.done:
+            await self._dispatch(flight)
+
+    def _release(self, flight: Flight, success: bool | None) -> None:
+        """End the current attempt's hold on its node; report the outcome if any."""
+        node_id = flight.node_id
+        if node_id is None or not flight.probe_slot:
+            return
+        flight.probe_slot = False
+        self.catalog.add_in_flight(node_id, -1)
+        if success is None:
+            self.breaker.release(node_id)
+        elif success:
+            latency = (flight.first_chunk_at or self.clock()) - flight.attempt_started
+            if not flight.request.stream:
+                latency = self.clock() - flight.attempt_started
+            self.health.report_success(node_id, latency)
+            self.breaker.record_success(node_id)
+        else:
+            self.health.report_failure(node_id)
+            self.breaker.record_failure(node_id)
+        if self._waiting:
+            self._spawn(self._drain_waiting(), "drain-queue")
+
+    async def _drain_waiting(self) -> None:
+        """Dispatch queued requests, oldest first, while nodes have capacity."""
+        while self._waiting:
+            flight = self._waiting[0]
+            if flight.done or flight.queued_at is None:
+                self._waiting.popleft()
+                continue
+            if not await self._dispatch(flight):
+                return
+
+    def _cancel_on_node(self, node_id: str, request_id: str) -> None:
+        body = m.encode(m.CancelNode(request_id=request_id))
+        self._spawn(self.nc.publish(self.subjects.node_cancel(node_id), body), "cancel")
+
+    # -- finishing -----------------------------------------------------------------
+
+    async def _finish_ok(
+        self, flight: Flight, data: bytes, node_headers: dict[str, str] | None
+    ) -> None:
+        t0 = time.perf_counter_ns()
+        if flight.done:
+            return
+        self._release(flight, success=True)
+        node_headers = node_headers or {}
+        served_by = flight.node_id or ""
+        hdrs = {
+            h.SERVED_BY: served_by,
+            h.ATTEMPTS: str(flight.attempt),
+            h.OVERHEAD_US: str((flight.overhead_ns + time.perf_counter_ns() - t0) // 1000),
+            h.REQUEST_ID: flight.request_id,
+        }
+        tokens = 0
+        if flight.request.stream:
+            tokens_text = node_headers.get(h.TOKENS, "0")
+            tokens = int(tokens_text) if tokens_text.isdigit() else 0
+            hdrs[h.STATUS] = "ok"
+            hdrs[h.TOKENS] = str(tokens)
+            hdrs[h.FINISH_REASON] = node_headers.get(h.FINISH_REASON, "stop")
+        else:
+            try:
+                tokens = int(m.any_decoder.decode(data).get("tokens", 0))
+            except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+                tokens = 0
+        if flight.trace_headers:
+            hdrs.update(flight.trace_headers)
+        self._forget(flight)
+        await self._publish_reply(flight.reply, data, hdrs)
+        self.stats.record_success(
+            self.clock() - flight.started, tokens, served_by, flight.request.tenant_id
+        )
+        self._decision(flight, "ok")
+
+    async def _finish_error(self, flight: Flight, error: errors.FedError) -> None:
+        if flight.done:
+            return
+        self._release(flight, success=None)
+        self._forget(flight)
+        hdrs = error.headers()
+        hdrs[h.ATTEMPTS] = str(flight.attempt)
+        hdrs[h.REQUEST_ID] = flight.request_id
+        if flight.node_id:
+            hdrs[h.SERVED_BY] = flight.node_id
+        await self._publish_reply(flight.reply, b"", hdrs)
+        if error.kind == "cancelled":
+            self.stats.record_failure(flight.node_id, flight.request.tenant_id)
+        else:
+            self.stats.record_failure(flight.node_id, flight.request.tenant_id)
+        self._decision(flight, error.kind)
+
+    def _forget(self, flight: Flight) -> None:
+        flight.done = True
+        self._flights.pop(flight.key, None)
+        self._by_request_id.pop(flight.request_id, None)
+        if not self._flights:
+            self._idle.set()
+        if flight.request.stream:
+            self.stats.stream_ended()
+
+    async def _publish_reply(self, reply: str, data: bytes, hdrs: dict[str, str]) -> None:
+        try:
+            await self.nc.publish(reply, data, headers=hdrs)
+        except Exception as exc:
+            self._noisy.warning("reply", "could not answer %s: %s", reply, exc)
+
+    async def _reply_error(self, reply: str, error: errors.FedError) -> None:
+        await self._publish_reply(reply, b"", error.headers())
+
+    def _decision(self, flight: Flight, outcome: str) -> None:
+        if not self.config.decisions:
+            return
+        self._decisions_pending.append(
+            m.encode(
+                m.Decision(
+                    request_id=flight.request_id,
+                    capability=flight.capability,
+                    model=flight.request.model,
+                    chosen=flight.node_id,
+                    attempt=flight.attempt,
+                    score=round(flight.score, 4),
+                    reason=flight.reason,
+                    gateway=self.gateway_id,
+                    outcome=outcome,
+                )
+            )
+        )
+
+    async def _flush_decisions(self) -> None:
+        pending, self._decisions_pending = self._decisions_pending, []
+        subject = self.subjects.decisions
+        for body in pending:
+            await self.nc.publish(subject, body)
+
+    # -- cancel, caller gone -------------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        flight = self._by_request_id.get(self.subjects.last_token(msg.subject))
+        if flight is None or flight.done:
+            return
+        if flight.node_id is not None and flight.probe_slot:
+            self._cancel_on_node(flight.node_id, flight.request_id)
+        await self._finish_error(flight, errors.Cancelled("cancelled by the caller"))
+
+    async def _caller_gone(self, flight: Flight) -> None:
+        if flight.done:
+            return
+        if flight.node_id is not None and flight.probe_slot:
+            self._cancel_on_node(flight.node_id, flight.request_id)
+        self._release(flight, success=None)
+        self._forget(flight)
+        self.stats.record_failure(flight.node_id, flight.request.tenant_id)
+        self._decision(flight, "caller_gone")
+
+    # -- heartbeats and leave ------------------------------------------------------
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        node_id = self.subjects.last_token(msg.subject)
+        try:
+            hb = m.heartbeat_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            self._noisy.warning("bad-heartbeat", "bad heartbeat on %s: %s", msg.subject, exc)
+            return
+        if hb.node_id is not None and hb.node_id != node_id:
+            self._noisy.warning(
+                "spoofed-heartbeat",
+                "heartbeat on %s claims node %r: rejected",
+                msg.subject,
+                hb.node_id,
+            )
+            return
+        outcome = self.catalog.apply_heartbeat(node_id, hb)
+        if outcome is HeartbeatOutcome.NEW:
+            self.health.register_node(node_id)
+        elif outcome is HeartbeatOutcome.REPLACED:
+            self.health.register_node(node_id)
+            await self._node_lost(node_id, "node restarted")
+        if self._waiting:
+            await self._drain_waiting()
+
+    async def _on_leave(self, msg: Msg) -> None:
+        node_id = self.subjects.last_token(msg.subject)
+        incarnation = None
+        if msg.data:
+            try:
+                incarnation = m.leave_decoder.decode(msg.data).incarnation
+            except msgspec.DecodeError:
+                return
+        if self.catalog.remove_node(node_id, incarnation):
+            self.health.deregister_node(node_id)
+            await self._node_lost(node_id, "node left")
+
+    async def _node_lost(self, node_id: str, why: str) -> None:
+        for flight in [f for f in self._flights.values() if f.node_id == node_id and f.probe_slot]:
+            await self._attempt_failed(
+                flight, node_fault=False, error=errors.NodeUnreachable(node_id), gone=True
+            )
+
+    # -- background loops ----------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        tick = min(0.05, self.config.liveness_probe_s / 2)
+        last_expiry = self.clock()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await self._sweep()
+                if self._decisions_pending:
+                    await self._flush_decisions()
+                now = self.clock()
+                if now - last_expiry >= 0.5:
+                    last_expiry = now
+                    for node_id in self.catalog.expire():
+                        self.health.deregister_node(node_id)
+                        await self._node_lost(node_id, "heartbeats stopped")
+            except Exception:
+                log.exception("sweeper error")
+
+    async def _sweep(self) -> None:
+        now = self.clock()
+        cfg = self.config
+        for flight in list(self._flights.values()):
+            if flight.done:
+                continue
+            if now >= flight.deadline:
+                if flight.node_id and flight.probe_slot:
+                    self._cancel_on_node(flight.node_id, flight.request_id)
+                timeout_s = flight.deadline - flight.started
+                await self._finish_error(flight, errors.Timeout(timeout_s))
+                continue
+            if flight.queued_at is not None or not flight.probe_slot:
+                continue
+            if flight.first_chunk_at is None:
+                if now - flight.attempt_started >= cfg.first_chunk_timeout_s:
+                    await self._attempt_failed(
+                        flight,
+                        node_fault=True,
+                        error=errors.Timeout(
+                            detail=f"no answer from {flight.node_id} within "
+                            f"{cfg.first_chunk_timeout_s:g}s"
+                        ),
+                    )
+                    continue
+            elif now - flight.last_activity >= cfg.stall_timeout_s:
+                await self._attempt_failed(
+                    flight,
+                    node_fault=True,
+                    error=errors.Timeout(
+                        detail=f"{flight.node_id} stalled for {cfg.stall_timeout_s:g}s"
+                    ),
+                )
+                continue
+            if not flight.pinged and now - flight.last_activity >= cfg.liveness_probe_s:
+                flight.pinged = True
+                await self.nc.publish(
+                    self.subjects.node_ping(flight.node_id or ""),
+                    b"",
+                    reply=f"{self._inbox}.{flight.key}.p{flight.attempt}",
+                )
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.probe_interval_s)
+            if not self._connected:
+                continue
+            for node_id in self.health.needs_probe():
+                self._spawn(self._probe(node_id), "probe")
+
+    async def _probe(self, node_id: str) -> None:
+        try:
+            await self.nc.request(self.subjects.node_ping(node_id), b"", timeout=1.0)
+        except Exception:
+            if self._connected:
+                self.health.report_failure(node_id)
+            return
+        self.health.report_probe_success(node_id)
+
+
+def _router_config(cfg: GatewayConfig) -> Any:
+    from gateway.router import LoadBalanceStrategy, RouterConfig
+
+    try:
+        strategy = LoadBalanceStrategy[cfg.strategy.upper()]
+    except KeyError as exc:
+        names = ", ".join(s.name.lower() for s in LoadBalanceStrategy)
+        raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {names}") from exc
+    return RouterConfig(strategy=strategy)

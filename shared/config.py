@@ -1,0 +1,145 @@
+"""Configuration value objects, loaded once at the edge (CLI flags, env, TOML file).
+
+Precedence, highest first: command-line flags, ``FEDGATE_*`` environment variables,
+the TOML file given by ``--config`` (or ``FEDGATE_CONFIG``), then the defaults below.
+Config Structs are strict: an unknown key in a file is an error, not a silent typo.
+Secrets are masked in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of the config Structs."""
+
+    def __repr__(self) -> str:
+        fields = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in _SECRET_FIELDS and value:
+                value = "***"
+            fields.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+
+C = TypeVar("C", bound="Config")
+
+_SECRET_FIELDS = frozenset({"password", "token", "nkey_seed"})
+
+
+class NatsConfig(Config, frozen=True, kw_only=True):
+    """How to reach NATS: servers and credentials (shared by every component)."""
+
+    url: str = DEFAULT_NATS_URL
+    """One URL or several separated by commas (a cluster)."""
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    nkey_seed: str | None = None
+    """Path to an nkey seed file."""
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    inbox_prefix: str = "_INBOX"
+    connect_timeout_s: PositiveSeconds = 2.0
+    name: str | None = None
+
+    @property
+    def servers(self) -> list[str]:
+        """The server URLs."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class GatewayConfig(Config, frozen=True, kw_only=True):
+    """Behaviour of one gateway process."""
+
+    gateway_id: str | None = None
+    """Defaults to a random id."""
+    public_root: str = "infer"
+    internal_root: str = "fed"
+    max_retries: Annotated[int, Meta(ge=0, le=20)] = 3
+    request_timeout_s: PositiveSeconds = 30.0
+    """Deadline of a request that gives no ``timeout_ms``."""
+    first_chunk_timeout_s: PositiveSeconds = 10.0
+    """Longest wait for a node's first chunk (or its whole non-streaming reply)."""
+    stall_timeout_s: PositiveSeconds = 2.0
+    """Longest silence between two chunks before the gateway fails over."""
+    liveness_probe_s: PositiveSeconds = 0.25
+    """Silence after which the gateway pings a streaming node to see whether it is gone."""
+    retry_backoff_initial_s: Annotated[float, Meta(ge=0, le=60)] = 0.02
+    retry_backoff_max_s: Annotated[float, Meta(ge=0, le=60)] = 0.5
+    max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
+    """Requests that may wait for capacity; beyond it, ``429 overloaded`` at once."""
+    max_payload_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    strategy: str = "least_latency"
+    decisions: bool = True
+    """Publish each routing decision on ``fed.decisions``."""
+    probe_interval_s: PositiveSeconds = 2.0
+    """How often Unknown/Unhealthy nodes are pinged."""
+
+
+class WorkerConfig(Config, frozen=True, kw_only=True):
+    """Identity and limits of one worker node."""
+
+    node_id: str
+    region: str = "default"
+    models: tuple[str, ...] = ("synthetic",)
+    capabilities: tuple[str, ...] = ("generate",)
+    capacity: Annotated[int, Meta(ge=1)] = 4
+    privacy: str = "internal"
+    cost: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    gpu: bool = False
+    labels: dict[str, str] = {}
+    heartbeat_interval_s: PositiveSeconds = 1.0
+    drain_timeout_s: PositiveSeconds = 10.0
+    public_root: str = "infer"
+    internal_root: str = "fed"
+    stream_interval_ms: Annotated[int, Meta(ge=0)] = 0
+    """Coalesce chunks produced within this window into one message (0 = off)."""
+
+
+def load_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Read a TOML config file (``[nats]``, ``[gateway]``, ``[worker]`` tables)."""
+    if not path:
+        return {}
+    try:
+        with Path(path).open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ValueError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def env_values(prefix: str, struct: type[Config]) -> dict[str, str]:
+    """``FEDGATE_<PREFIX>_<FIELD>`` (and ``FEDGATE_NATS_URL`` style) values present in the env."""
+    out: dict[str, str] = {}
+    for name in struct.__struct_fields__:
+        key = f"FEDGATE_{prefix}_{name}".upper() if prefix else f"FEDGATE_{name}".upper()
+        if key in os.environ:
+            out[name] = os.environ[key]
+    return out
+
+
+def build(struct: type[C], *layers: dict[str, Any]) -> C:
+    """Merge layers (lowest precedence first, None values skipped) into a validated Struct."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    try:
+        return msgspec.convert(merged, struct, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid {struct.__name__}: {exc}") from exc

@@ -1,0 +1,98 @@
+"""Every subject fedgate uses, built from the two configurable roots.
+
+The public root (default ``infer``) is where services ask; the internal root (default
+``fed``) is the federation's own traffic. No other module writes a subject string.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+CAPABILITY_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+NODE_ID_RE = re.compile(r"^[^.*>\s]{1,128}$")
+GATEWAY_QUEUE = "fedgate-gateways"
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Subject builders for one pair of roots."""
+
+    public: str = "infer"
+    internal: str = "fed"
+
+    # services
+    @property
+    def infer_all(self) -> str:
+        return f"{self.public}.>"
+
+    def infer(self, capability: str) -> str:
+        return f"{self.public}.{capability}"
+
+    def cancel(self, request_id: str) -> str:
+        return f"{self.internal}.cancel.{request_id}"
+
+    @property
+    def cancel_all(self) -> str:
+        return f"{self.internal}.cancel.*"
+
+    # workers
+    def heartbeat(self, node_id: str) -> str:
+        return f"{self.internal}.heartbeat.{node_id}"
+
+    @property
+    def heartbeat_all(self) -> str:
+        return f"{self.internal}.heartbeat.*"
+
+    def leave(self, node_id: str) -> str:
+        return f"{self.internal}.leave.{node_id}"
+
+    @property
+    def leave_all(self) -> str:
+        return f"{self.internal}.leave.*"
+
+    def node_infer(self, node_id: str) -> str:
+        return f"{self.internal}.node.{node_id}.infer"
+
+    def node_cancel(self, node_id: str) -> str:
+        return f"{self.internal}.node.{node_id}.cancel"
+
+    def node_ping(self, node_id: str) -> str:
+        return f"{self.internal}.node.{node_id}.ping"
+
+    # inspection
+    @property
+    def gateway_nodes(self) -> str:
+        return f"{self.internal}.gateway.nodes"
+
+    @property
+    def gateway_stats(self) -> str:
+        return f"{self.internal}.gateway.stats"
+
+    def gateway_route(self, capability: str) -> str:
+        return f"{self.internal}.gateway.route.{capability}"
+
+    @property
+    def gateway_route_all(self) -> str:
+        return f"{self.internal}.gateway.route.*"
+
+    @property
+    def decisions(self) -> str:
+        return f"{self.internal}.decisions"
+
+    # parsing
+    def capability_of(self, subject: str) -> str | None:
+        """The capability token of an ``infer.<capability>`` subject, or None if invalid."""
+        prefix_len = len(self.public) + 1
+        cap = subject[prefix_len:]
+        if not subject.startswith(self.public) or not CAPABILITY_RE.match(cap):
+            return None
+        return cap
+
+    @staticmethod
+    def last_token(subject: str) -> str:
+        """The last token of a subject (the node id of a heartbeat or leave)."""
+        return subject.rpartition(".")[2]
+
+
+DEFAULT = Subjects()

@@ -1,0 +1,352 @@
+"""A worker node: joins by subscribing to its inbox and heartbeating, serves dispatches.
+
+Lifecycle: ``start()`` subscribes (inbox, cancel, ping), publishes the first heartbeat
+and starts the heartbeat loop; ``stop()`` drains in three steps: stop intake (a
+``draining`` heartbeat, inbox unsubscribed), wait up to ``drain_timeout_s`` for
+in-flight jobs, end the rest with an explicit error; then publish ``leave`` and drain
+the connection. Every job is owned by the node and bounded by ``capacity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared import headers as h
+from shared import messages as m
+from shared.subjects import Subjects
+from worker.backends.base import Backend, BackendError, Job
+
+log = logging.getLogger("fedgate.worker")
+
+VERSION = "0.1.0"
+
+
+class Node:
+    """One node of the federation serving ``backend`` under ``node_id``."""
+
+    def __init__(
+        self,
+        nc: Client,
+        backend: Backend,
+        *,
+        node_id: str,
+        region: str = "default",
+        models: dict[str, tuple[str, ...]] | None = None,
+        capacity: int = 4,
+        privacy: m.Privacy = m.Privacy.INTERNAL,
+        cost: float = 0.5,
+        gpu: bool = False,
+        labels: dict[str, str] | None = None,
+        heartbeat_interval_s: float = 1.0,
+        drain_timeout_s: float = 10.0,
+        subjects: Subjects | None = None,
+        stream_interval_ms: int = 0,
+    ) -> None:
+        self.nc = nc
+        self.backend = backend
+        self.node_id = node_id
+        self.region = region
+        self.models = models or {"synthetic": ("generate",)}
+        self.capacity = capacity
+        self.privacy = privacy
+        self.cost = cost
+        self.gpu = gpu
+        self.labels = labels or {}
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.drain_timeout_s = drain_timeout_s
+        self.subjects = subjects or Subjects()
+        self.stream_interval_s = stream_interval_ms / 1000
+        self.incarnation = secrets.token_hex(8)
+        self.started_ms = time.time_ns() // 1_000_000
+        self.draining = False
+        self.served = 0
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._subs: list[Subscription] = []
+        self._inbox_sub: Subscription | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._gone_prefix = nc.new_inbox()
+        self._ttft_ms: float | None = None
+        self._tokens_per_s: float | None = None
+        self._service: Any = None
+        self._stopped = asyncio.Event()
+        self._model_infos = tuple(
+            m.ModelInfo(model=name, capabilities=tuple(caps)) for name, caps in self.models.items()
+        )
+        self._capability_model = {cap: name for name, caps in self.models.items() for cap in caps}
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe, announce ourselves and start heartbeating."""
+        s = self.subjects
+        self._inbox_sub = await self.nc.subscribe(s.node_infer(self.node_id), cb=self._on_dispatch)
+        self._subs += [
+            await self.nc.subscribe(s.node_cancel(self.node_id), cb=self._on_cancel),
+            await self.nc.subscribe(s.node_ping(self.node_id), cb=self._on_ping),
+            await self.nc.subscribe(self._gone_prefix + ".*", cb=self._on_gone),
+        ]
+        await self._start_discovery()
+        await self.nc.flush()
+        await self.publish_heartbeat()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+
+    async def _start_discovery(self) -> None:
+        try:
+            from nats import micro
+
+            self._service = await micro.add_service(
+                self.nc,
+                name="fedgate-worker",
+                version=VERSION,
+                description=f"fedgate worker node {self.node_id} ({self.region})",
+                metadata={"node_id": self.node_id, "region": self.region},
+            )
+        except Exception as exc:  # discovery is optional; serving is not
+            log.warning("service discovery ($SRV) unavailable: %s", exc)
+
+    async def stop(self) -> None:
+        """Graceful stop: intake off, wait for jobs, end the rest, leave, drain."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.draining = True
+        if self._inbox_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox_sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.publish_heartbeat()
+        if self._jobs:
+            _, pending = await asyncio.wait(list(self._jobs.values()), timeout=self.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        with contextlib.suppress(Exception):
+            if self._service is not None:
+                await self._service.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.publish(
+                self.subjects.leave(self.node_id),
+                m.encode(m.Leave(incarnation=self.incarnation)),
+            )
+            await self.nc.flush(timeout=2)
+
+    async def wait_stopped(self) -> None:
+        """Block until ``stop()`` has been called."""
+        await self._stopped.wait()
+
+    # -- heartbeats ----------------------------------------------------------------
+
+    def heartbeat(self) -> m.Heartbeat:
+        """The heartbeat describing this node now."""
+        return m.Heartbeat(
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            region=self.region,
+            models=self._model_infos,
+            capacity=self.capacity,
+            in_flight=len(self._jobs),
+            privacy=self.privacy,
+            cost=self.cost,
+            gpu=self.gpu,
+            labels=self.labels,
+            draining=self.draining,
+            interval_ms=max(10, int(self.heartbeat_interval_s * 1000)),
+            ttft_ms=self._ttft_ms,
+            tokens_per_s=self._tokens_per_s,
+            started_ms=self.started_ms,
+        )
+
+    async def publish_heartbeat(self) -> None:
+        """Publish one heartbeat now."""
+        await self.nc.publish(self.subjects.heartbeat(self.node_id), m.encode(self.heartbeat()))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                await self.publish_heartbeat()
+            except Exception as exc:  # disconnected: nats-py buffers or raises; keep going
+                log.debug("heartbeat not sent: %s", exc)
+
+    # -- control -------------------------------------------------------------------
+
+    async def _on_ping(self, msg: Msg) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, b"{}")
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            request_id = m.cancel_decoder.decode(msg.data).request_id
+        except msgspec.DecodeError:
+            return
+        task = self._jobs.get(request_id)
+        if task is not None:
+            task.cancel()
+
+    async def _on_gone(self, msg: Msg) -> None:
+        # A 503 status on our "gone" inbox: the gateway we stream to has disappeared.
+        if msg.headers and msg.headers.get(h.NATS_STATUS) == "503":
+            task = self._jobs.get(msg.subject.rpartition(".")[2])
+            if task is not None:
+                task.cancel()
+
+    # -- dispatches ----------------------------------------------------------------
+
+    async def _on_dispatch(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            dispatch = m.dispatch_decoder.decode(msg.data or b"{}")
+        except msgspec.DecodeError as exc:
+            await self._error(msg.reply, 400, "bad_request", f"bad dispatch: {exc}")
+            return
+        request_id = dispatch.request_id or dispatch.request.request_id or secrets.token_hex(8)
+        if self.draining:
+            await self._error(msg.reply, 503, "node_draining", f"{self.node_id} is draining")
+            return
+        if len(self._jobs) >= self.capacity:
+            await self._error(msg.reply, 429, "overloaded", f"{self.node_id} is at capacity")
+            return
+        if request_id in self._jobs:
+            await self._error(msg.reply, 409, "duplicate", f"{request_id} already running here")
+            return
+        capability = dispatch.capability or "generate"
+        model = dispatch.request.model or self._capability_model.get(capability)
+        if model is None or model not in self.models:
+            await self._error(msg.reply, 404, "no_capacity", f"{self.node_id} does not serve that")
+            return
+        resume = dispatch.resume
+        job = Job(
+            capability=capability,
+            model=model,
+            request=dispatch.request,
+            resume_text=resume.text if resume else "",
+            resume_tokens=resume.tokens if resume else 0,
+        )
+        timeout_s = (dispatch.timeout_ms or dispatch.request.timeout_ms or 300_000) / 1000
+        task = asyncio.create_task(
+            self._run(job, request_id, dispatch.attempt, msg.reply, timeout_s),
+            name=f"job-{request_id}",
+        )
+        self._jobs[request_id] = task
+        task.add_done_callback(lambda _t, rid=request_id: self._jobs.pop(rid, None))
+
+    async def _run(
+        self, job: Job, request_id: str, attempt: int, reply: str, timeout_s: float
+    ) -> None:
+        started = time.perf_counter()
+        streaming = job.request.stream
+        gone = f"{self._gone_prefix}.{request_id}"
+        seq = 0
+        tokens = job.resume_tokens
+        parts: list[str] = []
+        embedding: list[float] | None = None
+        finish = "stop"
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for piece in self.backend.stream(job):
+                    if piece.finish_reason:
+                        finish = piece.finish_reason
+                    if piece.embedding is not None:
+                        embedding = piece.embedding
+                    if not piece.text:
+                        tokens += piece.tokens if piece.embedding is not None else 0
+                        continue
+                    tokens += piece.tokens
+                    if seq == 0:
+                        self._note_ttft(time.perf_counter() - started)
+                    if streaming:
+                        seq += 1
+                        chunk = m.encode(m.Chunk(seq=seq, text=piece.text, tokens=piece.tokens))
+                        await self.nc.publish(reply, chunk, reply=gone)
+                    else:
+                        seq += 1
+                        parts.append(piece.text)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                code, kind = (503, "node_draining") if self.draining else (499, "cancelled")
+                await self._error(reply, code, kind, f"stopped on {self.node_id}")
+            raise
+        except TimeoutError:
+            await self._error(reply, 504, "timeout", f"deadline passed on {self.node_id}")
+            return
+        except BackendError as exc:
+            await self._error(reply, exc.code, exc.kind, str(exc))
+            return
+        except Exception as exc:
+            log.exception("backend failed on %s", request_id)
+            await self._error(reply, 500, "internal", f"backend error: {exc}")
+            return
+        elapsed = time.perf_counter() - started
+        self.served += 1
+        if seq and elapsed > 0:
+            self._note_rate((tokens - job.resume_tokens) / elapsed)
+        if streaming:
+            await self.nc.publish(
+                reply,
+                b"",
+                headers={
+                    h.STATUS: "ok",
+                    h.SERVED_BY: self.node_id,
+                    h.TOKENS: str(tokens),
+                    h.FINISH_REASON: finish,
+                },
+            )
+        else:
+            result = m.Result(
+                request_id=request_id,
+                model=job.model,
+                output=job.resume_text + "".join(parts),
+                served_by=self.node_id,
+                region=self.region,
+                tokens=tokens,
+                latency_ms=round(elapsed * 1000, 3),
+                attempt=attempt,
+                embedding=embedding,
+                finish_reason=finish,
+            )
+            await self.nc.publish(reply, m.encode(result), reply=gone)
+
+    async def _error(self, reply: str, code: int, kind: str, text: str) -> None:
+        await self.nc.publish(
+            reply,
+            b"",
+            headers={
+                h.ERROR_CODE: str(code),
+                h.ERROR: text,
+                h.FED_ERROR: kind,
+                h.SERVED_BY: self.node_id,
+            },
+        )
+
+    def _note_ttft(self, seconds: float) -> None:
+        ms = seconds * 1000
+        self._ttft_ms = ms if self._ttft_ms is None else round(0.8 * self._ttft_ms + 0.2 * ms, 3)
+
+    def _note_rate(self, tokens_per_s: float) -> None:
+        prev = self._tokens_per_s
+        self._tokens_per_s = (
+            tokens_per_s if prev is None else round(0.8 * prev + 0.2 * tokens_per_s, 3)
+        )
+
+
+def default_node_id() -> str:
+    """A node id from the host name and process id."""
+    host = os.uname().nodename.split(".")[0] or "node"
+    return f"{host}-{os.getpid()}"
