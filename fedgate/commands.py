@@ -65,20 +65,11 @@ def worker_config(args: argparse.Namespace) -> WorkerConfig:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``fedgate worker``."""
-    from worker.backends.synthetic import SyntheticBackend, SyntheticOptions
+    from worker.backends import registry
     from worker.main import serve
 
     cfg = worker_config(args)
-    backend = SyntheticBackend(
-        SyntheticOptions(
-            ttft_ms=args.ttft_ms,
-            token_interval_ms=args.token_interval_ms,
-            fail_rate=args.fail_rate,
-            fail_after_tokens=args.fail_after_tokens,
-            hang=args.hang,
-        )
-    )
-    return run(serve(nats_config(args), cfg, backend))
+    return run(serve(nats_config(args), cfg, registry.create(args)))
 
 
 def request_fields(args: argparse.Namespace) -> dict[str, Any]:

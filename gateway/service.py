@@ -73,13 +73,17 @@ class GatewayService:
         self.gateway_id = cfg.gateway_id or f"gw-{secrets.token_hex(4)}"
         self.subjects = Subjects(cfg.public_root, cfg.internal_root)
         self.clock = clock
-        self.catalog = catalog or ModelCatalog(clock=clock)
-        self.health = health or HealthChecker(clock=clock)
-        self.breaker = breaker or CircuitBreaker(clock=clock)
-        self.router = router or Router(
-            self.catalog, self.health, self.breaker, config=_router_config(cfg), clock=clock
+        self.catalog = catalog if catalog is not None else ModelCatalog(clock=clock)
+        self.health = health if health is not None else HealthChecker(clock=clock)
+        self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
+        self.router = (
+            router
+            if router is not None
+            else Router(
+                self.catalog, self.health, self.breaker, config=_router_config(cfg), clock=clock
+            )
         )
-        self.stats = stats or GatewayStats(clock=clock)
+        self.stats = stats if stats is not None else GatewayStats(clock=clock)
         self._strategy_name = self.router.config.strategy.name.lower()
         self.retry = RetryPolicy(
             cfg.max_retries, cfg.retry_backoff_initial_s, cfg.retry_backoff_max_s
@@ -616,12 +620,17 @@ class GatewayService:
                 hb.node_id,
             )
             return
+        prior = self.catalog.node(node_id)
         outcome = self.catalog.apply_heartbeat(node_id, hb)
         if outcome is HeartbeatOutcome.NEW:
-            self.health.register_node(node_id)
-        elif outcome is HeartbeatOutcome.REPLACED:
+            if self.health.get_cached_health(node_id) is None:
+                self.health.register_node(node_id)
+        elif outcome is HeartbeatOutcome.REPLACED and not (prior and prior.static):
+            # A new process under an old id: fresh health, and its old work is lost.
             self.health.register_node(node_id)
             await self._node_lost(node_id, "node restarted")
+        elif outcome is HeartbeatOutcome.STALE:
+            self._noisy.warning("stale-heartbeat", "old incarnation of %s ignored", node_id)
         if self._waiting:
             await self._drain_waiting()
 

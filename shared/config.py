@@ -89,6 +89,13 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     """Publish each routing decision on ``fed.decisions``."""
     probe_interval_s: PositiveSeconds = 2.0
     """How often Unknown/Unhealthy nodes are pinged."""
+    http_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    """Serve the OpenAI-compatible HTTP front door on this port (None = off)."""
+    http_host: str = "127.0.0.1"
+    api_keys: dict[str, str] = {}
+    """Bearer token -> tenant id for the HTTP front door (empty = no auth)."""
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    """Serve Prometheus metrics on this port (None = off)."""
 
 
 class WorkerConfig(Config, frozen=True, kw_only=True):
