@@ -7,6 +7,8 @@ that is also the middle of its reply subjects.
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared import messages as m
 
 
@@ -15,6 +17,7 @@ class Flight:
 
     __slots__ = (
         "attempt",
+        "attempt_span",
         "attempt_started",
         "capability",
         "chunk_log",
@@ -39,6 +42,7 @@ class Flight:
         "request_id",
         "score",
         "seq",
+        "span",
         "started",
         "trace_headers",
         "tried",
@@ -90,6 +94,10 @@ class Flight:
         self.score = 0.0
         self.reason = ""
         self.trace_headers: dict[str, str] | None = None
+        """The caller's traceparent/tracestate, forwarded on every hop."""
+        self.span: Any = None
+        """The gateway's span for this request (only when tracing is on)."""
+        self.attempt_span: Any = None
 
     @property
     def stream(self) -> bool:

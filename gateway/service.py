@@ -34,10 +34,11 @@ from gateway.catalog import HeartbeatOutcome, ModelCatalog
 from gateway.control import Control
 from gateway.flight import Flight
 from gateway.health import HealthChecker
+from gateway.policies import Candidate
 from gateway.retry import RetryPolicy
 from gateway.router import Router
 from gateway.stats import GatewayStats
-from shared import errors
+from shared import errors, telemetry
 from shared import headers as h
 from shared import messages as m
 from shared.config import GatewayConfig
@@ -105,6 +106,9 @@ class GatewayService:
         self._decisions_pending: list[bytes] = []
         self.failovers = 0
         self.retries = 0
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
+        """A ``gateway.metrics.GatewayMetrics`` when metrics are exported, else None."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -126,6 +130,14 @@ class GatewayService:
         self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))
         await self.nc.flush()
         self._accepting = True
+        telemetry.setup("fedgate-gateway")  # no-op unless OTEL_TRACES_EXPORTER is set
+        if self.config.metrics_port is not None:
+            from gateway.metrics import GatewayMetrics
+
+            self.metrics = GatewayMetrics(self)
+            self.metrics_port = await self.metrics.serve(
+                self.config.metrics_port, self.config.http_host
+            )
         self._spawn(self._sweep_loop(), "sweeper")
         self._spawn(self._probe_loop(), "prober")
 
@@ -152,6 +164,8 @@ class GatewayService:
                 await sub.unsubscribe()
         self._subs.clear()
         await self.control.close()
+        if self.metrics is not None:
+            await self.metrics.close()
 
     def on_disconnect(self) -> None:
         """NATS connection lost: nothing seen from now on counts against a node."""
@@ -231,6 +245,18 @@ class GatewayService:
             flight.trace_headers = {
                 k: v for k, v in msg.headers.items() if k in (h.TRACEPARENT, h.TRACESTATE)
             }
+        if telemetry.enabled:
+            flight.span = telemetry.start(
+                "process infer",
+                kind=telemetry.CONSUMER,
+                headers=msg.headers,
+                attributes={
+                    **telemetry.messaging(msg.subject, "process"),
+                    "fed.request_id": request_id,
+                    "fed.capability": capability,
+                    "fed.gateway": self.gateway_id,
+                },
+            )
         self._flights[flight.key] = flight
         self._by_request_id[request_id] = flight
         self.stats.record_request(request.tenant_id)
@@ -246,9 +272,32 @@ class GatewayService:
 
         Returns False when the flight waits (or keeps waiting) in the capacity queue.
         """
+        route_span = None
+        if flight.span is not None:
+            route_span = telemetry.start(
+                "route",
+                parent=flight.span,
+                attributes={"fed.capability": flight.capability, "fed.excluded": len(flight.tried)},
+            )
         try:
             candidate = self.router.route(flight.request, exclude=flight.tried)
-        except errors.Overloaded as exc:
+        except errors.FedError as exc:
+            if route_span is not None:
+                telemetry.end_error(route_span, exc.message)
+            return await self._routing_failed(flight, exc, resume)
+        if route_span is not None:
+            route_span.set_attributes(
+                {"fed.node_id": candidate.node_id, "fed.score": candidate.score}
+            )
+            route_span.end()
+        await self._send(flight, candidate, resume)
+        return True
+
+    async def _routing_failed(
+        self, flight: Flight, exc: errors.FedError, resume: m.Resume | None
+    ) -> bool:
+        """No node now: queue for capacity, or answer the error."""
+        if isinstance(exc, errors.Overloaded):
             if flight.queued_at is not None:
                 return False  # stays queued; tried again when capacity frees
             if len(self._waiting) < self.config.max_queue and resume is None:
@@ -257,9 +306,11 @@ class GatewayService:
                 return False
             await self._finish_error(flight, exc)
             return True
-        except errors.FedError as exc:
-            await self._finish_error(flight, self._final_error(flight, exc))
-            return True
+        await self._finish_error(flight, self._final_error(flight, exc))
+        return True
+
+    async def _send(self, flight: Flight, candidate: Candidate, resume: m.Resume | None) -> None:
+        """Publish the next attempt's dispatch to the chosen node."""
         node = candidate.node
         node_id = node.node_id
         flight.queued_at = None
@@ -278,35 +329,39 @@ class GatewayService:
         flight.offset = flight.seq
         self.catalog.add_in_flight(node_id, 1)
         remaining_ms = max(1, int((flight.deadline - now) * 1000))
-        body = b"".join(
-            (
-                b'{"request":',
-                flight.raw,
-                b',"attempt":',
-                str(flight.attempt).encode(),
-                b',"resume":',
-                m.encode(resume) if resume is not None else b"null",
-                b',"capability":"',
-                flight.capability.encode(),
-                b'","request_id":"',
-                flight.request_id.encode(),
-                b'","timeout_ms":',
-                str(remaining_ms).encode(),
-                b"}",
+        body = b"".join((
+            b'{"request":', flight.raw,
+            b',"attempt":', str(flight.attempt).encode(),
+            b',"resume":', m.encode(resume) if resume is not None else b"null",
+            b',"capability":"', flight.capability.encode(),
+            b'","request_id":"', flight.request_id.encode(),
+            b'","timeout_ms":', str(remaining_ms).encode(), b"}",
+        ))  # fmt: skip
+        subject = self.subjects.node_infer(node_id)
+        headers = flight.trace_headers
+        if flight.span is not None:
+            span = flight.attempt_span = telemetry.start(
+                "send infer",
+                kind=telemetry.PRODUCER,
+                parent=flight.span,
+                attributes={
+                    **telemetry.messaging(subject, "publish"),
+                    "fed.node_id": node_id,
+                    "fed.region": node.region,
+                    "fed.attempt": flight.attempt,
+                    "fed.score": candidate.score,
+                    "fed.failover": resume is not None,
+                },
             )
-        )
+            headers = telemetry.inject(span, headers)
         try:
             await self.nc.publish(
-                self.subjects.node_infer(node_id),
-                body,
-                reply=f"{self._inbox}.{flight.key}.{flight.attempt}",
-                headers=flight.trace_headers,
+                subject, body, reply=f"{self._inbox}.{flight.key}.{flight.attempt}", headers=headers
             )
         except Exception as exc:  # disconnected with a full buffer, closed, ...
             await self._attempt_failed(
                 flight, node_fault=False, error=errors.Internal(f"dispatch failed: {exc}")
             )
-        return True
 
     def _final_error(self, flight: Flight, routing_error: errors.FedError) -> errors.FedError:
         """The error to answer when no further node can be tried."""
@@ -457,6 +512,13 @@ class GatewayService:
             return
         flight.probe_slot = False
         self.catalog.add_in_flight(node_id, -1)
+        span = flight.attempt_span
+        if span is not None:
+            flight.attempt_span = None
+            if success:
+                span.end()
+            else:
+                telemetry.end_error(span, "attempt failed" if success is False else "abandoned")
         if success is None:
             self.breaker.release(node_id)
         elif success:
@@ -502,45 +564,58 @@ class GatewayService:
             h.OVERHEAD_US: str((flight.overhead_ns + time.perf_counter_ns() - t0) // 1000),
             h.REQUEST_ID: flight.request_id,
         }
-        tokens = 0
+        tokens_text = node_headers.get(h.TOKENS, "")
+        if tokens_text.isdigit():
+            tokens = int(tokens_text)
+        elif data:  # a node that does not send Fed-Tokens: read the result
+            tokens = _result_tokens(data)
+        else:
+            tokens = 0
         if flight.request.stream:
-            tokens_text = node_headers.get(h.TOKENS, "0")
-            tokens = int(tokens_text) if tokens_text.isdigit() else 0
             hdrs[h.STATUS] = "ok"
             hdrs[h.TOKENS] = str(tokens)
             hdrs[h.FINISH_REASON] = node_headers.get(h.FINISH_REASON, "stop")
-        else:
-            try:
-                tokens = int(m.any_decoder.decode(data).get("tokens", 0))
-            except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
-                tokens = 0
         if flight.trace_headers:
             hdrs.update(flight.trace_headers)
-        self._forget(flight)
+        self._forget(flight, tokens=tokens)
         await self._publish_reply(flight.reply, data, hdrs)
-        self.stats.record_success(
-            self.clock() - flight.started, tokens, served_by, flight.request.tenant_id
-        )
+        elapsed = self.clock() - flight.started
+        self.stats.record_success(elapsed, tokens, served_by, flight.request.tenant_id)
+        if self.metrics is not None:
+            self.metrics.finished(flight, "ok", elapsed, tokens)
         self._decision(flight, "ok")
 
     async def _finish_error(self, flight: Flight, error: errors.FedError) -> None:
         if flight.done:
             return
         self._release(flight, success=None)
-        self._forget(flight)
+        self._forget(flight, error=error.message)
         hdrs = error.headers()
         hdrs[h.ATTEMPTS] = str(flight.attempt)
         hdrs[h.REQUEST_ID] = flight.request_id
         if flight.node_id:
             hdrs[h.SERVED_BY] = flight.node_id
         await self._publish_reply(flight.reply, b"", hdrs)
-        if error.kind == "cancelled":
-            self.stats.record_failure(flight.node_id, flight.request.tenant_id)
-        else:
-            self.stats.record_failure(flight.node_id, flight.request.tenant_id)
+        self.stats.record_failure(flight.node_id, flight.request.tenant_id)
+        if self.metrics is not None:
+            self.metrics.finished(flight, error.kind, self.clock() - flight.started, 0)
         self._decision(flight, error.kind)
 
-    def _forget(self, flight: Flight) -> None:
+    def _forget(self, flight: Flight, error: str | None = None, tokens: int = 0) -> None:
+        span = flight.span
+        if span is not None:
+            flight.span = None
+            ttft = flight.first_chunk_at
+            span.set_attributes({
+                "fed.node_id": flight.node_id or "",
+                "fed.attempts": flight.attempt,
+                "fed.tokens": tokens,
+                "fed.ttft_ms": round((ttft - flight.started) * 1000, 3) if ttft else -1.0,
+            })  # fmt: skip
+            if error is None:
+                span.end()
+            else:
+                telemetry.end_error(span, error)
         flight.done = True
         self._flights.pop(flight.key, None)
         self._by_request_id.pop(flight.request_id, None)
@@ -599,8 +674,10 @@ class GatewayService:
         if flight.node_id is not None and flight.probe_slot:
             self._cancel_on_node(flight.node_id, flight.request_id)
         self._release(flight, success=None)
-        self._forget(flight)
+        self._forget(flight, error="caller gone")
         self.stats.record_failure(flight.node_id, flight.request.tenant_id)
+        if self.metrics is not None:
+            self.metrics.finished(flight, "caller_gone", self.clock() - flight.started, 0)
         self._decision(flight, "caller_gone")
 
     # -- heartbeats and leave ------------------------------------------------------
@@ -730,6 +807,13 @@ class GatewayService:
                 self.health.report_failure(node_id)
             return
         self.health.report_probe_success(node_id)
+
+
+def _result_tokens(data: bytes) -> int:
+    try:
+        return int(m.any_decoder.decode(data).get("tokens", 0))
+    except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+        return 0
 
 
 def _router_config(cfg: GatewayConfig) -> Any:

@@ -27,7 +27,7 @@ import tenacity
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from shared import errors
+from shared import errors, telemetry
 from shared import headers as h
 from shared import messages as m
 from shared.config import NatsConfig
@@ -111,19 +111,45 @@ class FedClient:
             **{k: v for k, v in fields.items() if v is not None},
         )
 
-    async def infer(self, capability: str, input: str = "", **fields: Any) -> InferResult:
-        """One non-streaming request; raises a ``FedError`` subclass on failure."""
+    async def infer(
+        self,
+        capability: str,
+        input: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> InferResult:
+        """One non-streaming request; raises a ``FedError`` subclass on failure.
+
+        ``headers`` are sent with the request (e.g. a caller's ``traceparent``).
+        """
         request = self.build_request(input, stream=False, **fields)
         body = m.encode(request)
         timeout = (request.timeout_ms / 1000 if request.timeout_ms else self.timeout_s) + 1.0
         subject = self.subjects.infer(capability)
-        async for attempt in self._retrying():
-            with attempt:
-                msg = await self._request(subject, body, timeout)
-        err = errors.from_headers(msg.headers)
-        if err is not None:
-            raise err
+        span = None
+        if telemetry.enabled:
+            span = telemetry.start(
+                "send infer", kind=telemetry.PRODUCER, headers=headers,
+                attributes={**telemetry.messaging(subject, "publish"),
+                            "fed.request_id": request.request_id or ""},
+            )  # fmt: skip
+            headers = telemetry.inject(span, headers)
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    msg = await self._request(subject, body, timeout, headers)
+            err = errors.from_headers(msg.headers)
+            if err is not None:
+                raise err
+        except errors.FedError as exc:
+            if span is not None:
+                telemetry.end_error(span, exc.message)
+            raise
         hdrs = msg.headers or {}
+        if span is not None:
+            span.set_attributes({"fed.node_id": hdrs.get(h.SERVED_BY, "")})
+            span.end()
         return InferResult(
             result=m.result_decoder.decode(msg.data),
             served_by=hdrs.get(h.SERVED_BY, ""),
@@ -132,9 +158,11 @@ class FedClient:
             headers=dict(hdrs),
         )
 
-    async def _request(self, subject: str, body: bytes, timeout: float) -> Msg:
+    async def _request(
+        self, subject: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> Msg:
         try:
-            return await self.nc.request(subject, body, timeout=timeout)
+            return await self.nc.request(subject, body, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError as exc:
             raise errors.Unavailable(f"no gateway answers {subject}") from exc
         except nats.errors.TimeoutError as exc:
@@ -148,10 +176,17 @@ class FedClient:
             reraise=True,
         )
 
-    def stream(self, capability: str, input: str = "", **fields: Any) -> Stream:
+    def stream(
+        self,
+        capability: str,
+        input: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> Stream:
         """A streaming request: ``async with client.stream(...) as s: async for chunk in s``."""
         request = self.build_request(input, stream=True, **fields)
-        return Stream(self, capability, request)
+        return Stream(self, capability, request, headers)
 
     async def cancel(self, request_id: str) -> None:
         """Ask every gateway to cancel ``request_id``."""
@@ -173,8 +208,16 @@ class FedClient:
 class Stream:
     """One streaming request. Iterate for ``Chunk``s; figures are set when it ends."""
 
-    def __init__(self, client: FedClient, capability: str, request: m.InferRequest) -> None:
+    def __init__(
+        self,
+        client: FedClient,
+        capability: str,
+        request: m.InferRequest,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.client = client
+        self._headers = headers
+        self._span: Any = None
         self.capability = capability
         self.request = request
         self.request_id = request.request_id or ""
@@ -207,10 +250,18 @@ class Stream:
     async def _send(self) -> None:
         inbox = await self.client._stream_inbox()
         self.client._queues[self.request_id] = self._queue
+        subject = self.client.subjects.infer(self.capability)
+        headers = self._headers
+        if telemetry.enabled:
+            if self._span is None:
+                self._span = telemetry.start(
+                    "send infer", kind=telemetry.PRODUCER, headers=headers,
+                    attributes={**telemetry.messaging(subject, "publish"),
+                                "fed.request_id": self.request_id, "fed.stream": True},
+                )  # fmt: skip
+            headers = telemetry.inject(self._span, headers)
         await self.client.nc.publish(
-            self.client.subjects.infer(self.capability),
-            m.encode(self.request),
-            reply=f"{inbox}.{self.request_id}",
+            subject, m.encode(self.request), reply=f"{inbox}.{self.request_id}", headers=headers
         )
 
     async def _first(self) -> Msg:
@@ -259,6 +310,15 @@ class Stream:
         self.served_by = hdrs.get(h.SERVED_BY, "")
         self.attempts = int(hdrs.get(h.ATTEMPTS, "0") or 0)
         err = errors.from_headers(hdrs)
+        span, self._span = self._span, None
+        if span is not None:
+            span.set_attributes(
+                {"fed.node_id": self.served_by, "fed.tokens": hdrs.get(h.TOKENS, "0")}
+            )
+            if err is not None:
+                telemetry.end_error(span, err.message)
+            else:
+                span.end()
         if err is not None:
             raise err
         self.tokens = int(hdrs.get(h.TOKENS, "0") or 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shared import telemetry
 from shared.config import NatsConfig, WorkerConfig
 from shared.connection import connect
 from shared.messages import Privacy
@@ -45,6 +46,7 @@ async def serve(
 ) -> int:
     """Join the federation and serve until ``stop`` (default: a signal)."""
     stop = stop or stop_event()
+    telemetry.setup("fedgate-worker")  # no-op unless OTEL_TRACES_EXPORTER is set
     nc = await connect(nats_cfg, service=True)
     node = build_node(nc, backend, cfg)
     await node.start()

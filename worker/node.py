@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 
 from shared import headers as h
 from shared import messages as m
+from shared import telemetry
 from shared.subjects import Subjects
 from worker.backends.base import Backend, BackendError, Job
 
@@ -240,16 +241,55 @@ class Node:
             resume_tokens=resume.tokens if resume else 0,
         )
         timeout_s = (dispatch.timeout_ms or dispatch.request.timeout_ms or 300_000) / 1000
+        span = None
+        if telemetry.enabled:
+            span = telemetry.start(
+                "process infer",
+                kind=telemetry.CONSUMER,
+                headers=msg.headers,
+                attributes={
+                    **telemetry.messaging(msg.subject, "process"),
+                    "fed.node_id": self.node_id,
+                    "fed.region": self.region,
+                    "fed.attempt": dispatch.attempt,
+                    "fed.request_id": request_id,
+                },
+            )
         task = asyncio.create_task(
-            self._run(job, request_id, dispatch.attempt, msg.reply, timeout_s),
+            self._run(job, request_id, dispatch.attempt, msg.reply, timeout_s, span),
             name=f"job-{request_id}",
         )
         self._jobs[request_id] = task
         task.add_done_callback(lambda _t, rid=request_id: self._jobs.pop(rid, None))
 
     async def _run(
-        self, job: Job, request_id: str, attempt: int, reply: str, timeout_s: float
+        self,
+        job: Job,
+        request_id: str,
+        attempt: int,
+        reply: str,
+        timeout_s: float,
+        span: Any = None,
     ) -> None:
+        if span is None:
+            await self._serve(job, request_id, attempt, reply, timeout_s)
+            return
+        error, tokens = "cancelled", 0
+        try:
+            error, tokens = await self._serve(job, request_id, attempt, reply, timeout_s)
+        finally:
+            span.set_attribute("fed.tokens", tokens)
+            if self._ttft_ms is not None:
+                span.set_attribute("fed.ttft_ms", self._ttft_ms)
+            if error:
+                telemetry.end_error(span, error)
+            else:
+                span.end()
+
+    async def _serve(
+        self, job: Job, request_id: str, attempt: int, reply: str, timeout_s: float
+    ) -> tuple[str, int]:
+        """Run one job and answer on ``reply``; returns ("" or the error text, tokens)."""
         started = time.perf_counter()
         streaming = job.request.stream
         gone = f"{self._gone_prefix}.{request_id}"
@@ -285,14 +325,14 @@ class Node:
             raise
         except TimeoutError:
             await self._error(reply, 504, "timeout", f"deadline passed on {self.node_id}")
-            return
+            return "timeout", tokens
         except BackendError as exc:
             await self._error(reply, exc.code, exc.kind, str(exc))
-            return
+            return str(exc), tokens
         except Exception as exc:
             log.exception("backend failed on %s", request_id)
             await self._error(reply, 500, "internal", f"backend error: {exc}")
-            return
+            return f"backend error: {exc}", tokens
         elapsed = time.perf_counter() - started
         self.served += 1
         if seq and elapsed > 0:
@@ -321,7 +361,10 @@ class Node:
                 embedding=embedding,
                 finish_reason=finish,
             )
-            await self.nc.publish(reply, m.encode(result), reply=gone)
+            await self.nc.publish(
+                reply, m.encode(result), reply=gone, headers={h.TOKENS: str(tokens)}
+            )
+        return "", tokens
 
     async def _error(self, reply: str, code: int, kind: str, text: str) -> None:
         await self.nc.publish(
