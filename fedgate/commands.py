@@ -7,60 +7,83 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from fedgate import render
-from fedgate.cli import nats_config
+from fedgate.cli import config_file, nats_config
 from shared import errors
+from shared import headers as h
 from shared import messages as m
-from shared.config import GatewayConfig, WorkerConfig, build, env_values, load_file
+from shared.config import GatewayConfig, WorkerConfig, build, env_values
 from shared.connection import connect
 from shared.runtime import run
 from shared.subjects import Subjects
 
-
-def _file(args: argparse.Namespace) -> dict[str, Any]:
-    import os
-
-    return load_file(getattr(args, "config", None) or os.environ.get("FEDGATE_CONFIG"))
+GATHER_WINDOW_S = 0.3
+"""After the first gateway answers, how long to wait for the others' answers."""
 
 
 def _flags(args: argparse.Namespace, struct: type[Any]) -> dict[str, Any]:
     return {k: getattr(args, k, None) for k in struct.__struct_fields__}
 
 
+def gateway_config(args: argparse.Namespace) -> GatewayConfig:
+    """The GatewayConfig from flags, env and the file's ``[gateway]`` table."""
+    return build(
+        GatewayConfig,
+        config_file(args).get("gateway", {}),
+        env_values("GATEWAY", GatewayConfig),
+        _flags(args, GatewayConfig),
+    )
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     """``fedgate gateway``."""
     from gateway.main import serve
 
-    file = _file(args)
-    cfg = build(
-        GatewayConfig,
-        file.get("gateway", {}),
-        env_values("GATEWAY", GatewayConfig),
-        _flags(args, GatewayConfig),
-    )
-    return run(serve(nats_config(args), cfg))
+    return run(serve(nats_config(args), gateway_config(args)))
+
+
+_LIST_FIELDS = ("models", "capabilities")
+
+
+def _worker_env() -> dict[str, Any]:
+    """``FEDGATE_WORKER_*``, with lists as ``a,b`` and labels as ``k=v,k2=v2``."""
+    env: dict[str, Any] = env_values("WORKER", WorkerConfig)
+    for key in _LIST_FIELDS:
+        if key in env:
+            env[key] = tuple(x.strip() for x in env[key].split(",") if x.strip())
+    if "labels" in env:
+        env["labels"] = _labels(env["labels"].split(","))
+    return env
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in items if item.strip()]
+    bad = [item for item, pair in zip(items, pairs, strict=False) if len(pair) != 2]
+    if bad:
+        raise ValueError(f"labels must be KEY=VALUE, got {bad[0]!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def worker_config(args: argparse.Namespace) -> WorkerConfig:
-    """The WorkerConfig from flags, env and file."""
+    """The WorkerConfig from flags, env and the file's ``[worker]`` table."""
     from worker.node import default_node_id
 
-    file = _file(args)
     flags = _flags(args, WorkerConfig)
-    labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    labels = _labels(getattr(args, "label", None) or [])
     if labels:
         flags["labels"] = labels
-    for key in ("models", "capabilities"):
+    for key in _LIST_FIELDS:
         if flags.get(key):
             flags[key] = tuple(flags[key])
     base = {"node_id": default_node_id()}
-    return build(
-        WorkerConfig, base, file.get("worker", {}), env_values("WORKER", WorkerConfig), flags
-    )
+    return build(WorkerConfig, base, config_file(args).get("worker", {}), _worker_env(), flags)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -107,32 +130,21 @@ async def _infer(args: argparse.Namespace) -> int:
     fields = request_fields(args)
     try:
         if args.stream:
-            async with client.stream(args.capability, args.text, **fields) as stream:
-                async for chunk in stream:
-                    sys.stdout.write(chunk.text)
-                    sys.stdout.flush()
-            sys.stdout.write("\n")
-            print(
-                f"-- served by {stream.served_by}, {stream.tokens} tokens, "
-                f"{stream.attempts} attempt(s), finish: {stream.finish_reason}",
-                file=sys.stderr,
-            )
+            await _infer_stream(client, args, fields)
         else:
             result = await client.infer(args.capability, args.text, **fields)
             if args.json:
                 print(json.dumps(msgspec.to_builtins(result.result)))
             else:
-                print(
-                    result.output
-                    if result.result.embedding is None
-                    else json.dumps(result.result.embedding)
-                )
-                print(
-                    f"-- served by {result.served_by} ({result.result.region}), "
-                    f"{result.result.tokens} tokens, {result.attempts} attempt(s), "
-                    f"gateway overhead {result.overhead_us} µs",
-                    file=sys.stderr,
-                )
+                embedding = result.result.embedding
+                print(result.output if embedding is None else json.dumps(embedding))
+            print(
+                f"-- served by {result.served_by} ({result.result.region}), "
+                f"{result.result.tokens} tokens, {result.attempts} attempt(s), "
+                f"{result.result.latency_ms:.0f} ms on the node, "
+                f"gateway overhead {result.overhead_us} µs",
+                file=sys.stderr,
+            )
     except errors.FedError as exc:
         print(f"fedgate: {exc.code} {exc.kind}: {exc.message}", file=sys.stderr)
         return 1
@@ -141,47 +153,80 @@ async def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-async def gather(
-    args: argparse.Namespace,
+async def _infer_stream(client: Any, args: argparse.Namespace, fields: dict[str, Any]) -> None:
+    started = time.monotonic()
+    async with client.stream(args.capability, args.text, **fields) as stream:
+        async for chunk in stream:
+            if args.json:
+                print(json.dumps(msgspec.to_builtins(chunk)), flush=True)
+            else:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+    if not args.json:
+        sys.stdout.write("\n")
+    print(
+        f"-- served by {stream.served_by}, {stream.tokens} tokens, "
+        f"{stream.attempts} attempt(s), finish: {stream.finish_reason}, "
+        f"{(time.monotonic() - started) * 1000:.0f} ms",
+        file=sys.stderr,
+    )
+
+
+async def gather_on(
+    nc: Client,
     subject: str,
     body: bytes = b"",
-    window_s: float = 0.3,
+    window_s: float = GATHER_WINDOW_S,
     timeout_s: float = 2.0,
 ) -> list[dict[str, Any]]:
-    """Ask every gateway: collect the replies arriving within ``window_s`` of the first."""
-    nc = await connect(nats_config(args))
+    """Ask every gateway: the replies arriving within ``window_s`` of the first one.
+
+    Gateways answer control subjects outside any queue group, so one publish reaches
+    all of them; nobody listening comes back at once as a no-responders status.
+    Replies are sorted by gateway id; an error reply becomes ``{"error", "message"}``.
+    """
+    replies: list[dict[str, Any]] = []
+    first = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        first.set()
+        if msg.headers and msg.headers.get(h.NATS_STATUS) == "503":
+            return
+        err = errors.from_headers(msg.headers)
+        if err is not None:
+            replies.append({"error": err.kind, "message": err.message})
+        elif msg.data:
+            replies.append(json.loads(msg.data))
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg)
     try:
-        inbox = nc.new_inbox()
-        replies: list[dict[str, Any]] = []
-        first = asyncio.Event()
-
-        async def on_msg(msg: Any) -> None:
-            if msg.headers and msg.headers.get("Status") == "503":
-                first.set()
-                return
-            err = errors.from_headers(msg.headers)
-            if err is not None:
-                replies.append({"error": err.kind, "message": err.message})
-            elif msg.data:
-                replies.append(json.loads(msg.data))
-            first.set()
-
-        sub = await nc.subscribe(inbox, cb=on_msg)
         await nc.publish(subject, body, reply=inbox)
         await nc.flush()
         try:
             await asyncio.wait_for(first.wait(), timeout_s)
         except TimeoutError:
             return []
-        await asyncio.sleep(window_s)  # the gathering window for more gateways' answers
+        if replies:
+            await asyncio.sleep(window_s)  # the gathering window: other gateways' answers
+    finally:
         await sub.unsubscribe()
-        return replies
+    return sorted(replies, key=lambda r: str(r.get("gateway", "")))
+
+
+async def gather(args: argparse.Namespace, subject: str, body: bytes = b"") -> list[dict[str, Any]]:
+    """``gather_on`` over a connection of its own (failing fast when NATS is down)."""
+    nc = await connect(nats_config(args))
+    try:
+        return await gather_on(nc, subject, body)
     finally:
         await nc.close()
 
 
-def _control(args: argparse.Namespace, subject: str, body: bytes, show: Any) -> int:
-    replies = run(_gather_or_fail(args, subject, body))
+def _control(
+    args: argparse.Namespace, subject: str, body: bytes, show: Callable[[list[Any]], str]
+) -> int:
+    replies = run(gather(args, subject, body))
     if not replies:
         print("fedgate: no gateway answered (is one running? try `fedgate up`)", file=sys.stderr)
         return 1
@@ -189,11 +234,7 @@ def _control(args: argparse.Namespace, subject: str, body: bytes, show: Any) -> 
         print(json.dumps(replies, indent=2))
     else:
         print(show(replies))
-    return 0
-
-
-async def _gather_or_fail(args: argparse.Namespace, subject: str, body: bytes) -> Any:
-    return await gather(args, subject, body)
+    return 1 if all("error" in r for r in replies) else 0
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:

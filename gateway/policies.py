@@ -97,17 +97,29 @@ class Candidate:
 def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -> Candidate:
     """Fill the normalised inputs of a candidate (total left at 0 for the policy)."""
     region = request.qos.region
-    tps = health.tokens_per_s if health.tokens_per_s is not None else node.tokens_per_s
-    load = node.load
+    tps = health.tokens_per_s
+    if tps is None:
+        tps = node.tokens_per_s
+    load = max(node.in_flight, node.local_in_flight) / node.capacity
+    latency = health.latency_p50_ms / LATENCY_HORIZON_MS
+    status = health.status  # identity tests: Enum.__hash__ is slow on the hot path
+    if status is HealthState.HEALTHY:
+        health_score = 1.0
+    elif status is HealthState.DEGRADED:
+        health_score = 0.5
+    elif status is HealthState.UNKNOWN:
+        health_score = 0.3
+    else:
+        health_score = 0.0
     scores = Scores(
-        latency=1.0 - min(health.latency_p50_ms / LATENCY_HORIZON_MS, 1.0),
-        throughput=min(tps / 1000.0, 1.0) if tps else 0.0,
-        cost=1.0 - node.cost,
-        locality=0.5 if region is None else (1.0 if node.region == region else 0.0),
-        health=HEALTH_SCORES[health.status],
-        total=0.0,
-        load=1.0 - (load if load < 1.0 else 1.0),
-        gpu=1.0 if node.gpu else 0.0,
+        1.0 - latency if latency < 1.0 else 0.0,
+        (tps / 1000.0 if tps < 1000.0 else 1.0) if tps else 0.0,
+        1.0 - node.cost,
+        0.5 if region is None else (1.0 if node.region == region else 0.0),
+        health_score,
+        0.0,
+        1.0 - load if load < 1.0 else 0.0,
+        1.0 if node.gpu else 0.0,
     )
     return Candidate(node, health, scores)
 

@@ -24,7 +24,14 @@ from gateway.breaker import CircuitBreaker, CircuitState
 from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.clock import MONOTONIC, Clock
 from gateway.health import HealthChecker, HealthState, NodeHealth
-from gateway.policies import Candidate, CompositePolicy, Policy, build_candidate, synthetic_health
+from gateway.policies import (
+    Candidate,
+    CompositePolicy,
+    Policy,
+    PolicyKind,
+    build_candidate,
+    synthetic_health,
+)
 from shared.errors import AllNodesUnhealthy, NoCapacity, Overloaded, PolicyViolation
 from shared.messages import InferRequest
 
@@ -141,6 +148,16 @@ class Router:
         elif not isinstance(policy, CompositePolicy):
             policy = CompositePolicy([policy])
         self.policy: CompositePolicy = policy
+        # The members are snapshot here: mutate a composite before handing it over.
+        members = policy.policies
+        self._n = len(members)
+        self._scorers = tuple(p.score for p in members)
+        self._base_scorers = tuple(p.score for p in members if p.kind is not PolicyKind.DYNAMIC)
+        self._checks = tuple(
+            p.is_eligible for p in members if type(p).is_eligible is not Policy.is_eligible
+        )
+        self._variants = tuple(p.variant for p in members if p.kind is PolicyKind.VARIANT)
+        self._bounds = tuple(p.bounds for p in members if p.kind is PolicyKind.DYNAMIC)
         self._orderings: dict[tuple[str, str | None, tuple[Hashable, ...]], _Ordering] = {}
         self._by_cap: dict[str, list[_Ordering]] = {}
         self._memberships: dict[str, list[_Ordering]] = {}
@@ -159,11 +176,41 @@ class Router:
         return h
 
     def _base(self, o: _Ordering, node: NodeInfo, h: NodeHealth) -> float:
-        base = self.policy.base_sum(build_candidate(node, h, o.template), o.template)
+        c, r = build_candidate(node, h, o.template), o.template
+        base = 0.0
+        for score in self._base_scorers:
+            base += score(c, r)
         return base if math.isfinite(base) else -1e300
 
+    def _total(self, c: Candidate, request: InferRequest) -> float:
+        """The composite score (same arithmetic as CompositePolicy.score)."""
+        if not self._n:
+            return 1.0
+        total = 0.0
+        for score in self._scorers:
+            total += score(c, request)
+        return total / self._n
+
+    def _rejection(self, c: Candidate, request: InferRequest) -> str:
+        """The first member's rejection reason, or "" when every member accepts."""
+        for check in self._checks:
+            ok, reason = check(c, request)
+            if not ok:
+                return reason or "rejected"
+        return ""
+
+    def _upper_extra(self, request: InferRequest, same_region: bool) -> float | None:
+        """The most the DYNAMIC members can add (None: unbounded, scan everything)."""
+        hi = 0.0
+        for bounds in self._bounds:
+            b = bounds(request, same_region)
+            if b is None:
+                return None
+            hi += b[1]
+        return hi
+
     def _ordering(self, request: InferRequest) -> _Ordering:
-        key = (request.capability, request.model, self.policy.variant_key(request))
+        key = (request.capability, request.model, tuple(v(request) for v in self._variants))
         o = self._orderings.get(key)
         if o is None:
             o = _Ordering(request.capability, request.model, request)
@@ -219,7 +266,7 @@ class Router:
     ) -> tuple[list[Candidate], _Ordering]:
         """The k best selectable candidates, best first (bounded walk of the ordering)."""
         o = self._ordering(request)
-        policy, n = self.policy, len(self.policy.policies)
+        n, total_of, rejection = self._n, self._total, self._rejection
         min_score = self.config.min_score
         admits, health_of = self.breaker.admits, self._health_of
         region = request.qos.region
@@ -232,8 +279,7 @@ class Router:
         best: list[tuple[float, int, Candidate]] = []
         unhealthy = HealthState.UNHEALTHY
         for entries, same_region, skip in buckets:
-            bounds = policy.dynamic_bounds(request, same_region) if n else (0.0, 0.0)
-            hi = None if bounds is None else bounds[1]
+            hi = self._upper_extra(request, same_region)
             for neg_base, seq, node in entries:
                 if hi is not None:
                     upper = (hi - neg_base) / n + _EPS if n else 1.0
@@ -252,9 +298,9 @@ class Router:
                 if h.status is unhealthy:
                     continue
                 c = build_candidate(node, h, request)
-                if not policy.is_eligible(c, request)[0]:
+                if rejection(c, request):
                     continue
-                total = policy.score(c, request)
+                total = total_of(c, request)
                 if not total >= min_score:
                     continue
                 c.scores.total = total
@@ -340,7 +386,7 @@ class Router:
                 privacy_only = privacy_only and "privacy" in rejected
                 continue
             privacy_only = False
-            if self.policy.score(c, request) >= self.config.min_score and node.at_capacity:
+            if self._total(c, request) >= self.config.min_score and node.at_capacity:
                 full = True
         if built == 0:
             return NoCapacity(cap)
@@ -354,14 +400,22 @@ class Router:
 
     def get_candidates(self, request: InferRequest) -> list[Candidate]:
         """Every node for the request's capability/model, scored and explained, best first."""
-        policy, out = self.policy, []
+        out: list[Candidate] = []
+        named = tuple(zip([p.name for p in self.policy.policies], self._scorers, strict=True))
+        n, health_of, rejection = self._n, self._health_of, self._rejection
         for node in self.catalog.nodes_for(request.capability, request.model):
             nid = node.node_id
-            h = self._health_of(nid)
+            h = health_of(nid)
             c = build_candidate(node, h, request)
-            c.contributions = {p.name: p.score(c, request) for p in policy.policies}
-            c.scores.total = policy.score(c, request)
-            ok, reason = policy.is_eligible(c, request)
+            contributions: dict[str, float] = {}
+            total = 0.0
+            for name, score in named:  # the same arithmetic as _total
+                value = score(c, request)
+                contributions[name] = value
+                total += value
+            c.contributions = contributions
+            c.scores.total = total / n if n else 1.0
+            reason = rejection(c, request)
             if node.draining:
                 reason = "draining"
             elif not self.breaker.admits(nid):
@@ -369,7 +423,7 @@ class Router:
                 reason = "circuit open" if open_ else "circuit half-open: probe busy"
             elif h.status is HealthState.UNHEALTHY:
                 reason = "unhealthy"
-            elif not ok:
+            elif reason:
                 pass
             elif not c.scores.total >= self.config.min_score:
                 reason = f"score {c.scores.total:.3f} below min_score {self.config.min_score:g}"

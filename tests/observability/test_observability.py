@@ -9,6 +9,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared import errors
 from shared import headers as h
 from shared import messages as m
 from shared import telemetry
@@ -150,7 +151,7 @@ async def test_prometheus_endpoint_counts_traffic(nats_url: str) -> None:
         async with client.stream("generate", "stream me") as stream:
             async for _chunk in stream:
                 pass
-        with pytest.raises(Exception):
+        with pytest.raises(errors.NoCapacity):
             await client.infer("nothing-serves-this", "x")
         after = await _scrape(gw.metrics_port)
         assert _value(after, "fedgate_requests_total", outcome="ok", node="w1") == 4
