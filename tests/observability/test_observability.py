@@ -9,10 +9,9 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import errors
+from shared import errors, telemetry
 from shared import headers as h
 from shared import messages as m
-from shared import telemetry
 from shared.client import FedClient
 from tests.helpers import eventually, federation
 from worker.backends.synthetic import SyntheticBackend, SyntheticOptions
