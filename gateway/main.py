@@ -19,7 +19,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
 ) -> int:
-    """Connect, serve until ``stop`` (default: a signal), then stop gracefully."""
+    """Connect, serve until ``stop`` (default: a signal), then stop gracefully.
+
+    With ``cfg.http_port`` set, the OpenAI-compatible front door (``gateway.http``)
+    serves on it too; it stops first (intake off), before the NATS side.
+    """
     stop = stop or stop_event()
     holder: list[GatewayService] = []
 
@@ -37,6 +41,23 @@ async def serve(
     service = GatewayService(nc, cfg)
     holder.append(service)
     await service.start()
+    front = None
+    if cfg.http_port is not None:
+        from gateway.http import FrontDoor
+
+        front = FrontDoor(service, cfg.http_host, cfg.http_port)
+        try:
+            await front.start()
+        except OSError:
+            await service.stop()
+            await nc.drain()
+            raise
+        log.info(
+            "gateway %s: OpenAI-compatible HTTP on %s:%d",
+            service.gateway_id,
+            cfg.http_host,
+            front.port,
+        )
     log.info(
         "gateway %s serving %s on %s", service.gateway_id, service.subjects.infer_all, nats_cfg.url
     )
@@ -44,6 +65,8 @@ async def serve(
         ready.set()
     await stop.wait()
     log.info("gateway %s stopping", service.gateway_id)
+    if front is not None:
+        await front.stop()
     await service.stop()
     await nc.drain()
     return 0

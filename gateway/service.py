@@ -103,7 +103,7 @@ class GatewayService:
         self._accepting = False
         self._idle = asyncio.Event()
         self._noisy = RateLimitedLog(log)
-        self._decisions_pending: list[bytes] = []
+        self._decisions_pending: list[m.Decision] = []
         self.failovers = 0
         self.retries = 0
         self.metrics: Any = None
@@ -634,29 +634,43 @@ class GatewayService:
         await self._publish_reply(reply, b"", error.headers())
 
     def _decision(self, flight: Flight, outcome: str) -> None:
+        """Queue the routing decision for ``fed.decisions`` (sent after the reply)."""
+        if self.config.access_log:
+            self._access_log(flight, outcome)
         if not self.config.decisions:
             return
         self._decisions_pending.append(
-            m.encode(
-                m.Decision(
-                    request_id=flight.request_id,
-                    capability=flight.capability,
-                    model=flight.request.model,
-                    chosen=flight.node_id,
-                    attempt=flight.attempt,
-                    score=round(flight.score, 4),
-                    reason=flight.reason,
-                    gateway=self.gateway_id,
-                    outcome=outcome,
-                )
+            m.Decision(
+                request_id=flight.request_id,
+                capability=flight.capability,
+                model=flight.request.model,
+                chosen=flight.node_id,
+                attempt=flight.attempt,
+                score=round(flight.score, 4),
+                reason=flight.reason,
+                gateway=self.gateway_id,
+                outcome=outcome,
             )
         )
+
+    def _access_log(self, flight: Flight, outcome: str) -> None:
+        """One line per request (``access_log`` on), with request and trace ids."""
+        trace_id = ""
+        if flight.trace_headers and h.TRACEPARENT in flight.trace_headers:
+            trace_id = flight.trace_headers[h.TRACEPARENT].split("-")[1:2][0]
+        log.info(
+            "%s %s -> %s %s in %.1f ms (%d attempt(s))",
+            flight.capability, flight.request_id, flight.node_id or "-", outcome,
+            (self.clock() - flight.started) * 1000, flight.attempt,
+            extra={"request_id": flight.request_id, "trace_id": trace_id,
+                   "node_id": flight.node_id or ""},
+        )  # fmt: skip
 
     async def _flush_decisions(self) -> None:
         pending, self._decisions_pending = self._decisions_pending, []
         subject = self.subjects.decisions
-        for body in pending:
-            await self.nc.publish(subject, body)
+        for decision in pending:
+            await self.nc.publish(subject, m.encode(decision))
 
     # -- cancel, caller gone -------------------------------------------------------
 

@@ -87,6 +87,8 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     strategy: str = "least_latency"
     decisions: bool = True
     """Publish each routing decision on ``fed.decisions``."""
+    access_log: bool = False
+    """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0
     """How often Unknown/Unhealthy nodes are pinged."""
     http_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
