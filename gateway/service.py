@@ -259,6 +259,12 @@ class GatewayService:
             )
         self._flights[flight.key] = flight
         self._by_request_id[request_id] = flight
+        if msg.headers and h.ACK in msg.headers:
+            await self.nc.publish(reply, b"", headers={
+                h.GATEWAY: self.gateway_id,
+                h.LIVENESS: f"{self._inbox}.{flight.key}.a",
+                h.REQUEST_ID: request_id,
+            })  # fmt: skip
         self.stats.record_request(request.tenant_id)
         if request.stream:
             self.stats.stream_started()
@@ -306,6 +312,16 @@ class GatewayService:
                 return False
             await self._finish_error(flight, exc)
             return True
+        if isinstance(exc, errors.NoCapacity) and self.catalog.nodes_for(
+            flight.capability, flight.request.model
+        ):
+            # The core keeps the reference's split (skipped nodes count as none); on the
+            # wire, nodes that exist but are unhealthy or circuit-open are a 503.
+            exc = errors.AllNodesUnhealthy(
+                flight.capability,
+                f"All nodes unhealthy for capability: {flight.capability} "
+                "(every node serving it is unhealthy, circuit-open or already tried)",
+            )
         await self._finish_error(flight, self._final_error(flight, exc))
         return True
 
@@ -328,6 +344,7 @@ class GatewayService:
         flight.pinged = False
         flight.offset = flight.seq
         self.catalog.add_in_flight(node_id, 1)
+        self.stats.record_dispatch(node_id)
         remaining_ms = max(1, int((flight.deadline - now) * 1000))
         body = b"".join((
             b'{"request":', flight.raw,
@@ -382,6 +399,10 @@ class GatewayService:
     async def _on_reply(self, msg: Msg) -> None:
         t0 = time.perf_counter_ns()
         key, _, tag = msg.subject[self._inbox_len :].partition(".")
+        if tag == "a":  # a caller asking whether this gateway is alive
+            if msg.reply:
+                await self.nc.publish(msg.reply, b"")
+            return
         flight = self._flights.get(key)
         if flight is None:
             return  # late message of a finished request

@@ -7,14 +7,20 @@
                 print(chunk.text, end="")
 
 Errors arrive as the typed exceptions of ``shared.errors`` (mapped from the error
-headers). A request that no gateway answered before any output (no responders, or a
-gateway that vanished) is retried with the same ``request_id`` through another
-gateway of the queue group (tenacity), so a gateway crash costs a retry, not a failure.
+headers). The client survives the loss of a gateway: it asks for an acknowledgement
+(request header ``Fed-Ack``, an addition to the protocol), then checks that the gateway
+holding its request is still alive whenever it has been silent for ``liveness_s``
+(a request to the ``Fed-Liveness`` subject of the ack: NATS answers "no responders" at
+once when that gateway is gone). A request that lost its gateway, or that no gateway
+answered, before any output is resent with the same ``request_id`` through another
+gateway of the queue group (tenacity); a stream that lost its gateway after output
+ends with ``Interrupted`` rather than repeating chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -66,11 +72,17 @@ class FedClient:
         timeout_s: float = 30.0,
         retries: int = 2,
         own_connection: bool = False,
+        liveness_s: float = 0.5,
+        ack_timeout_s: float = 2.0,
     ) -> None:
         self.nc = nc
         self.subjects = subjects or Subjects()
         self.timeout_s = timeout_s
         self.retries = retries
+        self.liveness_s = liveness_s
+        """Silence after which the client checks that its gateway is still there."""
+        self.ack_timeout_s = ack_timeout_s
+        """How long to wait for a gateway to acknowledge a request before resending."""
         self._own = own_connection
         self._inbox = ""
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
@@ -85,7 +97,8 @@ class FedClient:
     async def close(self) -> None:
         """Unsubscribe; close the connection if this client opened it."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
             self._sub = None
         if self._own:
             await self.nc.close()
@@ -101,7 +114,8 @@ class FedClient:
     @staticmethod
     def build_request(input: str = "", **fields: Any) -> m.InferRequest:
         """An InferRequest with a fresh request id unless one is given."""
-        fields.setdefault("request_id", secrets.token_hex(8))
+        if not fields.get("request_id"):
+            fields["request_id"] = secrets.token_hex(8)
         qos = fields.pop("qos", None)
         if isinstance(qos, dict):
             qos = msgspec.convert(qos, m.QoS)
@@ -124,8 +138,6 @@ class FedClient:
         ``headers`` are sent with the request (e.g. a caller's ``traceparent``).
         """
         request = self.build_request(input, stream=False, **fields)
-        body = m.encode(request)
-        timeout = (request.timeout_ms / 1000 if request.timeout_ms else self.timeout_s) + 1.0
         subject = self.subjects.infer(capability)
         span = None
         if telemetry.enabled:
@@ -135,10 +147,9 @@ class FedClient:
                             "fed.request_id": request.request_id or ""},
             )  # fmt: skip
             headers = telemetry.inject(span, headers)
+        call = _Call(self, subject, request, headers)
         try:
-            async for attempt in self._retrying():
-                with attempt:
-                    msg = await self._request(subject, body, timeout, headers)
+            msg = await call.first()
             err = errors.from_headers(msg.headers)
             if err is not None:
                 raise err
@@ -146,6 +157,8 @@ class FedClient:
             if span is not None:
                 telemetry.end_error(span, exc.message)
             raise
+        finally:
+            call.close()
         hdrs = msg.headers or {}
         if span is not None:
             span.set_attributes({"fed.node_id": hdrs.get(h.SERVED_BY, "")})
@@ -156,24 +169,6 @@ class FedClient:
             attempts=int(hdrs.get(h.ATTEMPTS, "1")),
             overhead_us=int(hdrs.get(h.OVERHEAD_US, "0")),
             headers=dict(hdrs),
-        )
-
-    async def _request(
-        self, subject: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
-    ) -> Msg:
-        try:
-            return await self.nc.request(subject, body, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError as exc:
-            raise errors.Unavailable(f"no gateway answers {subject}") from exc
-        except nats.errors.TimeoutError as exc:
-            raise errors.Timeout(timeout, detail=f"no answer on {subject} in {timeout:g}s") from exc
-
-    def _retrying(self) -> tenacity.AsyncRetrying:
-        return tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(_retryable),
-            stop=tenacity.stop_after_attempt(self.retries + 1),
-            wait=tenacity.wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
-            reraise=True,
         )
 
     def stream(
@@ -193,16 +188,110 @@ class FedClient:
         await self.nc.publish(self.subjects.cancel(request_id), b"")
         await self.nc.flush()
 
-    async def _stream_inbox(self) -> str:
+    def _retrying(self) -> tenacity.AsyncRetrying:
+        return tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(_retryable),
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+            reraise=True,
+        )
+
+    async def _reply_inbox(self) -> str:
         if self._sub is None:
             self._inbox = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._on_stream_msg)
+            self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._on_msg)
         return self._inbox
 
-    async def _on_stream_msg(self, msg: Msg) -> None:
+    async def _on_msg(self, msg: Msg) -> None:
         queue = self._queues.get(msg.subject.rpartition(".")[2])
         if queue is not None:
             queue.put_nowait(msg)
+
+
+class _Call:
+    """One request's exchange, resent through another gateway while nothing came back."""
+
+    def __init__(
+        self,
+        client: FedClient,
+        subject: str,
+        request: m.InferRequest,
+        headers: dict[str, str] | None,
+    ) -> None:
+        self.client = client
+        self.subject = subject
+        self.request = request
+        self.body = m.encode(request)
+        self.headers = {**(headers or {}), h.ACK: "1"}
+        self.deadline_s = (
+            request.timeout_ms / 1000 if request.timeout_ms else client.timeout_s
+        ) + 1.0
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.token = ""
+        self.liveness: str | None = None
+        self.gateway = ""
+        self._sends = 0
+        self._loop = asyncio.get_running_loop()
+        self._expires = self._loop.time() + self.deadline_s
+
+    async def first(self) -> Msg:
+        """Send, and resend with the same request id while no gateway holds the request."""
+        async for attempt in self.client._retrying():
+            with attempt:
+                await self._send()
+                return await self.next()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self) -> None:
+        inbox = await self.client._reply_inbox()
+        self.close()
+        self._sends += 1
+        self.token = f"{self.request.request_id}-{self._sends}"
+        self.liveness = None
+        self.client._queues[self.token] = self.queue = asyncio.Queue()
+        await self.client.nc.publish(
+            self.subject, self.body, reply=f"{inbox}.{self.token}", headers=self.headers
+        )
+
+    async def next(self) -> Msg:
+        """The next reply message; raises Unavailable if the gateway is gone."""
+        while True:
+            remaining = self._expires - self._loop.time()
+            if remaining <= 0:
+                raise errors.Timeout(self.deadline_s, detail=f"no answer on {self.subject}")
+            wait = min(remaining, self.client.liveness_s if self.liveness else
+                       self.client.ack_timeout_s)  # fmt: skip
+            try:
+                msg = await asyncio.wait_for(self.queue.get(), wait)
+            except TimeoutError:
+                await self._check_gateway()
+                continue
+            hdrs = msg.headers
+            if hdrs:
+                if hdrs.get(h.NATS_STATUS) == "503":
+                    raise errors.Unavailable(f"no gateway answers {self.subject}")
+                if h.LIVENESS in hdrs and not msg.data:
+                    self.liveness = hdrs[h.LIVENESS]
+                    self.gateway = hdrs.get(h.GATEWAY, "")
+                    continue
+            return msg
+
+    async def _check_gateway(self) -> None:
+        if self._loop.time() >= self._expires:
+            return
+        if self.liveness is None:
+            raise errors.Unavailable(f"no gateway acknowledged {self.request.request_id}")
+        try:
+            await self.client.nc.request(self.liveness, b"", timeout=self.client.liveness_s)
+        except nats.errors.NoRespondersError as exc:
+            raise errors.Unavailable(f"gateway {self.gateway} is gone") from exc
+        except nats.errors.TimeoutError:
+            pass  # alive but busy, or a network hiccup: keep waiting until the deadline
+
+    def close(self) -> None:
+        """Stop routing replies of the current send to this call."""
+        if self.token:
+            self.client._queues.pop(self.token, None)
 
 
 class Stream:
@@ -216,8 +305,6 @@ class Stream:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.client = client
-        self._headers = headers
-        self._span: Any = None
         self.capability = capability
         self.request = request
         self.request_id = request.request_id or ""
@@ -227,12 +314,11 @@ class Stream:
         self.finish_reason = ""
         self.headers: dict[str, str] = {}
         self.text = ""
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._extra_headers = headers
+        self._call: _Call | None = None
+        self._span: Any = None
         self._started = False
         self._finished = False
-        self._deadline_s = (
-            request.timeout_ms / 1000 if request.timeout_ms else client.timeout_s
-        ) + 1.0
 
     async def __aenter__(self) -> Self:
         return self
@@ -245,40 +331,8 @@ class Stream:
     ) -> None:
         if not self._finished and exc_type is not None:
             await self.cancel()
-        self.client._queues.pop(self.request_id, None)
-
-    async def _send(self) -> None:
-        inbox = await self.client._stream_inbox()
-        self.client._queues[self.request_id] = self._queue
-        subject = self.client.subjects.infer(self.capability)
-        headers = self._headers
-        if telemetry.enabled:
-            if self._span is None:
-                self._span = telemetry.start(
-                    "send infer", kind=telemetry.PRODUCER, headers=headers,
-                    attributes={**telemetry.messaging(subject, "publish"),
-                                "fed.request_id": self.request_id, "fed.stream": True},
-                )  # fmt: skip
-            headers = telemetry.inject(self._span, headers)
-        await self.client.nc.publish(
-            subject, m.encode(self.request), reply=f"{inbox}.{self.request_id}", headers=headers
-        )
-
-    async def _first(self) -> Msg:
-        """Send, and resend through another gateway while nobody answered at all."""
-        async for attempt in self.client._retrying():
-            with attempt:
-                await self._send()
-                msg = await self._next_msg()
-                if msg.headers and msg.headers.get(h.NATS_STATUS) == "503":
-                    raise errors.Unavailable("no gateway answers infer requests")
-        return msg
-
-    async def _next_msg(self) -> Msg:
-        try:
-            return await asyncio.wait_for(self._queue.get(), self._deadline_s)
-        except TimeoutError as exc:
-            raise errors.Timeout(self._deadline_s, detail="stream timed out") from exc
+        if self._call is not None:
+            self._call.close()
 
     def __aiter__(self) -> AsyncIterator[m.Chunk]:
         return self._iterate()
@@ -287,21 +341,36 @@ class Stream:
         if self._started:
             raise RuntimeError("a stream can be iterated once")
         self._started = True
-        msg = await self._first()
+        subject = self.client.subjects.infer(self.capability)
+        headers = self._extra_headers
+        if telemetry.enabled:
+            self._span = telemetry.start(
+                "send infer", kind=telemetry.PRODUCER, headers=headers,
+                attributes={**telemetry.messaging(subject, "publish"),
+                            "fed.request_id": self.request_id, "fed.stream": True},
+            )  # fmt: skip
+            headers = telemetry.inject(self._span, headers)
+        call = self._call = _Call(self.client, subject, self.request, headers)
         parts: list[str] = []
         try:
+            msg = await call.first()
             while True:
-                if msg.data:
-                    chunk = m.chunk_decoder.decode(msg.data)
-                    parts.append(chunk.text)
-                    yield chunk
-                else:
+                if not msg.data:
                     self._finish(msg)
                     return
-                msg = await self._next_msg()
+                chunk = m.chunk_decoder.decode(msg.data)
+                parts.append(chunk.text)
+                yield chunk
+                try:
+                    msg = await call.next()
+                except errors.Unavailable as exc:
+                    raise errors.Interrupted(f"lost the gateway mid-stream: {exc}") from exc
+        except errors.FedError as exc:
+            self._end_span(exc.message)
+            raise
         finally:
             self.text = "".join(parts)
-            self.client._queues.pop(self.request_id, None)
+            call.close()
 
     def _finish(self, msg: Msg) -> None:
         self._finished = True
@@ -310,19 +379,21 @@ class Stream:
         self.served_by = hdrs.get(h.SERVED_BY, "")
         self.attempts = int(hdrs.get(h.ATTEMPTS, "0") or 0)
         err = errors.from_headers(hdrs)
-        span, self._span = self._span, None
-        if span is not None:
-            span.set_attributes(
-                {"fed.node_id": self.served_by, "fed.tokens": hdrs.get(h.TOKENS, "0")}
-            )
-            if err is not None:
-                telemetry.end_error(span, err.message)
-            else:
-                span.end()
         if err is not None:
             raise err
         self.tokens = int(hdrs.get(h.TOKENS, "0") or 0)
         self.finish_reason = hdrs.get(h.FINISH_REASON, "")
+        self._end_span(None)
+
+    def _end_span(self, error: str | None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        span.set_attributes({"fed.node_id": self.served_by})
+        if error is None:
+            span.end()
+        else:
+            telemetry.end_error(span, error)
 
     async def cancel(self) -> None:
         """Cancel this request (the gateway answers ``cancelled`` and the node stops)."""

