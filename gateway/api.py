@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import msgspec
 from nats.aio.client import Client
@@ -146,7 +146,7 @@ class FederationGateway:
         return self.client
 
     @staticmethod
-    def _fields(request: InferRequest) -> dict[str, object]:
+    def _fields(request: InferRequest) -> dict[str, Any]:
         fields = msgspec.structs.asdict(request)
         fields.pop("capability")
         fields.pop("input")

@@ -308,9 +308,7 @@ class ModelCatalog:
         if hb.region != node.region:
             node.region = hb.region
             moved = True
-        changed = (
-            hb.cost != node.cost or hb.gpu != node.gpu or hb.tokens_per_s != node.tokens_per_s
-        )
+        changed = hb.cost != node.cost or hb.gpu != node.gpu or hb.tokens_per_s != node.tokens_per_s
         node.cost, node.gpu, node.tokens_per_s = hb.cost, hb.gpu, hb.tokens_per_s
         if moved:
             self._notify(CatalogEvent.MOVED, node)
@@ -361,8 +359,7 @@ class ModelCatalog:
         gone = [
             n
             for n in self._nodes.values()
-            if n.incarnation
-            and now - n.last_seen > self._expiry_intervals * n.interval_ms / 1000.0
+            if n.incarnation and now - n.last_seen > self._expiry_intervals * n.interval_ms / 1000.0
         ]
         for node in gone:
             self._drop(node)
@@ -378,8 +375,10 @@ class ModelCatalog:
 
     def nodes_for(self, capability: str, model: str | None = None) -> list[NodeInfo]:
         """Nodes serving ``capability`` (and ``model`` when given), from the index."""
-        index = self._by_cap.get(capability) if model is None else self._by_cap_model.get(
-            (capability, model)
+        index = (
+            self._by_cap.get(capability)
+            if model is None
+            else self._by_cap_model.get((capability, model))
         )
         return list(index.values()) if index else []
 

@@ -124,7 +124,7 @@ class Control:
     def stats_view(self) -> dict[str, Any]:
         """The stats snapshot plus this gateway's live figures."""
         svc = self.svc
-        snap = msgspec.to_builtins(svc.stats.snapshot())
+        snap: dict[str, Any] = msgspec.to_builtins(svc.stats.snapshot())
         snap.update(
             gateway=svc.gateway_id,
             in_flight=svc.in_flight,

@@ -33,7 +33,7 @@ class Flight:
         "offset",
         "overhead_ns",
         "pinged",
-        "probe_slot",
+        "attempt_open",
         "queued_at",
         "raw",
         "reason",
@@ -87,7 +87,8 @@ class Flight:
         self.epoch = 0
         self.overhead_ns = 0
         self.done = False
-        self.probe_slot = False
+        self.attempt_open = False
+        """True while the current attempt holds its node (dispatched, not yet ended)."""
         self.queued_at: float | None = None
         self.last_error: tuple[int, str, str] | None = None
         """(code, kind, text) of the last failed attempt."""

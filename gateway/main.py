@@ -43,7 +43,14 @@ async def serve(
     await service.start()
     front = None
     if cfg.http_port is not None:
-        from gateway.http import FrontDoor
+        try:
+            from gateway.http import FrontDoor
+        except ImportError as exc:
+            await service.stop()
+            await nc.drain()
+            raise ValueError(
+                f"--http-port needs aiohttp: pip install 'fedgate[http]' ({exc})"
+            ) from exc
 
         front = FrontDoor(service, cfg.http_host, cfg.http_port)
         try:

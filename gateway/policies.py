@@ -335,8 +335,9 @@ class CompositePolicy(Policy):
     @classmethod
     def enterprise_default(cls) -> CompositePolicy:
         """health 2.0, latency 1.0, privacy, locality 1.0, cost 1.0 (the reference set)."""
-        return cls([HealthPolicy(), LatencyPolicy(), PrivacyPolicy(), LocalityPolicy(),
-                    CostPolicy()])
+        return cls(
+            [HealthPolicy(), LatencyPolicy(), PrivacyPolicy(), LocalityPolicy(), CostPolicy()]
+        )
 
     def with_policy(self, policy: Policy) -> CompositePolicy:
         """Append a member."""

@@ -335,7 +335,7 @@ class GatewayService:
         flight.node_id = node_id
         flight.score = candidate.score
         flight.reason = self._strategy_name
-        flight.probe_slot = True
+        flight.attempt_open = True
         flight.epoch = self._epoch
         now = self.clock()
         flight.attempt_started = now
@@ -409,6 +409,8 @@ class GatewayService:
         if tag != str(flight.attempt):
             await self._on_side_reply(flight, tag, msg)
             return
+        if not flight.attempt_open:
+            return  # the attempt was already given up (timed out, stalled): ignore its rest
         hdrs = msg.headers
         data = msg.data
         if hdrs:
@@ -417,7 +419,6 @@ class GatewayService:
                     flight,
                     node_fault=True,
                     error=errors.NodeUnreachable(flight.node_id or ""),
-                    gone=True,
                 )
                 return
             kind = hdrs.get(h.FED_ERROR)
@@ -451,12 +452,12 @@ class GatewayService:
         if tag == "c":  # caller-gone probe on a relayed chunk
             if status == "503":
                 await self._caller_gone(flight)
-        elif tag == f"p{flight.attempt}" and status == "503":  # liveness ping: node gone
+        elif tag == f"p{flight.attempt}" and status == "503" and flight.attempt_open:
+            # liveness ping: the node is gone
             await self._attempt_failed(
                 flight,
                 node_fault=True,
                 error=errors.NodeUnreachable(flight.node_id or ""),
-                gone=True,
             )
 
     async def _node_error(self, flight: Flight, hdrs: dict[str, str]) -> None:
@@ -470,7 +471,9 @@ class GatewayService:
             return
         node_fault = kind not in _RETRYABLE_NODE_ERRORS and kind != "cancelled"
         err = errors.from_headers(hdrs) or errors.Internal(text)
-        await self._attempt_failed(flight, node_fault=node_fault, error=err, code=code, kind=kind)
+        await self._attempt_failed(
+            flight, node_fault=node_fault, error=err, code=code, kind=kind, node_reported=True
+        )
 
     async def _attempt_failed(
         self,
@@ -480,17 +483,20 @@ class GatewayService:
         error: errors.FedError,
         code: int | None = None,
         kind: str | None = None,
-        gone: bool = False,
+        node_reported: bool = False,
     ) -> None:
-        """The current attempt failed: retry, fail over, or answer the error."""
+        """The current attempt failed: retry, fail over, or answer the error.
+
+        ``node_fault`` decides whether it counts against the node's health and circuit;
+        ``node_reported`` means the node itself sent the error (nothing to cancel there).
+        """
         if flight.done:
             return
         node_id = flight.node_id
         counts = node_fault and self._connected and flight.epoch == self._epoch
         self._release(flight, success=False if counts else None)
-        if gone and node_id is not None:
-            self._cancel_on_node(node_id, flight.request_id)
-        elif node_id is not None and flight.seq:
+        if node_id is not None and not node_reported:
+            # Timed out, stalled or gone: make sure a slow node stops working for nobody.
             self._cancel_on_node(node_id, flight.request_id)
         flight.last_error = (code or error.code, kind or error.kind, error.message)
         remaining = flight.deadline - self.clock()
@@ -529,9 +535,9 @@ class GatewayService:
     def _release(self, flight: Flight, success: bool | None) -> None:
         """End the current attempt's hold on its node; report the outcome if any."""
         node_id = flight.node_id
-        if node_id is None or not flight.probe_slot:
+        if node_id is None or not flight.attempt_open:
             return
-        flight.probe_slot = False
+        flight.attempt_open = False
         self.catalog.add_in_flight(node_id, -1)
         span = flight.attempt_span
         if span is not None:
@@ -699,14 +705,14 @@ class GatewayService:
         flight = self._by_request_id.get(self.subjects.last_token(msg.subject))
         if flight is None or flight.done:
             return
-        if flight.node_id is not None and flight.probe_slot:
+        if flight.node_id is not None and flight.attempt_open:
             self._cancel_on_node(flight.node_id, flight.request_id)
         await self._finish_error(flight, errors.Cancelled("cancelled by the caller"))
 
     async def _caller_gone(self, flight: Flight) -> None:
         if flight.done:
             return
-        if flight.node_id is not None and flight.probe_slot:
+        if flight.node_id is not None and flight.attempt_open:
             self._cancel_on_node(flight.node_id, flight.request_id)
         self._release(flight, success=None)
         self._forget(flight, error="caller gone")
@@ -759,9 +765,13 @@ class GatewayService:
             await self._node_lost(node_id, "node left")
 
     async def _node_lost(self, node_id: str, why: str) -> None:
-        for flight in [f for f in self._flights.values() if f.node_id == node_id and f.probe_slot]:
+        for flight in [
+            f for f in self._flights.values() if f.node_id == node_id and f.attempt_open
+        ]:
             await self._attempt_failed(
-                flight, node_fault=False, error=errors.NodeUnreachable(node_id), gone=True
+                flight,
+                node_fault=False,
+                error=errors.NodeUnreachable(node_id),
             )
 
     # -- background loops ----------------------------------------------------------
@@ -791,12 +801,12 @@ class GatewayService:
             if flight.done:
                 continue
             if now >= flight.deadline:
-                if flight.node_id and flight.probe_slot:
+                if flight.node_id and flight.attempt_open:
                     self._cancel_on_node(flight.node_id, flight.request_id)
                 timeout_s = flight.deadline - flight.started
                 await self._finish_error(flight, errors.Timeout(timeout_s))
                 continue
-            if flight.queued_at is not None or not flight.probe_slot:
+            if flight.queued_at is not None or not flight.attempt_open:
                 continue
             if flight.first_chunk_at is None:
                 if now - flight.attempt_started >= cfg.first_chunk_timeout_s:

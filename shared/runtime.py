@@ -8,16 +8,18 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
-def run(main: Coroutine[Any, Any, int | None]) -> int:
+def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop when installed (faster NATS I/O), else asyncio."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a default dependency
-        return asyncio.run(main) or 0
-    return uvloop.run(main) or 0
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def stop_event() -> asyncio.Event:

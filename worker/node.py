@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -262,7 +263,7 @@ class Node:
             name=f"job-{request_id}",
         )
         self._jobs[request_id] = task
-        task.add_done_callback(lambda t, rid=request_id: self._job_done(rid, t))
+        task.add_done_callback(functools.partial(self._job_done, request_id))
 
     def _job_done(self, request_id: str, task: asyncio.Task[None]) -> None:
         if self._jobs.get(request_id) is task:

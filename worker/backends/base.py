@@ -85,10 +85,10 @@ class FunctionBackend:
         """Adapt the user's function to the backend protocol."""
         out = self._fn(job)
         if hasattr(out, "__aiter__"):
-            async for text in out:  # type: ignore[union-attr]
+            async for text in out:
                 if text:
                     yield Piece(text=text)
         else:
-            text = await out  # type: ignore[misc]
+            text = await out
             if text:
                 yield Piece(text=text)

@@ -100,8 +100,12 @@ def create(args: argparse.Namespace) -> Backend:
 
 
 def _openai(args: argparse.Namespace) -> Backend:
-    from worker.backends.openai import OpenAIBackend, OpenAIOptions
-
+    try:
+        from worker.backends.openai import OpenAIBackend, OpenAIOptions
+    except ImportError as exc:
+        raise ValueError(
+            f"--backend openai needs aiohttp: pip install 'fedgate[http]' ({exc})"
+        ) from exc
     if not args.upstream:
         raise ValueError("--backend openai needs --upstream URL")
     api_key = None
