@@ -19,6 +19,8 @@ class Flight:
         "attempt",
         "attempt_span",
         "attempt_started",
+        "busy",
+        "busy_nodes",
         "capability",
         "chunk_log",
         "deadline",
@@ -84,6 +86,10 @@ class Flight:
         self.chunk_log: list[bytes | tuple[str, int]] = []
         """What was relayed: raw chunk bytes (decoded lazily, on failover) or (text, tokens)."""
         self.failovers = 0
+        self.busy = 0
+        """Attempts a node refused for lack of capacity (they spend no retry budget)."""
+        self.busy_nodes: list[str] = []
+        """Nodes that refused for lack of capacity since the last wait for them."""
         self.epoch = 0
         self.overhead_ns = 0
         self.done = False

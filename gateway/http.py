@@ -63,6 +63,8 @@ _ERROR_TYPES = {
     409: "invalid_request_error",
     429: "rate_limit_error",
 }
+TENANT = web.RequestKey("tenant", object)
+"""The authenticated tenant (None without API keys), set by the middleware."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -193,7 +195,9 @@ class FrontDoor:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authenticate first; answer every failure as an OpenAI error."""
         try:
+            request[TENANT] = self._tenant(request)
             return await handler(request)
         except HttpError as exc:
             return error_response(exc.status, exc.message, exc.code)
@@ -223,7 +227,7 @@ class FrontDoor:
 
     def _fields(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         """The NATS request fields common to every endpoint."""
-        tenant = self._tenant(request)
+        tenant = request.get(TENANT)
         rid = request.headers.get("X-Request-Id", "")
         fields: dict[str, Any] = {
             "request_id": rid if _REQUEST_ID.match(rid) else secrets.token_hex(8),
@@ -269,7 +273,6 @@ class FrontDoor:
 
     async def models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: every model some live node serves."""
-        self._tenant(request)
         owners: dict[str, set[str]] = {}
         for node in self.service.catalog.nodes():
             for model, caps in node.models.items():

@@ -302,7 +302,15 @@ class GatewayService:
     async def _routing_failed(
         self, flight: Flight, exc: errors.FedError, resume: m.Resume | None
     ) -> bool:
-        """No node now: queue for capacity, or answer the error."""
+        """No node now: wait for busy nodes or capacity, or answer the error."""
+        if flight.busy_nodes and not flight.seq:
+            delay = min(self.config.retry_backoff_max_s, 0.01 * 2 ** min(flight.busy, 6))
+            if delay < flight.deadline - self.clock():
+                for node_id in flight.busy_nodes:
+                    flight.tried.remove(node_id)
+                flight.busy_nodes.clear()
+                self._spawn(self._retry_later(flight, delay), "busy-retry")
+                return True
         if isinstance(exc, errors.Overloaded):
             if flight.queued_at is not None:
                 return False  # stays queued; tried again when capacity frees
@@ -517,7 +525,13 @@ class GatewayService:
             flight.failovers += 1
             await self._dispatch(flight, m.Resume(text=text, tokens=tokens))
             return
-        delay = self.retry.next_delay(flight.attempt, remaining)
+        if kind == "overloaded" and node_id is not None:
+            # The node is full with other gateways' work: not its fault. Try the others
+            # first; if none can take it, wait for the busy ones (see _routing_failed).
+            # Such refusals spend no retry budget.
+            flight.busy += 1
+            flight.busy_nodes.append(node_id)
+        delay = self.retry.next_delay(flight.attempt - flight.busy, remaining)
         if delay is None:
             await self._finish_error(flight, self._final_error(flight, error))
             return

@@ -305,6 +305,9 @@ class Node:
         parts: list[str] = []
         embedding: list[float] | None = None
         finish = "stop"
+        coalesce_s = self.stream_interval_s
+        chunks = held = 0
+        flushed = started
         try:
             async with asyncio.timeout(timeout_s):
                 async for piece in self.backend.stream(job):
@@ -318,13 +321,26 @@ class Node:
                     tokens += piece.tokens
                     if seq == 0:
                         self._note_ttft(time.perf_counter() - started)
-                    if streaming:
-                        seq += 1
+                    seq += 1
+                    if not streaming:
+                        parts.append(piece.text)
+                    elif coalesce_s:
+                        # Coalescing on: gather pieces, send them as one chunk per window.
+                        parts.append(piece.text)
+                        held += piece.tokens
+                        now = time.perf_counter()
+                        if now - flushed >= coalesce_s:
+                            chunks += 1
+                            await self._chunk(reply, gone, chunks, "".join(parts), held)
+                            parts.clear()
+                            held, flushed = 0, now
+                    else:
                         chunk = m.encode(m.Chunk(seq=seq, text=piece.text, tokens=piece.tokens))
                         await self.nc.publish(reply, chunk, reply=gone)
-                    else:
-                        seq += 1
-                        parts.append(piece.text)
+                if streaming and parts:
+                    chunks += 1
+                    await self._chunk(reply, gone, chunks, "".join(parts), held)
+                    parts.clear()
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 code, kind = (503, "node_draining") if self.draining else (499, "cancelled")
@@ -372,6 +388,10 @@ class Node:
                 reply, m.encode(result), reply=gone, headers={h.TOKENS: str(tokens)}
             )
         return "", tokens
+
+    async def _chunk(self, reply: str, gone: str, seq: int, text: str, tokens: int) -> None:
+        body = m.encode(m.Chunk(seq=seq, text=text, tokens=tokens))
+        await self.nc.publish(reply, body, reply=gone)
 
     async def _error(self, reply: str, code: int, kind: str, text: str) -> None:
         await self.nc.publish(

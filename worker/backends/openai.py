@@ -70,6 +70,8 @@ class OpenAIOptions:
     """Longest silence from the upstream (time to first token included)."""
     ready_ttl_s: float = 1.0
     """How long a readiness probe's answer is reused."""
+    probe_timeout_s: float = 0.5
+    """Connect (and answer) timeout of a readiness probe: it runs before each heartbeat."""
 
 
 def budget(job: Job, default: int) -> int:
@@ -127,22 +129,31 @@ class OpenAIBackend:
             self._session = None
 
     async def ready(self) -> bool:
-        """True while the upstream answers ``/v1/models`` (probed at most every ``ready_ttl_s``)."""
+        """False while the upstream cannot be reached (probed at most every ``ready_ttl_s``).
+
+        Reachable means connected and answering: a server too busy to answer within
+        ``probe_timeout_s`` is still ready (llama.cpp servers queue ``/v1/models`` behind a
+        running generation); refused or unroutable connections, ``503`` (model loading)
+        and ``401``/``403`` (a wrong key) are not.
+        """
         now = time.monotonic()
         if now - self._checked_at < self.options.ready_ttl_s:
             return self._ready
         self._checked_at = now
+        probe = self.options.probe_timeout_s
         try:
             async with self._http().get(
                 f"{self.base_url}/v1/models",
-                timeout=aiohttp.ClientTimeout(total=self.options.connect_timeout_s),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=probe, sock_read=probe),
             ) as resp:
                 if resp.status == 200:
                     body = _decoder.decode(await resp.read())
                     self.upstream_models = tuple(
                         str(item["id"]) for item in body.get("data", []) if "id" in item
                     )
-                self._set_ready(resp.status == 200)
+                self._set_ready(resp.status not in (401, 403, 503))
+        except aiohttp.SocketTimeoutError:
+            self._set_ready(True)  # connected, busy: alive
         except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, AttributeError) as exc:
             log.debug("upstream %s not ready: %s", self.base_url, exc)
             self._set_ready(False)
