@@ -200,3 +200,42 @@ async def test_reply_headers_explain_the_answer(nats_url: str) -> None:
             "infer.generate", b'{"input":"hi"}', timeout=5, headers={"traceparent": tp}
         )
         assert msg.headers["traceparent"] == tp
+
+
+async def test_access_log_one_line_per_request_with_ids(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with federation(nats_url) as fed:
+        await fed.gateway(access_log=True)
+        await fed.node("w1", models=MODELS)
+        await fed.seen("w1")
+        nc = await fed.client()
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        with caplog.at_level("INFO", logger="fedgate.gateway"):
+            for i in range(3):
+                await nc.request(
+                    "infer.generate",
+                    b'{"request_id":"log-%d"}' % i,
+                    timeout=5,
+                    headers={"traceparent": tp},
+                )
+        lines = [r for r in caplog.records if getattr(r, "request_id", "").startswith("log-")]
+        assert [r.request_id for r in lines] == ["log-0", "log-1", "log-2"]  # type: ignore[attr-defined]
+        assert all(r.trace_id == "0af7651916cd43dd8448eb211c80319c" for r in lines)  # type: ignore[attr-defined]
+
+
+async def test_bad_heartbeat_flood_is_logged_at_a_rate_limit(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with federation(nats_url) as fed:
+        gw = await fed.gateway()
+        nc = await fed.client()
+        with caplog.at_level("WARNING", logger="fedgate.gateway"):
+            for _ in range(200):
+                await nc.publish("fed.heartbeat.evil", b'{"node_id":"other","incarnation":"x"}')
+            await nc.flush()
+            await fed.node("w1", models=MODELS)
+            await fed.seen("w1")  # heartbeats after the flood were processed
+        spoofed = [r for r in caplog.records if "claims node" in r.getMessage()]
+        assert 1 <= len(spoofed) <= 2
+        assert gw.catalog.node("other") is None and gw.catalog.node("evil") is None
