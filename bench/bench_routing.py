@@ -48,9 +48,7 @@ def _heartbeat(rng: random.Random, i: int, models: list[tuple[str, tuple[str, ..
 def build_fleet(n: int, seed: int = 1) -> tuple[ModelCatalog, HealthChecker, Router, list[Any]]:
     """A fleet of n nodes over 100 models with mixed capabilities and regions."""
     rng = random.Random(seed)
-    models = [
-        (f"model-{m}", tuple(rng.sample(CAPS, rng.randint(1, 2)))) for m in range(N_MODELS)
-    ]
+    models = [(f"model-{m}", tuple(rng.sample(CAPS, rng.randint(1, 2)))) for m in range(N_MODELS)]
     catalog, health, breaker = ModelCatalog(), HealthChecker(), CircuitBreaker()
     router = Router(catalog, health, breaker)
     beats = []
@@ -147,10 +145,14 @@ def main() -> None:
         print(f"{n:>7} | {r['p50_us']:>12.1f} | {r['p99_us']:>12.1f}")
     extra = bench_candidates_and_heartbeats(10_000)
     results.update(extra)
-    print(f"get_candidates (100-node capability): p50 {extra['get_candidates_100_p50_us']:.1f} µs,"
-          f" p99 {extra['get_candidates_100_p99_us']:.1f} µs")
-    print(f"apply_heartbeat (10,000 nodes): mean {extra['heartbeat_mean_us']:.1f} µs,"
-          f" p99 {extra['heartbeat_p99_us']:.1f} µs")
+    print(
+        f"get_candidates (100-node capability): p50 {extra['get_candidates_100_p50_us']:.1f} µs,"
+        f" p99 {extra['get_candidates_100_p99_us']:.1f} µs"
+    )
+    print(
+        f"apply_heartbeat (10,000 nodes): mean {extra['heartbeat_mean_us']:.1f} µs,"
+        f" p99 {extra['heartbeat_p99_us']:.1f} µs"
+    )
     print(json.dumps(results))
 
 

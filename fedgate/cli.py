@@ -9,6 +9,7 @@ in ``fedgate.commands``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -46,6 +47,9 @@ EXAMPLES = {
     "  fedgate top --once     # print one frame of every panel",
     "bench": "fedgate bench routing\n  fedgate bench all",
 }
+
+SERVICES = frozenset({"gateway", "worker", "up"})
+"""Long-running commands: they log NATS trouble; the others report it once and exit."""
 
 PRECEDENCE = (
     "configuration: flags > FEDGATE_* environment variables > --config TOML file > defaults"
@@ -144,6 +148,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the embedded server keeps its data (default $XDG_STATE_HOME/fedgate)",
     )
+    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
 
     p = add(
         "gateway",
@@ -181,6 +186,12 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="do not publish routing decisions on fed.decisions",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        default=None,
+        help="log one line per request (id, trace, node, outcome, latency)",
     )
     p.add_argument("--http-port", type=int, metavar="N", help="OpenAI-compatible HTTP port")
     p.add_argument("--http-host", metavar="HOST", help="HTTP bind address (default 127.0.0.1)")
@@ -292,17 +303,21 @@ def _request_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedgate`` command."""
-    from shared.natsserver import NatsServerError
     from shared.runtime import setup_logging
 
     parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     setup_logging(args.log_level)
+    if args.command not in SERVICES and args.log_level != "debug":
+        # a one-shot command reports an unreachable server in one line, not log noise
+        logging.getLogger("fedgate.nats").setLevel(logging.ERROR)
     try:
         code: Any = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, ConnectionError, NatsServerError, OSError) as exc:
+    except (ValueError, ConnectionError, RuntimeError, OSError) as exc:
         print(f"fedgate: error: {exc}", file=sys.stderr)
         return 2
     return int(code or 0)

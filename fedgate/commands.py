@@ -8,11 +8,9 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from fedgate import render
 from fedgate.cli import config_file, nats_config
@@ -20,9 +18,12 @@ from shared import errors
 from shared import headers as h
 from shared import messages as m
 from shared.config import GatewayConfig, WorkerConfig, build, env_values
-from shared.connection import connect
 from shared.runtime import run
 from shared.subjects import Subjects
+
+if TYPE_CHECKING:  # nats (and aiohttp under it) is imported when a command connects
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
 GATHER_WINDOW_S = 0.3
 """After the first gateway answers, how long to wait for the others' answers."""
@@ -216,6 +217,8 @@ async def gather_on(
 
 async def gather(args: argparse.Namespace, subject: str, body: bytes = b"") -> list[dict[str, Any]]:
     """``gather_on`` over a connection of its own (failing fast when NATS is down)."""
+    from shared.connection import connect
+
     nc = await connect(nats_config(args))
     try:
         return await gather_on(nc, subject, body)
@@ -265,9 +268,11 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """``fedgate up``."""
-    from fedgate.up import up
+    """``fedgate up`` (the foreground side, unless this is the supervisor it starts)."""
+    from fedgate.up import front, up
 
+    if not args.supervised:
+        return front(args.argv)
     return run(up(args))
 
 

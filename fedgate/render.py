@@ -13,9 +13,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     for row in cells:
         for i, value in enumerate(row):
             widths[i] = max(widths[i], len(value))
-    line = "  ".join(hd.ljust(w) for hd, w in zip(headers, widths, strict=True))
+    line = "  ".join(hd.ljust(w) for hd, w in zip(headers, widths, strict=True)).rstrip()
     rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    body = [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join([line, rule, *body])
 
 
@@ -114,42 +116,42 @@ def stats_table(replies: list[dict[str, Any]]) -> str:
 
 
 def route_table(replies: list[dict[str, Any]]) -> str:
-    """``fedgate route``: every candidate with its score breakdown and verdict."""
+    """``fedgate route``: every candidate, its score breakdown and why it won or lost."""
     out = []
     for reply in replies:
         if "error" in reply:
             out.append(f"gateway: {reply['error']}: {reply['message']}")
             continue
-        out.append(f"gateway {reply['gateway']}: chosen {reply['chosen'] or 'none'}")
-        rows = []
-        for c in reply["candidates"]:
-            scores = c.get("scores", {})
-            rows.append(
-                [
-                    c["node_id"],
-                    c.get("region"),
-                    "yes" if c["eligible"] else "no",
-                    c.get("score"),
-                    *(scores.get(k) for k in _SCORE_KEYS),
-                    c.get("reason") or "",
-                ]
-            )
-        out.append(
-            table(
-                [
-                    "NODE",
-                    "REGION",
-                    "ELIGIBLE",
-                    "SCORE",
-                    *(k.upper() for k in _SCORE_KEYS),
-                    "REASON",
-                ],
-                rows,
-            )
-            if rows
-            else "  no candidates"
-        )
+        chosen = reply.get("chosen")
+        out.append(f"gateway {reply.get('gateway')}: chosen {chosen or 'none'}")
+        candidates = reply.get("candidates", [])
+        best = max((c["score"] for c in candidates if c["eligible"]), default=None)
+        rows = [
+            [
+                c["node_id"],
+                c.get("region"),
+                "yes" if c["eligible"] else "no",
+                c.get("score"),
+                *(c.get("scores", {}).get(k) for k in _SCORE_KEYS),
+                verdict(c, chosen, best),
+            ]
+            for c in candidates
+        ]
+        head = ["NODE", "REGION", "ELIGIBLE", "SCORE", *(k.upper() for k in _SCORE_KEYS), "WHY"]
+        out.append(table(head, rows) if rows else "  no candidates")
     return "\n\n".join(out)
+
+
+def verdict(candidate: dict[str, Any], chosen: str | None, best: float | None) -> str:
+    """Why a candidate won or lost, in a few words."""
+    if not candidate["eligible"]:
+        return f"rejected: {candidate.get('reason') or 'not eligible'}"
+    reason = candidate.get("reason") or ""
+    if candidate["node_id"] == chosen:
+        return "chosen" + (f": {reason}" if reason else " (best score)")
+    if best is not None and candidate["score"] < best:
+        return f"lost: score {candidate['score']:.2f} < best {best:.2f}"
+    return "lost: tie broken by the strategy" if not reason else f"lost: {reason}"
 
 
 _SCORE_KEYS = ("health", "latency", "locality", "cost", "load")

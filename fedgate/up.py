@@ -1,8 +1,15 @@
 """``fedgate up``: a whole federation on this machine, stopped cleanly by Ctrl-C.
 
 Starts an embedded nats-server (unless ``--nats`` names one), a gateway and demo
-workers as child processes, waits until the gateway sees every worker, shows a probe
-request, then serves until SIGINT/SIGTERM and stops every child it started.
+workers in two regions as child processes, waits until the gateway sees every worker,
+shows a probe request, then serves until stopped and stops every child it started:
+workers first (they drain and leave), then the gateway, then the server.
+
+Two processes: the command you run stays in the foreground and only relays signals;
+the supervisor that owns the children runs in a session of its own. A Ctrl-C on the
+terminal goes to the whole foreground process group, so without this the nats-server
+would die at once and the workers could not drain. The supervisor also stops
+everything if the foreground process disappears (even by SIGKILL).
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fedgate.cli import nats_config
+from fedgate.commands import gather_on
 from shared.client import FedClient
 from shared.config import NatsConfig
 from shared.natsserver import NatsServer
-from shared.runtime import stop_event
 from shared.subjects import Subjects
 
 DEMO_WORKERS = [
@@ -31,10 +39,11 @@ DEMO_WORKERS = [
     ("us-west-embed", "us-west", "bge-small", ("embed",), "internal", "0.2"),
     ("eu-west-embed", "eu-west", "bge-small", ("embed",), "confidential", "0.2"),
 ]
+READY_TIMEOUT_S = 60.0
 
 
 def state_dir() -> Path:
-    """The user's state folder for fedgate (XDG_STATE_HOME/fedgate)."""
+    """The user's state folder for fedgate (``$XDG_STATE_HOME/fedgate``)."""
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "fedgate"
 
@@ -43,7 +52,6 @@ def free_port(start: int = 4222, tries: int = 50) -> int:
     """``start`` or the next port after it that nobody listens on."""
     for port in range(start, start + tries):
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -62,42 +70,63 @@ def worker_specs(count: int) -> list[tuple[str, str, str, tuple[str, ...], str, 
     return specs
 
 
-class Children:
-    """The child processes ``up`` started; stops them all, whatever happens."""
+def front(argv: list[str]) -> int:
+    """The foreground side: run the supervisor in its own session, relay stop signals."""
+    cmd = [sys.executable, "-m", "fedgate", *argv, "--supervised"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def __init__(self, nats_args: list[str]) -> None:
-        self.nats_args = nats_args
+    def relay(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, relay)
+    return proc.wait()
+
+
+class Children:
+    """The fedgate child processes ``up`` started; stops them all, whatever happens."""
+
+    def __init__(self, common_args: list[str], env: dict[str, str]) -> None:
+        self.common_args = common_args
+        self.env = env
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, *args: str) -> None:
-        """Start ``fedgate <args>`` as a child."""
-        cmd = [sys.executable, "-m", "fedgate.cli", *args, *self.nats_args]
-        self.procs.append((name, subprocess.Popen(cmd, stdin=subprocess.DEVNULL)))
+    def start(self, name: str, *args: str) -> int:
+        """Start ``fedgate <args>`` as a child; returns its pid."""
+        cmd = [sys.executable, "-m", "fedgate", *args, *self.common_args]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=self.env)
+        self.procs.append((name, proc))
+        return proc.pid
 
     def dead(self) -> list[str]:
         """Names of children that exited."""
         return [name for name, p in self.procs if p.poll() is not None]
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM every child, wait, SIGKILL stragglers."""
-        for _, proc in self.procs:
+    def stop(self, names: set[str] | None = None, timeout_s: float = 10.0) -> None:
+        """SIGTERM the named children (default all), wait, SIGKILL stragglers."""
+        chosen = [p for name, p in self.procs if names is None or name in names]
+        for proc in chosen:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
-        for _, proc in self.procs:
+        deadline = time.monotonic() + timeout_s
+        for proc in chosen:
             try:
-                proc.wait(timeout_s)
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
 
 
-def _nats_flags(cfg: NatsConfig) -> list[str]:
+def child_nats(cfg: NatsConfig) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment that give a child the same NATS settings as ``up``.
+
+    Secrets travel in the environment, not on command lines that ``ps`` shows.
+    """
     flags = ["--nats", cfg.url]
     for flag, value in (
         ("--user", cfg.user),
-        ("--password", cfg.password),
-        ("--token", cfg.token),
         ("--creds", cfg.creds_file),
         ("--nkey", cfg.nkey_seed),
         ("--tls-ca", cfg.tls_ca),
@@ -106,54 +135,82 @@ def _nats_flags(cfg: NatsConfig) -> list[str]:
     ):
         if value:
             flags += [flag, value]
-    return flags
+    env = {"FEDGATE_NATS_PASSWORD": cfg.password, "FEDGATE_NATS_TOKEN": cfg.token}
+    return flags, {k: v for k, v in env.items() if v}
+
+
+def _stop_event() -> asyncio.Event:
+    """Set by SIGINT, SIGTERM or SIGHUP."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Set ``stop`` when the process that started us is gone (we were reparented)."""
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            print("fedgate up: the foreground process is gone; stopping", file=sys.stderr)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):  # check period, cut short by a stop
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 async def up(args: argparse.Namespace) -> int:
-    """Run the federation until Ctrl-C."""
-    stop = stop_event()
+    """The supervisor: run the federation until stopped; 0 after a clean stop."""
+    stop = _stop_event()
+    watchdog = asyncio.create_task(_watch_parent(stop))
+    started = time.monotonic()
     server: NatsServer | None = None
     cfg = nats_config(args)
-    if not args.url:
+    _say(f"fedgate up: starting a local federation (supervisor pid {os.getpid()})")
+    if args.url:
+        _say(f"  • NATS        {cfg.url} (yours)")
+    else:
         port = free_port()
-        data = Path(args.state_dir) if args.state_dir else state_dir() / f"nats-{port}"
-        print(f"starting embedded nats-server on 127.0.0.1:{port} (data: {data})", flush=True)
+        data = Path(args.state_dir or state_dir()) / f"nats-{port}"
         server = NatsServer(port=port, jetstream=True, data_dir=data).start()
+        pid = server.proc.pid if server.proc else 0
+        _say(f"  ✓ nats-server {server.url} (pid {pid}, JetStream, data {data})")
         cfg = NatsConfig(url=server.url)
-    children = Children(_nats_flags(cfg))
+    flags, secrets = child_nats(cfg)
+    env = dict(os.environ, **secrets)
+    if args.log_level != "debug":
+        env["FEDGATE_LOG_LEVEL"] = "warning"  # children's logs: problems only
+    common = flags + (["--config", args.config] if args.config else [])
+    children = Children(common, env)
+    gateway_id = "gw-1" if server is not None else f"gw-up-{os.getpid()}"
     try:
-        children.start("gateway", "gateway", "--gateway-id", "gw-1")
+        pid = children.start("gateway", "gateway", "--gateway-id", gateway_id)
+        _say(f"  • gateway     {gateway_id} (pid {pid})")
         specs = worker_specs(args.workers)
         for node, region, model, caps, privacy, cost in specs:
             cap_flags = [x for cap in caps for x in ("--capability", cap)]
-            children.start(
+            pid = children.start(
                 node,
-                "worker",
-                "--node-id",
-                node,
-                "--region",
-                region,
-                "--model",
-                model,
+                *("worker", "--node-id", node, "--region", region, "--model", model),
                 *cap_flags,
-                "--privacy",
-                privacy,
-                "--cost",
-                cost,
-                "--ttft-ms",
-                "40",
-                "--token-interval-ms",
-                "15",
-                "--capacity",
-                "8",
+                *("--privacy", privacy, "--cost", cost, "--capacity", "8"),
+                *("--ttft-ms", "40", "--token-interval-ms", "15", "--drain-timeout", "5"),
             )
-        print(f"starting a gateway and {len(specs)} workers ...", flush=True)
+            _say(f"  • worker      {node} ({region}, {model}: {','.join(caps)}) (pid {pid})")
         async with await FedClient.connect(cfg) as client:
-            await _wait_ready(client, {s[0] for s in specs}, children)
+            ready = await _wait_ready(client, gateway_id, {s[0] for s in specs}, children, stop)
+            if not ready:
+                return 0  # stopped during start-up
+            _say(f"  ✓ ready in {time.monotonic() - started:.1f}s")
             _banner(cfg.url)
             if not args.no_probe:
                 await _probe(client)
-        print("serving; press Ctrl-C to stop", flush=True)
+        _say(f"serving on {cfg.url}; press Ctrl-C to stop")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -163,55 +220,63 @@ async def up(args: argparse.Namespace) -> int:
                 return 1
         return 0
     finally:
-        print("stopping ...", flush=True)
+        _say("stopping: workers drain, then the gateway, then NATS ...")
+        children.stop({s[0] for s in worker_specs(args.workers)})
         children.stop()
         if server is not None:
             server.stop()
-        print("stopped", flush=True)
+        watchdog.cancel()
+        _say("stopped")
 
 
-async def _wait_ready(client: FedClient, nodes: set[str], children: Children) -> None:
-    """Poll the gateway's node list until every worker is there (60 s at most)."""
+async def _wait_ready(
+    client: FedClient, gateway_id: str, nodes: set[str], children: Children, stop: asyncio.Event
+) -> bool:
+    """Poll our gateway's node list until every worker is there; False if stopped first."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
+    deadline = loop.time() + READY_TIMEOUT_S
     seen: set[str] = set()
+    shown = -1
     while loop.time() < deadline:
+        if stop.is_set():
+            return False
         if children.dead():
             raise RuntimeError(f"child exited during start-up: {', '.join(children.dead())}")
-        try:
-            msg = await client.nc.request(Subjects().gateway_nodes, b"", timeout=0.5)
-            import json
-
-            seen = {n["node_id"] for n in json.loads(msg.data)["nodes"]}
-        except Exception:
-            seen = set()
-        if nodes <= seen:
-            print(f"ready: gateway sees {len(seen)} nodes", flush=True)
-            return
-        await asyncio.sleep(0.2)  # polling the gateway's catalog under a deadline
-    raise RuntimeError(f"gateway did not see all workers within 60 s (saw {sorted(seen)})")
+        replies = await gather_on(client.nc, Subjects().gateway_nodes, window_s=0.05)
+        mine = [r for r in replies if r.get("gateway") == gateway_id]
+        seen = {n["node_id"] for r in mine for n in r.get("nodes", [])} & nodes
+        if len(seen) != shown:
+            shown = len(seen)
+            state = "gateway starting" if not mine else f"{shown}/{len(nodes)} workers joined"
+            _say(f"  … waiting: {state}")
+        if seen == nodes:
+            return True
+        with contextlib.suppress(TimeoutError):  # poll period, cut short by Ctrl-C
+            await asyncio.wait_for(stop.wait(), 0.2)
+    raise RuntimeError(
+        f"gateway did not see every worker within {READY_TIMEOUT_S:g}s (saw {sorted(seen)})"
+    )
 
 
 def _banner(url: str) -> None:
-    print(
+    _say(
         f"""
-fedgate is up. NATS: {url}
+fedgate is up. Connect to NATS at {url}
 
   fedgate infer generate 'hello there' --stream --nats {url}
   fedgate nodes --nats {url}
   fedgate top --nats {url}
   nats req --server {url} infer.generate '{{"input":"hello","stream":true}}' --wait-for-empty
-""",
-        flush=True,
+"""
     )
 
 
 async def _probe(client: FedClient) -> None:
-    print("probe: infer.generate 'hello federation' (streaming)\n  ", end="", flush=True)
+    _say("probe: infer.generate 'hello federation' (streaming)")
+    print("  ", end="", flush=True)
     async with client.stream("generate", "hello federation", params={"max_tokens": 12}) as stream:
         async for chunk in stream:
             print(chunk.text, end="", flush=True)
-    print(
-        f"\n  served by {stream.served_by}, {stream.tokens} tokens, {stream.attempts} attempt(s)\n",
-        flush=True,
+    _say(
+        f"\n  served by {stream.served_by}, {stream.tokens} tokens, {stream.attempts} attempt(s)\n"
     )

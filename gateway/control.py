@@ -127,6 +127,11 @@ class Control:
         snap: dict[str, Any] = msgspec.to_builtins(svc.stats.snapshot())
         snap.update(
             gateway=svc.gateway_id,
+            strategy=svc.router.config.strategy.name.lower(),
+            policies=[
+                {"name": p.name, "weight": getattr(p, "weight", 1.0)}
+                for p in getattr(svc.router.policy, "policies", [svc.router.policy])
+            ],
             in_flight=svc.in_flight,
             queued=svc.queued,
             retries=svc.retries,

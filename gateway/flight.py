@@ -17,6 +17,7 @@ class Flight:
 
     __slots__ = (
         "attempt",
+        "attempt_open",
         "attempt_span",
         "attempt_started",
         "busy",
@@ -35,7 +36,6 @@ class Flight:
         "offset",
         "overhead_ns",
         "pinged",
-        "attempt_open",
         "queued_at",
         "raw",
         "reason",

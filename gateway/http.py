@@ -63,7 +63,7 @@ _ERROR_TYPES = {
     409: "invalid_request_error",
     429: "rate_limit_error",
 }
-TENANT = web.RequestKey("tenant", object)
+TENANT = "fedgate.tenant"
 """The authenticated tenant (None without API keys), set by the middleware."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _decoder = msgspec.json.Decoder()

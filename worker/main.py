@@ -56,7 +56,10 @@ async def serve(
     await stop.wait()
     log.info("node %s draining", cfg.node_id)
     await node.stop()
-    await nc.drain()
+    if nc.is_connected:
+        await nc.drain()
+    else:  # NATS already gone: nothing to drain, do not wait for it
+        await nc.close()
     return 0
 
 

@@ -230,7 +230,12 @@ def test_enterprise_worked_numbers() -> None:
 def test_scores_default_and_kinds() -> None:
     s = Scores()
     assert (s.latency, s.throughput, s.cost, s.locality, s.health, s.total) == (
-        0.5, 0.5, 0.5, 0.5, 1.0, 0.5,
+        0.5,
+        0.5,
+        0.5,
+        0.5,
+        1.0,
+        0.5,
     )
     p = CompositePolicy.enterprise_default()
     assert p.variant_key(req(cost_tolerance=80)) == (True,)

@@ -22,9 +22,11 @@ def req(capability: str = "generate", model: str | None = None, **qos: Any) -> I
     )
 
 
-def hb(incarnation: str = "i1", models: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("m", ("generate",)),
-), **kw: Any) -> Heartbeat:
+def hb(
+    incarnation: str = "i1",
+    models: tuple[tuple[str, tuple[str, ...]], ...] = (("m", ("generate",)),),
+    **kw: Any,
+) -> Heartbeat:
     """A heartbeat."""
     return Heartbeat(
         incarnation=incarnation,
