@@ -171,7 +171,7 @@ class Control:
         capability = self.svc.subjects.last_token(msg.subject)
         try:
             request = m.request_decoder.decode(msg.data or b"{}")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             err = errors.BadRequest(f"invalid request: {exc}")
             await self.svc.nc.publish(msg.reply, b"", headers=err.headers())
             return

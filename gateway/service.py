@@ -50,6 +50,12 @@ log = logging.getLogger("fedgate.gateway")
 RESUMABLE = frozenset({"generate", "code"})
 """Capabilities whose streams can continue on another node (text continuation)."""
 
+_UNKNOWN = {h.STATUS: "unknown"}
+"""Answer to a liveness ping about a request this gateway does not hold (any more)."""
+
+_NOT_ON_THE_WIRE = frozenset({"node_draining", "node_unreachable", "circuit_open", "unavailable"})
+"""Error kinds of nodes or the core that the contract does not define for services."""
+
 _RETRYABLE_NODE_ERRORS = frozenset({"overloaded", "node_draining", "no_capacity", "duplicate"})
 """Node answers that send the request elsewhere without counting against the node."""
 
@@ -218,11 +224,17 @@ class GatewayService:
         except msgspec.ValidationError as exc:
             await self._reply_error(reply, errors.BadRequest(f"invalid request: {exc}"))
             return
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             await self._reply_error(reply, errors.BadRequest("body is not a JSON object"))
             return
         request_id = request.request_id or secrets.token_hex(8)
-        if request_id in self._by_request_id:
+        held = self._by_request_id.get(request_id)
+        if held is not None:
+            if msg.headers and h.ACK in msg.headers and held.seq == 0:
+                # The caller resent (our ack was lost): answer on its new reply subject.
+                held.reply = reply
+                await self._ack(held)
+                return
             await self._reply_error(reply, errors.Duplicate(f"{request_id} is already in flight"))
             return
         request = msgspec.structs.replace(request, capability=capability)
@@ -260,16 +272,20 @@ class GatewayService:
         self._flights[flight.key] = flight
         self._by_request_id[request_id] = flight
         if msg.headers and h.ACK in msg.headers:
-            await self.nc.publish(reply, b"", headers={
-                h.GATEWAY: self.gateway_id,
-                h.LIVENESS: f"{self._inbox}.{flight.key}.a",
-                h.REQUEST_ID: request_id,
-            })  # fmt: skip
+            await self._ack(flight)
         self.stats.record_request(request.tenant_id)
         if request.stream:
             self.stats.stream_started()
         await self._dispatch(flight)
         flight.overhead_ns += time.perf_counter_ns() - t0
+
+    async def _ack(self, flight: Flight) -> None:
+        """Acknowledge a request (asked for with ``Fed-Ack``): who holds it, how to ping."""
+        await self.nc.publish(flight.reply, b"", headers={
+            h.GATEWAY: self.gateway_id,
+            h.LIVENESS: f"{self._inbox}.{flight.key}.a",
+            h.REQUEST_ID: flight.request_id,
+        })  # fmt: skip
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -399,6 +415,8 @@ class GatewayService:
             return errors.Timeout(detail=text)
         if kind == "overloaded":
             return errors.Overloaded(text)
+        if kind in _NOT_ON_THE_WIRE:
+            return errors.AllNodesUnhealthy(flight.capability, text)
         err = errors.from_headers({h.FED_ERROR: kind, h.ERROR_CODE: str(code), h.ERROR: text})
         return err or errors.Internal(text)
 
@@ -407,9 +425,10 @@ class GatewayService:
     async def _on_reply(self, msg: Msg) -> None:
         t0 = time.perf_counter_ns()
         key, _, tag = msg.subject[self._inbox_len :].partition(".")
-        if tag == "a":  # a caller asking whether this gateway is alive
+        if tag == "a":  # a caller asking whether this gateway still holds its request
             if msg.reply:
-                await self.nc.publish(msg.reply, b"")
+                known = key in self._flights
+                await self.nc.publish(msg.reply, b"", headers=None if known else _UNKNOWN)
             return
         flight = self._flights.get(key)
         if flight is None:
@@ -658,6 +677,10 @@ class GatewayService:
             else:
                 telemetry.end_error(span, error)
         flight.done = True
+        if flight.queued_at is not None:
+            flight.queued_at = None
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(flight)
         self._flights.pop(flight.key, None)
         self._by_request_id.pop(flight.request_id, None)
         if not self._flights:
@@ -741,7 +764,7 @@ class GatewayService:
         node_id = self.subjects.last_token(msg.subject)
         try:
             hb = m.heartbeat_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             self._noisy.warning("bad-heartbeat", "bad heartbeat on %s: %s", msg.subject, exc)
             return
         if hb.node_id is not None and hb.node_id != node_id:
@@ -757,9 +780,11 @@ class GatewayService:
         if outcome is HeartbeatOutcome.NEW:
             if self.health.get_cached_health(node_id) is None:
                 self.health.register_node(node_id)
+                self.breaker.forget(node_id)
         elif outcome is HeartbeatOutcome.REPLACED and not (prior and prior.static):
-            # A new process under an old id: fresh health, and its old work is lost.
+            # A new process under an old id: fresh health and circuit; its old work is lost.
             self.health.register_node(node_id)
+            self.breaker.forget(node_id)
             await self._node_lost(node_id, "node restarted")
         elif outcome is HeartbeatOutcome.STALE:
             self._noisy.warning("stale-heartbeat", "old incarnation of %s ignored", node_id)
@@ -772,7 +797,7 @@ class GatewayService:
         if msg.data:
             try:
                 incarnation = m.leave_decoder.decode(msg.data).incarnation
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 return
         if self.catalog.remove_node(node_id, incarnation):
             self.health.deregister_node(node_id)

@@ -282,11 +282,15 @@ class _Call:
         if self.liveness is None:
             raise errors.Unavailable(f"no gateway acknowledged {self.request.request_id}")
         try:
-            await self.client.nc.request(self.liveness, b"", timeout=self.client.liveness_s)
+            reply = await self.client.nc.request(self.liveness, b"", timeout=self.client.liveness_s)
         except nats.errors.NoRespondersError as exc:
             raise errors.Unavailable(f"gateway {self.gateway} is gone") from exc
         except nats.errors.TimeoutError:
-            pass  # alive but busy, or a network hiccup: keep waiting until the deadline
+            return  # alive but busy, or a network hiccup: keep waiting until the deadline
+        if reply.headers and reply.headers.get(h.STATUS) == "unknown":
+            # The gateway no longer holds the request (e.g. its answer was lost in a
+            # NATS restart): ask again, with the same request id.
+            raise errors.Unavailable(f"gateway {self.gateway} lost {self.request.request_id}")
 
     def close(self) -> None:
         """Stop routing replies of the current send to this call."""
@@ -359,6 +363,10 @@ class Stream:
                     self._finish(msg)
                     return
                 chunk = m.chunk_decoder.decode(msg.data)
+                if chunk.seq != len(parts) + 1:
+                    raise errors.Interrupted(
+                        f"chunk {len(parts) + 1} of {self.request_id} lost (got seq {chunk.seq})"
+                    )
                 parts.append(chunk.text)
                 yield chunk
                 try:

@@ -9,10 +9,12 @@ into a ``400 bad_request``. Encoders and decoders are built once, at import.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 from msgspec import Meta
+
+T = TypeVar("T")
 
 # -- enums -------------------------------------------------------------------------
 
@@ -212,16 +214,35 @@ class Decision(Base, frozen=True, kw_only=True):
 
 # -- codecs, built once ------------------------------------------------------------
 
+
+class SafeDecoder(Generic[T]):
+    """A msgspec JSON decoder whose only errors are ``msgspec.DecodeError`` (and its
+    ``ValidationError`` subclass): invalid UTF-8 inside a string and nesting too deep for
+    the recursion limit surface from msgspec as other exceptions, mapped here."""
+
+    __slots__ = ("_decode",)
+
+    def __init__(self, type: type[T]) -> None:
+        self._decode = msgspec.json.Decoder(type).decode
+
+    def decode(self, data: bytes) -> T:
+        """Decode ``data`` or raise ``msgspec.DecodeError``."""
+        try:
+            return self._decode(data)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise msgspec.DecodeError(f"undecodable JSON: {type(exc).__name__}") from None
+
+
 encoder = msgspec.json.Encoder()
-request_decoder = msgspec.json.Decoder(InferRequest)
-dispatch_decoder = msgspec.json.Decoder(Dispatch)
-chunk_decoder = msgspec.json.Decoder(Chunk)
-result_decoder = msgspec.json.Decoder(Result)
-heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
-leave_decoder = msgspec.json.Decoder(Leave)
-cancel_decoder = msgspec.json.Decoder(CancelNode)
-decision_decoder = msgspec.json.Decoder(Decision)
-any_decoder = msgspec.json.Decoder()
+request_decoder = SafeDecoder(InferRequest)
+dispatch_decoder = SafeDecoder(Dispatch)
+chunk_decoder = SafeDecoder(Chunk)
+result_decoder = SafeDecoder(Result)
+heartbeat_decoder = SafeDecoder(Heartbeat)
+leave_decoder = SafeDecoder(Leave)
+cancel_decoder = SafeDecoder(CancelNode)
+decision_decoder = SafeDecoder(Decision)
+any_decoder: SafeDecoder[Any] = SafeDecoder(object)
 
 
 def encode(msg: Any) -> bytes:

@@ -215,7 +215,7 @@ class Node:
             return
         try:
             dispatch = m.dispatch_decoder.decode(msg.data or b"{}")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             await self._error(msg.reply, 400, "bad_request", f"bad dispatch: {exc}")
             return
         request_id = dispatch.request_id or dispatch.request.request_id or secrets.token_hex(8)

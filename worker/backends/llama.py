@@ -73,7 +73,7 @@ class LlamaOptions:
     n_ctx: int = 2048
     """Context window in tokens (prompt and output together)."""
     n_threads: int | None = None
-    """CPU threads for llama.cpp (default: all cores, at most 4)."""
+    """CPU threads for llama.cpp (default: half the cores, as llama.cpp itself does)."""
     plain_as_chat: bool = False
     default_max_tokens: int = 256
     """Output budget when a request gives no ``params.max_tokens``."""
@@ -92,7 +92,7 @@ class LlamaBackend:
         self._llama_cpp = llama_cpp
         self.options = options
         self.model_path = str(resolve_model_path(options.model_path))
-        self._threads = options.n_threads or min(4, os.cpu_count() or 1)
+        self._threads = options.n_threads or max(1, (os.cpu_count() or 2) // 2)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llm = self._open(embedding=False)
         self._embedder: Any = None

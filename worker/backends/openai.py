@@ -83,6 +83,14 @@ def budget(job: Job, default: int) -> int:
     return total - job.resume_tokens
 
 
+def pooled(embedding: Any) -> list[float]:
+    """A sentence vector: as is, or the mean of per-token vectors (servers without pooling)."""
+    if embedding and isinstance(embedding[0], list):
+        width = len(embedding[0])
+        return [sum(float(row[i]) for row in embedding) / len(embedding) for i in range(width)]
+    return [float(v) for v in embedding]
+
+
 def chat_messages(job: Job, plain_as_chat: bool) -> list[dict[str, Any]] | None:
     """The chat to send, or None for a plain completion."""
     messages = job.params.get("messages")
@@ -103,6 +111,7 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self._ready = True
         self._checked_at = -1e9
+        self._active = 0
         self.upstream_models: tuple[str, ...] = ()
 
     # -- lifecycle and readiness --------------------------------------------------
@@ -137,7 +146,10 @@ class OpenAIBackend:
         and ``401``/``403`` (a wrong key) are not.
         """
         now = time.monotonic()
-        if now - self._checked_at < self.options.ready_ttl_s:
+        if self._active or now - self._checked_at < self.options.ready_ttl_s:
+            # Requests in flight prove the upstream alive (their failures mark it down),
+            # and a probe might disturb them: llama_cpp.server interrupts a running
+            # generation when another request arrives, unless --interrupt_requests false.
             return self._ready
         self._checked_at = now
         probe = self.options.probe_timeout_s
@@ -152,12 +164,17 @@ class OpenAIBackend:
                         str(item["id"]) for item in body.get("data", []) if "id" in item
                     )
                 self._set_ready(resp.status not in (401, 403, 503))
-        except aiohttp.SocketTimeoutError:
-            self._set_ready(True)  # connected, busy: alive
-        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, AttributeError) as exc:
-            log.debug("upstream %s not ready: %s", self.base_url, exc)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            log.debug("upstream %s not reachable: %s", self.base_url, exc)
             self._set_ready(False)
+        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, AttributeError):
+            self._set_ready(True)  # connected but busy or odd: alive; requests will tell
         return self._ready
+
+    def upstream_down(self) -> None:
+        """A request could not connect: not ready until a probe says otherwise."""
+        self._set_ready(False)
+        self._checked_at = time.monotonic()
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self._ready:
@@ -214,6 +231,7 @@ class OpenAIBackend:
 
     async def _sse(self, path: str, body: dict[str, Any], chat: bool) -> AsyncIterator[Piece]:
         finish: str | None = None
+        done = False
         async with self._post(path, body) as resp:
             if resp.status != 200:
                 raise _status_error(resp.status, await _error_text(resp))
@@ -224,6 +242,7 @@ class OpenAIBackend:
                         continue  # blank separators, comments, "event:" lines
                     data = line[5:].strip()
                     if data == b"[DONE]":
+                        done = True
                         break
                     event = _decoder.decode(data)
                     if "error" in event:
@@ -239,6 +258,9 @@ class OpenAIBackend:
                 raise _transport_error(exc, mid_stream=True) from exc
             except msgspec.DecodeError as exc:
                 raise BackendError(f"upstream sent bad JSON: {exc}", 502, "internal") from exc
+        if not done and finish is None:
+            # Some servers report a failure inside a 200 stream by just ending it.
+            raise BackendError("upstream stream ended before it finished", 502, "internal")
         yield Piece(text="", tokens=0, finish_reason=finish or "stop")
 
     async def _embed(self, job: Job) -> Piece:
@@ -248,7 +270,7 @@ class OpenAIBackend:
                 raise _status_error(resp.status, await _error_text(resp))
             try:
                 answer = _decoder.decode(await resp.read())
-                vector = [float(v) for v in answer["data"][0]["embedding"]]
+                vector = pooled(answer["data"][0]["embedding"])
             except (msgspec.DecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
                 raise BackendError(f"upstream sent no embedding: {exc}", 502, "internal") from exc
         usage = answer.get("usage") or {}
@@ -269,18 +291,21 @@ class _Request:
         self._ctx: Any = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        self._ctx = self.backend._http().post(self.url, data=self.body)
+        backend = self.backend
+        self._ctx = backend._http().post(self.url, data=self.body)
         try:
-            return await self._ctx.__aenter__()  # type: ignore[no-any-return]
+            resp: aiohttp.ClientResponse = await self._ctx.__aenter__()
         except (aiohttp.ClientConnectionError, aiohttp.ClientConnectorError) as exc:
             if not isinstance(exc, aiohttp.ServerTimeoutError):
-                self.backend._set_ready(False)
-                self.backend._checked_at = time.monotonic()
+                backend.upstream_down()
             raise _transport_error(exc, mid_stream=False) from exc
         except TimeoutError as exc:
             raise _transport_error(exc, mid_stream=False) from exc
+        backend._active += 1
+        return resp
 
     async def __aexit__(self, *exc: object) -> None:
+        self.backend._active -= 1
         await self._ctx.__aexit__(*exc)
 
 

