@@ -230,10 +230,15 @@ class GatewayService:
         request_id = request.request_id or secrets.token_hex(8)
         held = self._by_request_id.get(request_id)
         if held is not None:
-            if msg.headers and h.ACK in msg.headers and held.seq == 0:
-                # The caller resent (our ack was lost): answer on its new reply subject.
+            if msg.headers and h.ACK in msg.headers:
+                # The caller resent (our ack, or what we relayed, was lost): go on on its
+                # new reply subject, replaying the chunks it may have missed.
                 held.reply = reply
                 await self._ack(held)
+                for i, item in enumerate(held.chunk_log):
+                    if isinstance(item, tuple):
+                        item = m.encode(m.Chunk(seq=i + 1, text=item[0], tokens=item[1]))
+                    await self.nc.publish(reply, item, reply=f"{self._inbox}.{held.key}.c")
                 return
             await self._reply_error(reply, errors.Duplicate(f"{request_id} is already in flight"))
             return

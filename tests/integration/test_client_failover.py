@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from shared.client import FedClient
 from tests.helpers import eventually, federation
@@ -45,3 +47,39 @@ async def test_stream_moves_before_its_first_chunk(nats_url: str) -> None:
         holder = gw_a if gw_a.in_flight else gw_b
         await holder.nc.close()
         assert await asyncio.wait_for(task, 10) == expected_text("m", "again")
+
+
+async def test_resent_stream_continues_on_the_new_inbox_with_a_replay(nats_url: str) -> None:
+    """A caller that lost what the gateway relayed resends (same request id, Fed-Ack):
+    the gateway moves the stream to the new reply subject and replays it from seq 1."""
+    async with federation(nats_url) as fed:
+        await fed.gateway()
+        await fed.node(
+            "w1", SyntheticBackend(SyntheticOptions(token_interval_ms=30)), models=MODELS
+        )
+        await fed.seen("w1")
+        nc = await fed.client()
+        first: asyncio.Queue[Any] = asyncio.Queue()
+        second: asyncio.Queue[Any] = asyncio.Queue()
+        await nc.subscribe("first", cb=first.put)
+        await nc.subscribe("second", cb=second.put)
+        body = b'{"input":"replay","stream":true,"request_id":"rp-1","params":{"max_tokens":12}}'
+        await nc.publish("infer.generate", body, reply="first", headers={"Fed-Ack": "1"})
+        ack = await asyncio.wait_for(first.get(), 5)
+        assert "Fed-Liveness" in ack.headers
+        for _ in range(3):  # three chunks reach the first inbox ... then it is "lost"
+            assert (await asyncio.wait_for(first.get(), 5)).data
+        await nc.publish("infer.generate", body, reply="second", headers={"Fed-Ack": "1"})
+        seqs, text = [], ""
+        while True:
+            msg = await asyncio.wait_for(second.get(), 5)
+            if not msg.data:
+                if "Fed-Liveness" in (msg.headers or {}):
+                    continue  # the new ack
+                assert msg.headers["Fed-Status"] == "ok", msg.headers
+                break
+            chunk = json.loads(msg.data)
+            seqs.append(chunk["seq"])
+            text += chunk["text"]
+        assert seqs == list(range(1, 13))
+        assert text == expected_text("m", "replay", None, 12)
