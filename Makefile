@@ -4,8 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
+LLMSTAMP := $(VENV)/.installed-llm
+# llama-cpp-python (the llm extra) compiles from source, ~7 min on 2 idle cores (22 min
+# on a busy one). Pin the instruction sets: a native build dies with "Illegal instruction"
+# on some CPUs. pip's wheel cache (~/.cache/pip/wheels) makes every later install instant.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+# LLM=0 skips it (the real-model tests then skip themselves).
+LLM ?= 1
 
-.PHONY: up test bench lint typecheck clean install install-dev
+.PHONY: up up-llm test bench lint typecheck clean install install-dev install-llm
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedgate needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -20,13 +27,22 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP) $@
 
+$(LLMSTAMP): pyproject.toml | $(DEVSTAMP)
+	@echo "installing fedgate[llm] (first time: builds llama-cpp-python, several minutes)"
+	$(BIN)/python -m pip install -q -e '.[dev,llm]'
+	@touch $@
+
 install: $(STAMP)
 install-dev: $(DEVSTAMP)
+install-llm: $(LLMSTAMP)
 
 up: $(STAMP)
 	$(BIN)/fedgate up $(ARGS)
 
-test: $(DEVSTAMP)
+up-llm: $(LLMSTAMP)
+	$(BIN)/fedgate up --llm $(ARGS)
+
+test: $(DEVSTAMP) $(if $(filter 1,$(LLM)),$(LLMSTAMP))
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

