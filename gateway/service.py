@@ -29,11 +29,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway.breaker import CircuitBreaker
+from gateway.breaker import CircuitBreaker, CircuitBreakerConfig
 from gateway.catalog import HeartbeatOutcome, ModelCatalog
 from gateway.control import Control
 from gateway.flight import Flight
-from gateway.health import HealthChecker
+from gateway.health import HealthChecker, HealthConfig
 from gateway.policies import Candidate
 from gateway.retry import RetryPolicy
 from gateway.router import Router
@@ -81,8 +81,28 @@ class GatewayService:
         self.subjects = Subjects(cfg.public_root, cfg.internal_root)
         self.clock = clock
         self.catalog = catalog if catalog is not None else ModelCatalog(clock=clock)
-        self.health = health if health is not None else HealthChecker(clock=clock)
-        self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
+        if health is None:
+            health = HealthChecker(
+                HealthConfig(
+                    failure_threshold=cfg.health_failure_threshold,
+                    recovery_threshold=cfg.health_recovery_threshold,
+                    degraded_latency_s=cfg.health_degraded_latency_s,
+                    check_interval_s=cfg.health_check_interval_s,
+                ),
+                clock=clock,
+            )
+        if breaker is None:
+            breaker = CircuitBreaker(
+                CircuitBreakerConfig(
+                    failure_threshold=cfg.breaker_failure_threshold,
+                    reset_timeout_s=cfg.breaker_reset_timeout_s,
+                    half_open_successes=cfg.breaker_half_open_successes,
+                    half_open_max_probes=cfg.breaker_half_open_probes,
+                ),
+                clock=clock,
+            )
+        self.health = health
+        self.breaker = breaker
         self.router = (
             router
             if router is not None

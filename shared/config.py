@@ -91,6 +91,20 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0
     """How often Unknown/Unhealthy nodes are pinged."""
+    breaker_failure_threshold: Annotated[int, Meta(ge=1)] = 5
+    """Consecutive failures that open a node's circuit."""
+    breaker_reset_timeout_s: PositiveSeconds = 30.0
+    """How long a circuit stays open before half-open probe requests are let through."""
+    breaker_half_open_successes: Annotated[int, Meta(ge=1)] = 3
+    breaker_half_open_probes: Annotated[int, Meta(ge=1)] = 1
+    """Concurrent probe requests allowed while half-open."""
+    health_failure_threshold: Annotated[int, Meta(ge=1)] = 3
+    """Consecutive failures that make a node unhealthy (no traffic until a probe answers)."""
+    health_recovery_threshold: Annotated[int, Meta(ge=1)] = 2
+    health_degraded_latency_s: PositiveSeconds = 1.0
+    """A success slower than this marks the node degraded."""
+    health_check_interval_s: PositiveSeconds = 10.0
+    """Minimum time between two probes of the same unknown/unhealthy node."""
     http_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
     """Serve the OpenAI-compatible HTTP front door on this port (None = off)."""
     http_host: str = "127.0.0.1"
