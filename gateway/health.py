@@ -47,6 +47,9 @@ class HealthConfig:
     check_interval_s: float = 10.0
     """Minimum time between two probes of the same node."""
     probe_timeout_s: float = 5.0
+    publish_interval_s: float = 0.0
+    """Successes that leave the status unchanged notify listeners at most this often per
+    node (0: every time); ``flush()`` sends what is pending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class _State:
         "failures",
         "last_probe",
         "lat",
+        "published_at",
         "snapshot",
         "sorted_lat",
         "status",
@@ -104,6 +108,7 @@ class _State:
         self.tok_sum = 0
         self.tok_lat_sum = 0.0
         self.last_probe = -math.inf
+        self.published_at = -math.inf
 
 
 class HealthChecker:
@@ -114,6 +119,7 @@ class HealthChecker:
         self._clock = clock
         self._nodes: dict[str, _State] = {}
         self._listeners: list[HealthListener] = []
+        self._dirty: set[str] = set()
         self.monitoring = False
 
     def add_listener(self, listener: HealthListener) -> None:
@@ -121,6 +127,8 @@ class HealthChecker:
         self._listeners.append(listener)
 
     def _publish(self, node_id: str, st: _State) -> None:
+        self._dirty.discard(node_id)
+        st.published_at = self._clock()
         lat = st.sorted_lat
         st.snapshot = NodeHealth(
             node_id=node_id,
@@ -176,11 +184,25 @@ class HealthChecker:
             st.tok.append((latency_s, tokens))
             st.tok_lat_sum += latency_s
             st.tok_sum += tokens
+        before = st.status
         if latency_s > self.config.degraded_latency_s:
             st.status = HealthState.DEGRADED
         elif st.successes >= self.config.recovery_threshold:
             st.status = HealthState.HEALTHY
+        interval = self.config.publish_interval_s
+        if interval and st.status is before and self._clock() - st.published_at < interval:
+            self._dirty.add(node_id)  # same status: the figures follow within interval
+            return
         self._publish(node_id, st)
+
+    def flush(self) -> None:
+        """Publish every node whose figures changed since its last publish."""
+        for node_id in list(self._dirty):
+            st = self._nodes.get(node_id)
+            if st is None:
+                self._dirty.discard(node_id)
+            else:
+                self._publish(node_id, st)
 
     def report_failure(self, node_id: str) -> None:
         """A request to the node failed."""

@@ -237,7 +237,11 @@ class Router:
             return
         h = self._health_of(node_id)
         for o in orderings:
-            o.put(node, self._base(o, node, h))
+            base = self._base(o, node, h)
+            old = o.keys.get(node_id)
+            if old is not None and old[0][0] == -base and old[0][2] is node:
+                continue  # same place in this ordering: nothing to re-file
+            o.put(node, base)
 
     def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
         nid = node.node_id

@@ -88,6 +88,7 @@ class GatewayService:
                     recovery_threshold=cfg.health_recovery_threshold,
                     degraded_latency_s=cfg.health_degraded_latency_s,
                     check_interval_s=cfg.health_check_interval_s,
+                    publish_interval_s=0.05,
                 ),
                 clock=clock,
             )
@@ -120,6 +121,8 @@ class GatewayService:
         self._by_request_id: dict[str, Flight] = {}
         self._waiting: deque[Flight] = deque()
         self._next_key = 0
+        self._id_prefix = secrets.token_hex(6) + "-"
+        """Generated request ids: this random prefix + the flight key (unique per process)."""
         self._inbox = ""
         self._inbox_len = 0
         self._subs: list[Subscription] = []
@@ -247,7 +250,9 @@ class GatewayService:
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             await self._reply_error(reply, errors.BadRequest("body is not a JSON object"))
             return
-        request_id = request.request_id or secrets.token_hex(8)
+        self._next_key += 1
+        key = f"{self._next_key:x}"
+        request_id = request.request_id or self._id_prefix + key
         held = self._by_request_id.get(request_id)
         if held is not None:
             if msg.headers and h.ACK in msg.headers:
@@ -267,9 +272,8 @@ class GatewayService:
         timeout_s = (
             request.timeout_ms / 1000 if request.timeout_ms else self.config.request_timeout_s
         )
-        self._next_key += 1
         flight = Flight(
-            key=f"{self._next_key:x}",
+            key=key,
             request_id=request_id,
             capability=capability,
             request=request,
@@ -864,6 +868,7 @@ class GatewayService:
         while True:
             await asyncio.sleep(tick)
             try:
+                self.health.flush()
                 await self._sweep()
                 if self._decisions_pending:
                     await self._flush_decisions()
