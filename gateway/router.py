@@ -313,7 +313,8 @@ class Router:
                     heapq.heappush(best, item)
                 elif item[:2] > best[0][:2]:
                     heapq.heapreplace(best, item)
-        best.sort(key=lambda t: (-t[0], -t[1]))
+        if len(best) > 1:
+            best.sort(key=lambda t: (-t[0], -t[1]))
         return [t[2] for t in best], o
 
     def route(self, request: InferRequest, exclude: Collection[str] = ()) -> Candidate:

@@ -953,10 +953,18 @@ def _node_seq(data: bytes) -> int:
         return -1
 
 
+class _Tokens(msgspec.Struct):
+    tokens: int = 0
+
+
+_tokens_decoder = msgspec.json.Decoder(_Tokens)
+
+
 def _result_tokens(data: bytes) -> int:
+    """The ``tokens`` of a node's result (the rest of it is forwarded untouched)."""
     try:
-        return int(m.any_decoder.decode(data).get("tokens", 0))
-    except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+        return _tokens_decoder.decode(data).tokens
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return 0
 
 

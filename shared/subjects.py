@@ -7,7 +7,7 @@ The public root (default ``infer``) is where services ask; the internal root (de
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CAPABILITY_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 NODE_ID_RE = re.compile(r"^[^.*>\s]{1,128}$")
@@ -20,6 +20,8 @@ class Subjects:
 
     public: str = "infer"
     internal: str = "fed"
+    _seen: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Valid ``<public>.<capability>`` subjects already parsed, with their capability."""
 
     # services
     @property
@@ -83,10 +85,15 @@ class Subjects:
     # parsing
     def capability_of(self, subject: str) -> str | None:
         """The capability token of an ``infer.<capability>`` subject, or None if invalid."""
-        prefix_len = len(self.public) + 1
-        cap = subject[prefix_len:]
-        if not subject.startswith(self.public) or not CAPABILITY_RE.match(cap):
+        cap = self._seen.get(subject)
+        if cap is not None:
+            return cap
+        prefix = self.public + "."
+        cap = subject[len(prefix) :]
+        if not subject.startswith(prefix) or not CAPABILITY_RE.match(cap):
             return None
+        if len(self._seen) < 4096:  # a small cache: real fleets have few capabilities
+            self._seen[subject] = cap
         return cap
 
     @staticmethod

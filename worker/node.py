@@ -402,9 +402,9 @@ class Node:
                 embedding=embedding,
                 finish_reason=finish,
             )
-            await self.nc.publish(
-                reply, m.encode(result), reply=gone, headers={h.TOKENS: str(tokens)}
-            )
+            # No headers: the gateway reads ``tokens`` from the body (decoding a small JSON
+            # is cheaper for it than parsing a header block).
+            await self.nc.publish(reply, m.encode(result), reply=gone)
         return "", tokens
 
     async def _chunk(self, reply: str, gone: str, seq: int, text: str, tokens: int) -> None:
