@@ -369,6 +369,14 @@ class ModelCatalog:
         """The node, or None."""
         return self._nodes.get(node_id)
 
+    def touch(self, node_id: str) -> bool:
+        """A heartbeat identical to the node's last one: only its liveness is refreshed."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return False
+        node.last_seen = self._clock()
+        return True
+
     def nodes(self) -> list[NodeInfo]:
         """Every node, in insertion order."""
         return list(self._nodes.values())

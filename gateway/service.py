@@ -120,6 +120,8 @@ class GatewayService:
         self._flights: dict[str, Flight] = {}
         self._by_request_id: dict[str, Flight] = {}
         self._waiting: deque[Flight] = deque()
+        self._heartbeats: dict[str, bytes] = {}
+        """Each node's last heartbeat body: an identical one skips decoding."""
         self._next_key = 0
         self._id_prefix = secrets.token_hex(6) + "-"
         """Generated request ids: this random prefix + the flight key (unique per process)."""
@@ -809,6 +811,9 @@ class GatewayService:
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         node_id = self.subjects.last_token(msg.subject)
+        data = msg.data
+        if self._heartbeats.get(node_id) == data and self.catalog.touch(node_id):
+            return  # the same bytes as last time (an idle node): nothing but liveness
         try:
             hb = m.heartbeat_decoder.decode(msg.data)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -835,6 +840,8 @@ class GatewayService:
             await self._node_lost(node_id, "node restarted")
         elif outcome is HeartbeatOutcome.STALE:
             self._noisy.warning("stale-heartbeat", "old incarnation of %s ignored", node_id)
+        if outcome is not HeartbeatOutcome.STALE:
+            self._heartbeats[node_id] = data
         if self._waiting:
             await self._drain_waiting()
 
@@ -847,6 +854,7 @@ class GatewayService:
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 return
         if self.catalog.remove_node(node_id, incarnation):
+            self._heartbeats.pop(node_id, None)
             self.health.deregister_node(node_id)
             await self._node_lost(node_id, "node left")
 
@@ -876,6 +884,7 @@ class GatewayService:
                 if now - last_expiry >= 0.5:
                     last_expiry = now
                     for node_id in self.catalog.expire():
+                        self._heartbeats.pop(node_id, None)
                         self.health.deregister_node(node_id)
                         await self._node_lost(node_id, "heartbeats stopped")
             except Exception:
