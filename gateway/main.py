@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
+
+from nats.aio.client import Client
 
 from gateway.service import GatewayService
 from shared.config import GatewayConfig, NatsConfig
@@ -11,6 +14,34 @@ from shared.connection import connect
 from shared.runtime import stop_event
 
 log = logging.getLogger("fedgate.gateway")
+
+
+async def start_gateway(
+    nats_cfg: NatsConfig, cfg: GatewayConfig, wait_s: float | None = None, **service_kwargs: Any
+) -> tuple[GatewayService, Client]:
+    """Connect (reconnecting forever) and start a gateway service, told of every
+    disconnect and reconnect so that an outage of NATS never counts against a node."""
+    holder: list[GatewayService] = []
+
+    async def on_disconnect() -> None:
+        if holder:
+            holder[0].on_disconnect()
+
+    async def on_reconnect() -> None:
+        if holder:
+            holder[0].on_reconnect()
+
+    nc = await connect(
+        nats_cfg,
+        service=True,
+        wait_s=wait_s,
+        on_disconnect=on_disconnect,
+        on_reconnect=on_reconnect,
+    )
+    service = GatewayService(nc, cfg, **service_kwargs)
+    holder.append(service)
+    await service.start()
+    return service, nc
 
 
 async def serve(
@@ -25,22 +56,7 @@ async def serve(
     serves on it too; it stops first (intake off), before the NATS side.
     """
     stop = stop or stop_event()
-    holder: list[GatewayService] = []
-
-    async def on_disconnect() -> None:
-        if holder:
-            holder[0].on_disconnect()
-
-    async def on_reconnect() -> None:
-        if holder:
-            holder[0].on_reconnect()
-
-    nc = await connect(
-        nats_cfg, service=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
-    )
-    service = GatewayService(nc, cfg)
-    holder.append(service)
-    await service.start()
+    service, nc = await start_gateway(nats_cfg, cfg)
     front = None
     if cfg.http_port is not None:
         try:

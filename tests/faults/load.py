@@ -23,11 +23,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from gateway.main import start_gateway
 from gateway.service import GatewayService
 from shared import errors
 from shared.client import FedClient
 from shared.config import GatewayConfig, NatsConfig
-from shared.connection import connect
 from tests.helpers import Proc
 from worker.backends.synthetic import expected_text
 
@@ -204,27 +204,7 @@ async def gateway_in_process(
     url: str, config: GatewayConfig, **service_kwargs: Any
 ) -> tuple[GatewayService, Client]:
     """A gateway wired exactly as ``fedgate gateway`` wires it (reconnect callbacks too)."""
-    holder: list[GatewayService] = []
-
-    async def on_disconnect() -> None:
-        if holder:
-            holder[0].on_disconnect()
-
-    async def on_reconnect() -> None:
-        if holder:
-            holder[0].on_reconnect()
-
-    nc = await connect(
-        NatsConfig(url=url),
-        service=True,
-        wait_s=10,
-        on_disconnect=on_disconnect,
-        on_reconnect=on_reconnect,
-    )
-    svc = GatewayService(nc, config, **service_kwargs)
-    holder.append(svc)
-    await svc.start()
-    return svc, nc
+    return await start_gateway(NatsConfig(url=url), config, wait_s=10, **service_kwargs)
 
 
 async def stop_gateway(svc: GatewayService, nc: Client) -> None:
