@@ -25,9 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -261,20 +258,7 @@ def _passes(
 
 def in_process_in(tree: str | None, quick: bool) -> dict[str, Any]:
     """``in_process`` in a fresh process, with the gateway code from ``tree`` if given."""
-    env = dict(os.environ)
-    if tree:
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), here])
-    cmd = [sys.executable, "-m", "bench.bench_ingest", "--in-process-only"]
-    out = subprocess.run(
-        cmd + (["--quick"] if quick else []),
-        env=env,
-        cwd=tree or None,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return c.json_from_module_in(tree, "bench.bench_ingest", "--in-process-only", quick)
 
 
 def report(fig: dict[str, Any]) -> dict[str, Any]:

@@ -360,3 +360,15 @@ async def rounds(
             if between is not None:
                 await between()
     return out
+
+
+def json_from_module_in(tree: str | None, module: str, flag: str, quick: bool) -> dict[str, Any]:
+    """Run ``python -m module flag`` in a fresh process (with the code of ``tree`` first on
+    the path when given) and return the JSON object of its last line."""
+    env = dict(os.environ)
+    if tree:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), here])
+    cmd = [sys.executable, "-m", module, flag, *(["--quick"] if quick else [])]
+    out = subprocess.run(cmd, env=env, cwd=tree or None, capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
