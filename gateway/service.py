@@ -30,10 +30,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gateway.breaker import CircuitBreaker, CircuitBreakerConfig
-from gateway.catalog import HeartbeatOutcome, ModelCatalog
+from gateway.catalog import ModelCatalog
 from gateway.control import Control
 from gateway.flight import Flight
 from gateway.health import HealthChecker, HealthConfig
+from gateway.membership import Membership
 from gateway.policies import Candidate
 from gateway.retry import RetryPolicy
 from gateway.router import Router
@@ -117,11 +118,20 @@ class GatewayService:
             cfg.max_retries, cfg.retry_backoff_initial_s, cfg.retry_backoff_max_s
         )
         self.control = Control(self)
+        self.membership = Membership(
+            nc,
+            self.subjects,
+            self.catalog,
+            self.health,
+            self.breaker,
+            lost=self._node_lost,
+            changed=self._capacity_changed,
+            connected=lambda: self._connected,
+            spawn=self._spawn,
+        )
         self._flights: dict[str, Flight] = {}
         self._by_request_id: dict[str, Flight] = {}
         self._waiting: deque[Flight] = deque()
-        self._heartbeats: dict[str, bytes] = {}
-        """Each node's last heartbeat body: an identical one skips decoding."""
         self._next_key = 0
         self._id_prefix = secrets.token_hex(6) + "-"
         """Generated request ids: this random prefix + the flight key (unique per process)."""
@@ -151,8 +161,8 @@ class GatewayService:
         subscribe = self.nc.subscribe
         self._subs += [
             await subscribe(self._inbox + ".>", cb=self._on_reply),
-            await subscribe(s.heartbeat_all, cb=self._on_heartbeat),
-            await subscribe(s.leave_all, cb=self._on_leave),
+            await subscribe(s.heartbeat_all, cb=self.membership.on_heartbeat),
+            await subscribe(s.leave_all, cb=self.membership.on_leave),
             await subscribe(s.cancel_all, cb=self._on_cancel),
         ]
         self._subs += await self.control.subscribe()
@@ -170,7 +180,7 @@ class GatewayService:
                 self.config.metrics_port, self.config.http_host
             )
         self._spawn(self._sweep_loop(), "sweeper")
-        self._spawn(self._probe_loop(), "prober")
+        self._spawn(self.membership.probe_loop(self.config.probe_interval_s), "prober")
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop intake, let in-flight requests finish (bounded), then end the rest."""
@@ -807,58 +817,10 @@ class GatewayService:
             self.metrics.finished(flight, "caller_gone", self.clock() - flight.started, 0)
         self._decision(flight, "caller_gone")
 
-    # -- heartbeats and leave ------------------------------------------------------
+    # -- nodes lost --------------------------------------------------------------
 
-    async def _on_heartbeat(self, msg: Msg) -> None:
-        node_id = self.subjects.last_token(msg.subject)
-        data = msg.data
-        if self._heartbeats.get(node_id) == data and self.catalog.touch(node_id):
-            return  # the same bytes as last time (an idle node): nothing but liveness
-        try:
-            hb = m.heartbeat_decoder.decode(msg.data)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            self._noisy.warning("bad-heartbeat", "bad heartbeat on %s: %s", msg.subject, exc)
-            return
-        if hb.node_id is not None and hb.node_id != node_id:
-            self._noisy.warning(
-                "spoofed-heartbeat",
-                "heartbeat on %s claims node %r: rejected",
-                msg.subject,
-                hb.node_id,
-            )
-            return
-        prior = self.catalog.node(node_id)
-        outcome = self.catalog.apply_heartbeat(node_id, hb)
-        if outcome is HeartbeatOutcome.NEW:
-            if self.health.get_cached_health(node_id) is None:
-                self.health.register_node(node_id)
-                self.breaker.forget(node_id)
-        elif outcome is HeartbeatOutcome.REPLACED and not (prior and prior.static):
-            # A new process under an old id: fresh health and circuit; its old work is lost.
-            self.health.register_node(node_id)
-            self.breaker.forget(node_id)
-            await self._node_lost(node_id, "node restarted")
-        elif outcome is HeartbeatOutcome.STALE:
-            self._noisy.warning("stale-heartbeat", "old incarnation of %s ignored", node_id)
-        if outcome is not HeartbeatOutcome.STALE:
-            self._heartbeats[node_id] = data
-        if self._waiting:
-            await self._drain_waiting()
-
-    async def _on_leave(self, msg: Msg) -> None:
-        node_id = self.subjects.last_token(msg.subject)
-        incarnation = None
-        if msg.data:
-            try:
-                incarnation = m.leave_decoder.decode(msg.data).incarnation
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                return
-        if self.catalog.remove_node(node_id, incarnation):
-            self._heartbeats.pop(node_id, None)
-            self.health.deregister_node(node_id)
-            await self._node_lost(node_id, "node left")
-
-    async def _node_lost(self, node_id: str, why: str) -> None:
+    async def _node_lost(self, node_id: str) -> None:
+        """A node left, fell silent or restarted: move the work it held elsewhere."""
         for flight in [
             f for f in self._flights.values() if f.node_id == node_id and f.attempt_open
         ]:
@@ -867,6 +829,10 @@ class GatewayService:
                 node_fault=False,
                 error=errors.NodeUnreachable(node_id),
             )
+
+    async def _capacity_changed(self) -> None:
+        if self._waiting:
+            await self._drain_waiting()
 
     # -- background loops ----------------------------------------------------------
 
@@ -883,10 +849,7 @@ class GatewayService:
                 now = self.clock()
                 if now - last_expiry >= 0.5:
                     last_expiry = now
-                    for node_id in self.catalog.expire():
-                        self._heartbeats.pop(node_id, None)
-                        self.health.deregister_node(node_id)
-                        await self._node_lost(node_id, "heartbeats stopped")
+                    await self.membership.expire()
             except Exception:
                 log.exception("sweeper error")
 
@@ -931,23 +894,6 @@ class GatewayService:
                     b"",
                     reply=f"{self._inbox}.{flight.key}.p{flight.attempt}",
                 )
-
-    async def _probe_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.probe_interval_s)
-            if not self._connected:
-                continue
-            for node_id in self.health.needs_probe():
-                self._spawn(self._probe(node_id), "probe")
-
-    async def _probe(self, node_id: str) -> None:
-        try:
-            await self.nc.request(self.subjects.node_ping(node_id), b"", timeout=1.0)
-        except Exception:
-            if self._connected:
-                self.health.report_failure(node_id)
-            return
-        self.health.report_probe_success(node_id)
 
 
 def _node_seq(data: bytes) -> int:

@@ -264,8 +264,15 @@ class _Call:
             try:
                 msg = await asyncio.wait_for(self.queue.get(), wait)
             except TimeoutError:
-                await self._check_gateway()
-                continue
+                lost = await self._check_gateway()
+                if lost is None:
+                    continue
+                try:
+                    # An answer sent just before the gateway forgot the request may still
+                    # be on its way (another subscription): give it a moment first.
+                    msg = await asyncio.wait_for(self.queue.get(), self.client.liveness_s)
+                except TimeoutError:
+                    raise errors.Unavailable(lost) from None
             hdrs = msg.headers
             if hdrs:
                 if hdrs.get(h.NATS_STATUS) == "503":
@@ -276,21 +283,23 @@ class _Call:
                     continue
             return msg
 
-    async def _check_gateway(self) -> None:
+    async def _check_gateway(self) -> str | None:
+        """Why the request is no longer held by a gateway, or None while it is."""
         if self._loop.time() >= self._expires:
-            return
+            return None
         if self.liveness is None:
-            raise errors.Unavailable(f"no gateway acknowledged {self.request.request_id}")
+            return f"no gateway acknowledged {self.request.request_id}"
         try:
             reply = await self.client.nc.request(self.liveness, b"", timeout=self.client.liveness_s)
-        except nats.errors.NoRespondersError as exc:
-            raise errors.Unavailable(f"gateway {self.gateway} is gone") from exc
+        except nats.errors.NoRespondersError:
+            return f"gateway {self.gateway} is gone"
         except nats.errors.TimeoutError:
-            return  # alive but busy, or a network hiccup: keep waiting until the deadline
+            return None  # alive but busy, or a network hiccup: keep waiting until the deadline
         if reply.headers and reply.headers.get(h.STATUS) == "unknown":
             # The gateway no longer holds the request (e.g. its answer was lost in a
             # NATS restart): ask again, with the same request id.
-            raise errors.Unavailable(f"gateway {self.gateway} lost {self.request.request_id}")
+            return f"gateway {self.gateway} lost {self.request.request_id}"
+        return None
 
     def close(self) -> None:
         """Stop routing replies of the current send to this call."""

@@ -1,0 +1,139 @@
+"""Who is in the federation: heartbeats, leaves, expiry and probes, into the core.
+
+A node joins by heartbeating and nothing else registers it. This module folds each
+``fed.heartbeat.<id>`` into the catalog (the subject names the node; a body claiming
+another id is rejected, an older incarnation ignored, identical bytes only refresh
+liveness), removes nodes that leave or fall silent, gives a restarted node (a new
+incarnation) fresh health and a closed circuit, and pings Unknown/Unhealthy nodes so
+that none stays unhealthy forever. The service hears about it through two callbacks:
+``lost(node_id)`` (work on that node must move) and ``changed()`` (capacity may have
+appeared for queued requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from gateway.breaker import CircuitBreaker
+from gateway.catalog import HeartbeatOutcome, ModelCatalog
+from gateway.health import HealthChecker
+from shared import messages as m
+from shared.connection import RateLimitedLog
+from shared.subjects import Subjects
+
+log = logging.getLogger("fedgate.gateway")
+
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+class Membership:
+    """Keeps the catalog, health and breakers in step with the nodes' own messages."""
+
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        catalog: ModelCatalog,
+        health: HealthChecker,
+        breaker: CircuitBreaker,
+        *,
+        lost: Callable[[str], Awaitable[None]],
+        changed: Callable[[], Awaitable[None]],
+        connected: Callable[[], bool],
+        spawn: Callable[[Any, str], None],
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.catalog = catalog
+        self.health = health
+        self.breaker = breaker
+        self._lost = lost
+        self._changed = changed
+        self._connected = connected
+        self._spawn = spawn
+        self._last: dict[str, bytes] = {}
+        """Each node's last heartbeat body: an identical one skips decoding."""
+        self._noisy = RateLimitedLog(log)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        """Fold one ``fed.heartbeat.<id>`` into the catalog."""
+        node_id = self.subjects.last_token(msg.subject)
+        data = msg.data
+        if self._last.get(node_id) == data and self.catalog.touch(node_id):
+            return  # the same bytes as last time (an idle node): nothing but liveness
+        try:
+            hb = m.heartbeat_decoder.decode(data)
+        except _UNDECODABLE as exc:
+            self._noisy.warning("bad-heartbeat", "bad heartbeat on %s: %s", msg.subject, exc)
+            return
+        if hb.node_id is not None and hb.node_id != node_id:
+            self._noisy.warning(
+                "spoofed-heartbeat",
+                "heartbeat on %s claims node %r: rejected",
+                msg.subject,
+                hb.node_id,
+            )
+            return
+        prior = self.catalog.node(node_id)
+        outcome = self.catalog.apply_heartbeat(node_id, hb)
+        if outcome is HeartbeatOutcome.NEW:
+            if self.health.get_cached_health(node_id) is None:
+                self.health.register_node(node_id)
+                self.breaker.forget(node_id)
+        elif outcome is HeartbeatOutcome.REPLACED and not (prior and prior.static):
+            # A new process under an old id: fresh health and circuit; its old work is lost.
+            self.health.register_node(node_id)
+            self.breaker.forget(node_id)
+            await self._lost(node_id)
+        elif outcome is HeartbeatOutcome.STALE:
+            self._noisy.warning("stale-heartbeat", "old incarnation of %s ignored", node_id)
+        if outcome is not HeartbeatOutcome.STALE:
+            self._last[node_id] = data
+        await self._changed()
+
+    async def on_leave(self, msg: Msg) -> None:
+        """A node leaving gracefully (``fed.leave.<id>``, body empty or its incarnation)."""
+        node_id = self.subjects.last_token(msg.subject)
+        incarnation = None
+        if msg.data:
+            try:
+                incarnation = m.leave_decoder.decode(msg.data).incarnation
+            except _UNDECODABLE:
+                return
+        if self.catalog.remove_node(node_id, incarnation):
+            await self._forget(node_id)
+
+    async def expire(self) -> None:
+        """Drop nodes whose heartbeats stopped (3 intervals)."""
+        for node_id in self.catalog.expire():
+            await self._forget(node_id)
+
+    async def _forget(self, node_id: str) -> None:
+        self._last.pop(node_id, None)
+        self.health.deregister_node(node_id)
+        await self._lost(node_id)
+
+    async def probe_loop(self, interval_s: float) -> None:
+        """Ping Unknown/Unhealthy nodes (each at most once per health check interval)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self._connected():
+                continue
+            for node_id in self.health.needs_probe():
+                self._spawn(self._probe(node_id), "probe")
+
+    async def _probe(self, node_id: str) -> None:
+        try:
+            await self.nc.request(self.subjects.node_ping(node_id), b"", timeout=1.0)
+        except Exception:
+            if self._connected():  # an outage of NATS itself counts against nobody
+                self.health.report_failure(node_id)
+            return
+        self.health.report_probe_success(node_id)
