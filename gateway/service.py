@@ -32,6 +32,7 @@ from nats.aio.subscription import Subscription
 from gateway.breaker import CircuitBreaker, CircuitBreakerConfig
 from gateway.catalog import ModelCatalog
 from gateway.control import Control
+from gateway.decisions import Decisions
 from gateway.flight import Flight
 from gateway.health import HealthChecker, HealthConfig
 from gateway.membership import Membership
@@ -144,7 +145,14 @@ class GatewayService:
         self._accepting = False
         self._idle = asyncio.Event()
         self._noisy = RateLimitedLog(log)
-        self._decisions_pending: list[m.Decision] = []
+        self.decisions = Decisions(
+            nc,
+            self.subjects.decisions,
+            self.gateway_id,
+            publish=cfg.decisions,
+            access_log=cfg.access_log,
+            clock=clock,
+        )
         self.failovers = 0
         self.retries = 0
         self.metrics: Any = None
@@ -702,7 +710,7 @@ class GatewayService:
         self.stats.record_success(elapsed, tokens, served_by, flight.request.tenant_id)
         if self.metrics is not None:
             self.metrics.finished(flight, "ok", elapsed, tokens)
-        self._decision(flight, "ok")
+        self.decisions.record(flight, "ok")
 
     async def _finish_error(self, flight: Flight, error: errors.FedError) -> None:
         if flight.done:
@@ -718,7 +726,7 @@ class GatewayService:
         self.stats.record_failure(flight.node_id, flight.request.tenant_id)
         if self.metrics is not None:
             self.metrics.finished(flight, error.kind, self.clock() - flight.started, 0)
-        self._decision(flight, error.kind)
+        self.decisions.record(flight, error.kind)
 
     def _forget(self, flight: Flight, error: str | None = None, tokens: int = 0) -> None:
         span = flight.span
@@ -756,45 +764,6 @@ class GatewayService:
     async def _reply_error(self, reply: str, error: errors.FedError) -> None:
         await self._publish_reply(reply, b"", error.headers())
 
-    def _decision(self, flight: Flight, outcome: str) -> None:
-        """Queue the routing decision for ``fed.decisions`` (sent after the reply)."""
-        if self.config.access_log:
-            self._access_log(flight, outcome)
-        if not self.config.decisions:
-            return
-        self._decisions_pending.append(
-            m.Decision(
-                request_id=flight.request_id,
-                capability=flight.capability,
-                model=flight.request.model,
-                chosen=flight.node_id,
-                attempt=flight.attempt,
-                score=round(flight.score, 4),
-                reason=flight.reason,
-                gateway=self.gateway_id,
-                outcome=outcome,
-            )
-        )
-
-    def _access_log(self, flight: Flight, outcome: str) -> None:
-        """One line per request (``access_log`` on), with request and trace ids."""
-        trace_id = ""
-        if flight.trace_headers and h.TRACEPARENT in flight.trace_headers:
-            trace_id = flight.trace_headers[h.TRACEPARENT].split("-")[1:2][0]
-        log.info(
-            "%s %s -> %s %s in %.1f ms (%d attempt(s))",
-            flight.capability, flight.request_id, flight.node_id or "-", outcome,
-            (self.clock() - flight.started) * 1000, flight.attempt,
-            extra={"request_id": flight.request_id, "trace_id": trace_id,
-                   "node_id": flight.node_id or ""},
-        )  # fmt: skip
-
-    async def _flush_decisions(self) -> None:
-        pending, self._decisions_pending = self._decisions_pending, []
-        subject = self.subjects.decisions
-        for decision in pending:
-            await self.nc.publish(subject, m.encode(decision))
-
     # -- cancel, caller gone -------------------------------------------------------
 
     async def _on_cancel(self, msg: Msg) -> None:
@@ -815,7 +784,7 @@ class GatewayService:
         self.stats.record_failure(flight.node_id, flight.request.tenant_id)
         if self.metrics is not None:
             self.metrics.finished(flight, "caller_gone", self.clock() - flight.started, 0)
-        self._decision(flight, "caller_gone")
+        self.decisions.record(flight, "caller_gone")
 
     # -- nodes lost --------------------------------------------------------------
 
@@ -844,8 +813,7 @@ class GatewayService:
             try:
                 self.health.flush()
                 await self._sweep()
-                if self._decisions_pending:
-                    await self._flush_decisions()
+                await self.decisions.flush()
                 now = self.clock()
                 if now - last_expiry >= 0.5:
                     last_expiry = now
