@@ -115,12 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     c.emit(
         "all",
         {
-            "machine": before,
-            "loadavg_after": [round(x, 2) for x in c.load_average()],
             "elapsed_s": round(time.monotonic() - started, 1),
             "targets": targets,
             "results": results,
         },
+        before,
     )
     if failed:
         return 1

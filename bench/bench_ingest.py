@@ -328,9 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidate:
         fig["in_process_candidate"] = in_process_in(args.candidate, args.quick)
     fig["targets"] = report(fig)
-    fig["machine"] = before
-    fig["loadavg_after"] = [round(x, 2) for x in c.load_average()]
-    c.emit("ingest", fig)
+    c.emit("ingest", fig, before)
     return 0
 
 

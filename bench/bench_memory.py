@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run(go())
     fig["targets"] = report(fig)
-    fig["machine"] = before
-    fig["loadavg_after"] = [round(x, 2) for x in c.load_average()]
-    c.emit("memory", fig)
+    c.emit("memory", fig, before)
     return 0
 
 

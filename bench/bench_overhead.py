@@ -405,9 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         fig["hot_path_candidate"] = hot_path_in(args.candidate, args.quick)
     targets = report(fig)
     fig["targets"] = targets
-    fig["machine"] = before
-    fig["loadavg_after"] = [round(x, 2) for x in c.load_average()]
-    c.emit("overhead", fig)
+    c.emit("overhead", fig, before)
     return 0
 
 

@@ -69,8 +69,15 @@ def target(name: str, value: float, op: str, limit: float, unit: str = "") -> di
     return {"value": round(value, 4), "op": op, "limit": limit, "pass": ok}
 
 
-def emit(bench: str, figures: dict[str, Any]) -> None:
-    """The last line of every benchmark: one JSON object."""
+def emit(bench: str, figures: dict[str, Any], machine: dict[str, Any] | None = None) -> None:
+    """The last line of every benchmark: one JSON object (with the machine it ran on and
+    the load average at the end, when ``machine`` is given)."""
+    if machine is not None:
+        figures = {
+            **figures,
+            "machine": machine,
+            "loadavg_after": [round(x, 2) for x in load_average()],
+        }
     print(json.dumps({"bench": bench, **figures}), flush=True)
 
 
