@@ -22,6 +22,7 @@ class Flight:
         "attempt_started",
         "busy",
         "busy_nodes",
+        "caller_probe",
         "capability",
         "chunk_log",
         "deadline",
@@ -29,6 +30,7 @@ class Flight:
         "epoch",
         "failovers",
         "first_chunk_at",
+        "inbox",
         "key",
         "last_activity",
         "last_error",
@@ -46,6 +48,7 @@ class Flight:
         "seq",
         "span",
         "started",
+        "tag",
         "trace_headers",
         "tried",
     )
@@ -71,6 +74,12 @@ class Flight:
         self.started = started
         self.deadline = deadline
         self.attempt = 0
+        self.tag = "0"
+        """``str(attempt)``: the last token of the current attempt's reply subject."""
+        self.inbox = ""
+        """This flight's reply-subject prefix at the gateway (``<inbox>.<key>.``)."""
+        self.caller_probe = ""
+        """Reply subject set on relayed chunks: no responders there = the caller is gone."""
         """Dispatches made so far (the current one's number)."""
         self.attempt_started = 0.0
         self.first_chunk_at: float | None = None

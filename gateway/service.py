@@ -84,26 +84,9 @@ class GatewayService:
         self.clock = clock
         self.catalog = catalog if catalog is not None else ModelCatalog(clock=clock)
         if health is None:
-            health = HealthChecker(
-                HealthConfig(
-                    failure_threshold=cfg.health_failure_threshold,
-                    recovery_threshold=cfg.health_recovery_threshold,
-                    degraded_latency_s=cfg.health_degraded_latency_s,
-                    check_interval_s=cfg.health_check_interval_s,
-                    publish_interval_s=0.05,
-                ),
-                clock=clock,
-            )
+            health = HealthChecker(_health_config(cfg), clock=clock)
         if breaker is None:
-            breaker = CircuitBreaker(
-                CircuitBreakerConfig(
-                    failure_threshold=cfg.breaker_failure_threshold,
-                    reset_timeout_s=cfg.breaker_reset_timeout_s,
-                    half_open_successes=cfg.breaker_half_open_successes,
-                    half_open_max_probes=cfg.breaker_half_open_probes,
-                ),
-                clock=clock,
-            )
+            breaker = CircuitBreaker(_breaker_config(cfg), clock=clock)
         self.health = health
         self.breaker = breaker
         self.router = (
@@ -283,7 +266,7 @@ class GatewayService:
                 for i, item in enumerate(held.chunk_log):
                     if isinstance(item, tuple):
                         item = m.encode(m.Chunk(seq=i + 1, text=item[0], tokens=item[1]))
-                    await self.nc.publish(reply, item, reply=f"{self._inbox}.{held.key}.c")
+                    await self.nc.publish(reply, item, reply=held.caller_probe)
                 return
             await self._reply_error(reply, errors.Duplicate(f"{request_id} is already in flight"))
             return
@@ -302,6 +285,8 @@ class GatewayService:
             started=now,
             deadline=now + timeout_s,
         )
+        flight.inbox = f"{self._inbox}.{key}."
+        flight.caller_probe = flight.inbox + "c"
         if msg.headers and h.TRACEPARENT in msg.headers:
             flight.trace_headers = {
                 k: v for k, v in msg.headers.items() if k in (h.TRACEPARENT, h.TRACESTATE)
@@ -332,7 +317,7 @@ class GatewayService:
         """Acknowledge a request (asked for with ``Fed-Ack``): who holds it, how to ping."""
         await self.nc.publish(flight.reply, b"", headers={
             h.GATEWAY: self.gateway_id,
-            h.LIVENESS: f"{self._inbox}.{flight.key}.a",
+            h.LIVENESS: flight.inbox + "a",
             h.REQUEST_ID: flight.request_id,
         })  # fmt: skip
 
@@ -416,12 +401,13 @@ class GatewayService:
         flight.last_activity = now
         flight.pinged = False
         flight.offset = flight.seq
+        flight.tag = str(flight.attempt)
         self.catalog.add_in_flight(node_id, 1)
         self.stats.record_dispatch(node_id)
         remaining_ms = max(1, int((flight.deadline - now) * 1000))
         body = b"".join((
             b'{"request":', flight.raw,
-            b',"attempt":', str(flight.attempt).encode(),
+            b',"attempt":', flight.tag.encode(),
             b',"resume":', m.encode(resume) if resume is not None else b"null",
             b',"capability":"', flight.capability.encode(),
             b'","request_id":"', flight.request_id.encode(),
@@ -446,7 +432,7 @@ class GatewayService:
             headers = telemetry.inject(span, headers)
         try:
             await self.nc.publish(
-                subject, body, reply=f"{self._inbox}.{flight.key}.{flight.attempt}", headers=headers
+                subject, body, reply=f"{flight.inbox}{flight.tag}", headers=headers
             )
         except Exception as exc:  # disconnected with a full buffer, closed, ...
             await self._attempt_failed(
@@ -482,7 +468,7 @@ class GatewayService:
         flight = self._flights.get(key)
         if flight is None:
             return  # late message of a finished request
-        if tag != str(flight.attempt):
+        if tag != flight.tag:
             await self._on_side_reply(flight, tag, msg)
             return
         if not flight.attempt_open:
@@ -529,7 +515,7 @@ class GatewayService:
                 return
             flight.seq += 1
             flight.chunk_log.append(data)
-        await self.nc.publish(flight.reply, data, reply=f"{self._inbox}.{key}.c")
+        await self.nc.publish(flight.reply, data, reply=flight.caller_probe)
         flight.overhead_ns += time.perf_counter_ns() - t0
 
     async def _chunk_lost(self, flight: Flight, expected: int, got: int) -> None:
@@ -860,7 +846,7 @@ class GatewayService:
                 await self.nc.publish(
                     self.subjects.node_ping(flight.node_id or ""),
                     b"",
-                    reply=f"{self._inbox}.{flight.key}.p{flight.attempt}",
+                    reply=f"{flight.inbox}p{flight.tag}",
                 )
 
 
@@ -889,6 +875,26 @@ def _result_tokens(data: bytes) -> int:
         return _tokens_decoder.decode(data).tokens
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return 0
+
+
+def _health_config(cfg: GatewayConfig) -> HealthConfig:
+    return HealthConfig(
+        failure_threshold=cfg.health_failure_threshold,
+        recovery_threshold=cfg.health_recovery_threshold,
+        degraded_latency_s=cfg.health_degraded_latency_s,
+        check_interval_s=cfg.health_check_interval_s,
+        # Successes that change no state reach the router at most every 50 ms per node.
+        publish_interval_s=0.05,
+    )
+
+
+def _breaker_config(cfg: GatewayConfig) -> CircuitBreakerConfig:
+    return CircuitBreakerConfig(
+        failure_threshold=cfg.breaker_failure_threshold,
+        reset_timeout_s=cfg.breaker_reset_timeout_s,
+        half_open_successes=cfg.breaker_half_open_successes,
+        half_open_max_probes=cfg.breaker_half_open_probes,
+    )
 
 
 def _router_config(cfg: GatewayConfig) -> Any:

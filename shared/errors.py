@@ -60,12 +60,19 @@ class PolicyViolation(FedError):
         )
 
 
-class NoCapacity(FedError):
-    code, kind = 404, "no_capacity"
+class _CapabilityError(FedError):
+    """An error about a capability, with the reference's message unless ``detail``."""
+
+    template: ClassVar[str] = "{capability}"
 
     def __init__(self, capability: str = "", detail: str = "") -> None:
         self.capability = capability
-        super().__init__(detail or f"No nodes available for capability: {capability}")
+        super().__init__(detail or self.template.format(capability=capability))
+
+
+class NoCapacity(_CapabilityError):
+    code, kind = 404, "no_capacity"
+    template = "No nodes available for capability: {capability}"
 
 
 class Duplicate(FedError):
@@ -91,12 +98,9 @@ class Interrupted(FedError):
     code, kind = 502, "interrupted"
 
 
-class AllNodesUnhealthy(FedError):
+class AllNodesUnhealthy(_CapabilityError):
     code, kind = 503, "all_unhealthy"
-
-    def __init__(self, capability: str = "", detail: str = "") -> None:
-        self.capability = capability
-        super().__init__(detail or f"All nodes unhealthy for capability: {capability}")
+    template = "All nodes unhealthy for capability: {capability}"
 
 
 class Timeout(FedError):
