@@ -5,15 +5,24 @@
     ├── PolicyViolation           403 policy_violation
     ├── NoCapacity                404 no_capacity
     ├── Duplicate                 409 duplicate
+    ├── PayloadTooLarge           413 too_large          (addition)
     ├── Overloaded                429 overloaded
     ├── Cancelled                 499 cancelled
     ├── Internal                  500 internal
     ├── Interrupted               502 interrupted
+    ├── UpstreamError             502 upstream_error     (the node's engine failed; addition)
     ├── AllNodesUnhealthy         503 all_unhealthy
     ├── Timeout                   504 timeout
     ├── Unavailable               503 unavailable        (client side: no gateway answered)
+    ├── NodeUnavailable           503 node_unavailable   (node -> gateway: cannot serve it here)
+    ├── NodeDraining              503 node_draining      (node -> gateway: stopping)
     ├── NodeUnreachable           503 node_unreachable   (core only, never on the wire)
     └── CircuitOpen               503 circuit_open       (core only, never on the wire)
+
+Blame (who is at fault, docs/routing.md): each class says whether the gateway tries
+another node (``retry_elsewhere``) and whether the failure counts against the node's
+health and circuit (``node_fault``). A node reports its errors with ``err.headers()``;
+the gateway looks the kind up with ``blame(kind)``.
 
 On the wire an error is a message with an empty body and the headers
 ``Nats-Service-Error-Code``, ``Nats-Service-Error`` and ``Fed-Error``; ``from_headers``
@@ -22,6 +31,7 @@ maps such a message back to the matching class (the Python client raises it).
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from shared import headers as h
@@ -32,6 +42,10 @@ class FedError(Exception):
 
     code: ClassVar[int] = 500
     kind: ClassVar[str] = "internal"
+    retry_elsewhere: ClassVar[bool] = True
+    """A node reporting this error: another node may well succeed."""
+    node_fault: ClassVar[bool] = True
+    """A node reporting this error: it counts against the node (unless poison)."""
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.kind.replace("_", " "))
@@ -48,10 +62,12 @@ class FedError(Exception):
 
 class BadRequest(FedError):
     code, kind = 400, "bad_request"
+    retry_elsewhere = node_fault = False
 
 
 class PolicyViolation(FedError):
     code, kind = 403, "policy_violation"
+    retry_elsewhere = node_fault = False
 
     def __init__(self, capability: str = "", detail: str = "") -> None:
         self.capability = capability
@@ -72,19 +88,41 @@ class _CapabilityError(FedError):
 
 class NoCapacity(_CapabilityError):
     code, kind = 404, "no_capacity"
+    node_fault = False  # a node that does not serve it (catalog out of date): try another
     template = "No nodes available for capability: {capability}"
 
 
 class Duplicate(FedError):
     code, kind = 409, "duplicate"
+    node_fault = False
+
+
+class PayloadTooLarge(FedError):
+    """The request (or what the gateway must forward of it) exceeds NATS' max_payload."""
+
+    code, kind = 413, "too_large"
+    retry_elsewhere = node_fault = False
 
 
 class Overloaded(FedError):
     code, kind = 429, "overloaded"
+    node_fault = False  # busy is not broken; spends the retry budget like any failure
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """The error headers, with ``Retry-After`` (whole seconds) when known."""
+        out = super().headers()
+        if self.retry_after_s is not None:
+            out[h.RETRY_AFTER] = str(max(1, math.ceil(self.retry_after_s)))
+        return out
 
 
 class Cancelled(FedError):
     code, kind = 499, "cancelled"
+    retry_elsewhere = node_fault = False
 
 
 class Internal(FedError):
@@ -103,6 +141,12 @@ class AllNodesUnhealthy(_CapabilityError):
     template = "All nodes unhealthy for capability: {capability}"
 
 
+class UpstreamError(FedError):
+    """The node's inference engine failed (5xx, connection refused, a broken reply)."""
+
+    code, kind = 502, "upstream_error"
+
+
 class Timeout(FedError):
     code, kind = 504, "timeout"
 
@@ -114,6 +158,19 @@ class Timeout(FedError):
 
 class Unavailable(FedError):
     code, kind = 503, "unavailable"
+
+
+class NodeUnavailable(FedError):
+    """The node cannot serve this request (engine down, model missing on it): its fault."""
+
+    code, kind = 503, "node_unavailable"
+
+
+class NodeDraining(FedError):
+    """The node is stopping: try another, no fault."""
+
+    code, kind = 503, "node_draining"
+    node_fault = False
 
 
 class NodeUnreachable(FedError):
@@ -139,15 +196,28 @@ _BY_KIND: dict[str, type[FedError]] = {
         PolicyViolation,
         NoCapacity,
         Duplicate,
+        PayloadTooLarge,
         Overloaded,
         Cancelled,
         Internal,
         Interrupted,
+        UpstreamError,
         AllNodesUnhealthy,
         Timeout,
         Unavailable,
     )
 }
+_NODE_KINDS: dict[str, type[FedError]] = {
+    **_BY_KIND,
+    NodeUnavailable.kind: NodeUnavailable,
+    NodeDraining.kind: NodeDraining,
+}
+
+
+def blame(kind: str) -> type[FedError]:
+    """The class of an error kind a node reported (``Internal`` for unknown kinds):
+    read its ``retry_elsewhere`` and ``node_fault``."""
+    return _NODE_KINDS.get(kind, Internal)
 _BY_CODE: dict[int, type[FedError]] = {cls.code: cls for cls in _BY_KIND.values()}
 
 

@@ -20,3 +20,8 @@ LIVENESS = "Fed-Liveness"
 """On an ack: a subject the caller may ping to learn whether the gateway is alive."""
 GATEWAY = "Fed-Gateway"
 """On an ack: the id of the gateway holding the request."""
+RETRY_AFTER = "Retry-After"
+"""On a ``429``: whole seconds before asking again (as HTTP's header). A node may send it
+with its ``overloaded`` answer; the gateway then leaves that node alone for as long."""
+PROMPT_TOKENS = "Fed-Prompt-Tokens"
+"""On a success: prompt tokens as the node's engine counted them (addition; optional)."""
