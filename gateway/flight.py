@@ -26,17 +26,21 @@ class Flight:
         "capability",
         "chunk_log",
         "deadline",
+        "digest",
         "done",
         "epoch",
         "failovers",
         "first_chunk_at",
+        "ident",
         "inbox",
         "key",
         "last_activity",
         "last_error",
+        "node_failures",
         "node_id",
         "offset",
         "overhead_ns",
+        "pending_blame",
         "pinged",
         "queued_at",
         "raw",
@@ -96,9 +100,18 @@ class Flight:
         """What was relayed: raw chunk bytes (decoded lazily, on failover) or (text, tokens)."""
         self.failovers = 0
         self.busy = 0
-        """Attempts a node refused for lack of capacity (they spend no retry budget)."""
+        """Attempts a node refused for lack of capacity (they spend the retry budget too)."""
         self.busy_nodes: list[str] = []
         """Nodes that refused for lack of capacity since the last wait for them."""
+        self.node_failures = 0
+        """Node-reported failures in a row on distinct nodes (poison detection)."""
+        self.pending_blame: list[str] = []
+        """Nodes whose reported errors count against them only if the request turns out
+        not to be poison (judged when the request ends)."""
+        self.ident: tuple[str, str] = ("", request_id)
+        """(tenant, request id): the request's identity, scoped to its caller."""
+        self.digest = b""
+        """Digest of the caller's body: a resend is honoured only with the same bytes."""
         self.epoch = 0
         self.overhead_ns = 0
         self.done = False

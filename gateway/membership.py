@@ -4,8 +4,11 @@ A node joins by heartbeating and nothing else registers it. This module folds ea
 ``fed.heartbeat.<id>`` into the catalog (the subject names the node; a body claiming
 another id is rejected, an older incarnation ignored, identical bytes only refresh
 liveness), removes nodes that leave or fall silent, gives a restarted node (a new
-incarnation) fresh health and a closed circuit, and pings Unknown/Unhealthy nodes so
-that none stays unhealthy forever. The service hears about it through two callbacks:
+incarnation) fresh health and a closed circuit, and sends a canary (a real, one-token
+inference, as Dynamo's canary health checks do) to every node the health core says is
+due: unknown, unhealthy, excluded by a latency limit or idle. A ping only proves the
+process lives; a canary proves it can serve, and its success brings the node back.
+The service hears about it through two callbacks:
 ``lost(node_id)`` (work on that node must move) and ``changed()`` (capacity may have
 appeared for queued requests).
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +29,8 @@ from nats.aio.msg import Msg
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import HeartbeatOutcome, ModelCatalog
 from gateway.health import HealthChecker
+from shared import errors
+from shared import headers as h
 from shared import messages as m
 from shared.connection import RateLimitedLog
 from shared.subjects import Subjects
@@ -61,6 +68,8 @@ class Membership:
         self._last: dict[str, bytes] = {}
         """Each node's last heartbeat body: an identical one skips decoding."""
         self._noisy = RateLimitedLog(log)
+        self._canaries = 0
+        self._canary_prefix = secrets.token_hex(4)
 
     async def on_heartbeat(self, msg: Msg) -> None:
         """Fold one ``fed.heartbeat.<id>`` into the catalog."""
@@ -120,20 +129,55 @@ class Membership:
         self.health.deregister_node(node_id)
         await self._lost(node_id)
 
-    async def probe_loop(self, interval_s: float) -> None:
-        """Ping Unknown/Unhealthy nodes (each at most once per health check interval)."""
+    async def probe_loop(self, interval_s: float, timeout_s: float = 5.0) -> None:
+        """Send a canary to each node due for one (``health.needs_probe()``)."""
         while True:
             await asyncio.sleep(interval_s)
             if not self._connected():
                 continue
             for node_id in self.health.needs_probe():
-                self._spawn(self._probe(node_id), "probe")
+                self._spawn(self._probe(node_id, timeout_s), "probe")
 
-    async def _probe(self, node_id: str) -> None:
+    def canary(self, node_id: str) -> bytes | None:
+        """The dispatch body of a node's canary: one token of its first model (None when
+        the node is not in the catalog)."""
+        node = self.catalog.node(node_id)
+        if node is None or not node.models:
+            return None
+        model = min(node.models)
+        caps = node.models[model]
+        capability = "generate" if "generate" in caps else min(caps, default="generate")
+        self._canaries += 1
+        return m.encode(
+            m.Dispatch(
+                request=m.InferRequest(
+                    input="ping", model=model, params={"max_tokens": 1}, capability=capability
+                ),
+                capability=capability,
+                request_id=f"canary-{self._canary_prefix}{self._canaries:x}",
+                timeout_ms=5000,
+            )
+        )
+
+    async def _probe(self, node_id: str, timeout_s: float) -> None:
+        body = self.canary(node_id)
+        if body is None:
+            return
+        started = time.monotonic()
         try:
-            await self.nc.request(self.subjects.node_ping(node_id), b"", timeout=1.0)
+            reply = await self.nc.request(
+                self.subjects.node_infer(node_id), body, timeout=timeout_s
+            )
         except Exception:
             if self._connected():  # an outage of NATS itself counts against nobody
-                self.health.report_failure(node_id)
+                self.health.report_probe_failure(node_id)
             return
-        self.health.report_probe_success(node_id)
+        hdrs = reply.headers or {}
+        kind = hdrs.get(h.FED_ERROR)
+        if kind is not None or h.ERROR_CODE in hdrs:
+            code = hdrs.get(h.ERROR_CODE, "500")
+            cls = errors.blame(kind or "", int(code) if code.isdigit() else 500)
+            if cls.node_fault:
+                self.health.report_probe_failure(node_id)
+            return  # busy or draining: alive, but nothing measured
+        self.health.report_probe_success(node_id, latency_s=time.monotonic() - started)

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import hashlib
 import logging
+import random
 import secrets
 import time
 from collections import deque
@@ -55,11 +58,27 @@ RESUMABLE = frozenset({"generate", "code"})
 _UNKNOWN = {h.STATUS: "unknown"}
 """Answer to a liveness ping about a request this gateway does not hold (any more)."""
 
-_NOT_ON_THE_WIRE = frozenset({"node_draining", "node_unreachable", "circuit_open", "unavailable"})
+_NOT_ON_THE_WIRE = frozenset(
+    {"node_draining", "node_unreachable", "node_unavailable", "circuit_open", "unavailable"}
+)
 """Error kinds of nodes or the core that the contract does not define for services."""
 
-_RETRYABLE_NODE_ERRORS = frozenset({"overloaded", "node_draining", "no_capacity", "duplicate"})
-"""Node answers that send the request elsewhere without counting against the node."""
+ENVELOPE_BYTES = 4096
+"""Room kept under NATS' max_payload for the dispatch around a request body."""
+
+DEFAULT_BUSY_S = 0.05
+"""How long a node that answered ``429`` without ``Retry-After`` is left alone."""
+
+BUSY_BACKOFF_S = 0.1
+"""First wait for busy nodes (doubling per busy answer, at most ``retry_backoff_max_s``)."""
+
+
+class _Blame(enum.Enum):
+    """Whether a failed attempt counts against its node (docs/routing.md, "Blame")."""
+
+    NONE = 0
+    NOW = 1
+    DEFERRED = 2
 
 
 class GatewayService:
@@ -114,11 +133,14 @@ class GatewayService:
             spawn=self._spawn,
         )
         self._flights: dict[str, Flight] = {}
-        self._by_request_id: dict[str, Flight] = {}
+        self._by_request_id: dict[tuple[str, str], Flight] = {}
+        """In-flight requests by identity: (tenant, request id)."""
         self._waiting: deque[Flight] = deque()
         self._next_key = 0
-        self._id_prefix = secrets.token_hex(6) + "-"
-        """Generated request ids: this random prefix + the flight key (unique per process)."""
+        self._ids = random.Random(secrets.randbits(64))
+        """Generated request ids: 16 hex digits, as documented."""
+        self._cooldown: dict[str, float] = {}
+        """Node -> time before which it is not sent work (it answered 429 Retry-After)."""
         self._inbox = ""
         self._inbox_len = 0
         self._subs: list[Subscription] = []
@@ -239,36 +261,41 @@ class GatewayService:
                     f"bad subject {msg.subject!r}: use "
                     f"{self.subjects.public}.<capability> with [a-z0-9_-]"
                 ),
+                msg.headers,
             )
             return
         raw = msg.data or b"{}"
-        if len(raw) > self.config.max_payload_bytes:
-            await self._reply_error(reply, errors.BadRequest("payload too large"))
+        if len(raw) > self._max_body:
+            await self._reply_error(reply, self._too_large(len(raw)), msg.headers)
             return
         try:
             request = m.request_decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            await self._reply_error(reply, errors.BadRequest(f"invalid request: {exc}"))
+            await self._reply_error(
+                reply, errors.BadRequest(f"invalid request: {exc}"), msg.headers
+            )
             return
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            await self._reply_error(reply, errors.BadRequest("body is not a JSON object"))
+            await self._reply_error(
+                reply, errors.BadRequest("body is not a JSON object"), msg.headers
+            )
+            return
+        if request.stream and capability == "embed":
+            await self._reply_error(
+                reply,
+                errors.BadRequest('embeddings do not stream: send "stream": false'),
+                msg.headers,
+            )
             return
         self._next_key += 1
         key = f"{self._next_key:x}"
-        request_id = request.request_id or self._id_prefix + key
-        held = self._by_request_id.get(request_id)
+        given = request.request_id
+        request_id = given or f"{self._ids.getrandbits(64):016x}"
+        ident = (request.tenant_id or "", request_id)
+        digest = hashlib.blake2b(raw, digest_size=16).digest() if given else b""
+        held = self._by_request_id.get(ident)
         if held is not None:
-            if msg.headers and h.ACK in msg.headers:
-                # The caller resent (our ack, or what we relayed, was lost): go on on its
-                # new reply subject, replaying the chunks it may have missed.
-                held.reply = reply
-                await self._ack(held)
-                for i, item in enumerate(held.chunk_log):
-                    if isinstance(item, tuple):
-                        item = m.encode(m.Chunk(seq=i + 1, text=item[0], tokens=item[1]))
-                    await self.nc.publish(reply, item, reply=held.caller_probe)
-                return
-            await self._reply_error(reply, errors.Duplicate(f"{request_id} is already in flight"))
+            await self._collision(held, msg, reply, digest)
             return
         request = msgspec.structs.replace(request, capability=capability)
         now = self.clock()
@@ -285,6 +312,8 @@ class GatewayService:
             started=now,
             deadline=now + timeout_s,
         )
+        flight.ident = ident
+        flight.digest = digest
         flight.inbox = f"{self._inbox}.{key}."
         flight.caller_probe = flight.inbox + "c"
         if msg.headers and h.TRACEPARENT in msg.headers:
@@ -304,7 +333,7 @@ class GatewayService:
                 },
             )
         self._flights[flight.key] = flight
-        self._by_request_id[request_id] = flight
+        self._by_request_id[ident] = flight
         if msg.headers and h.ACK in msg.headers:
             await self._ack(flight)
         self.stats.record_request(request.tenant_id)
@@ -312,6 +341,43 @@ class GatewayService:
             self.stats.stream_started()
         await self._dispatch(flight)
         flight.overhead_ns += time.perf_counter_ns() - t0
+
+    async def _collision(self, held: Flight, msg: Msg, reply: str, digest: bytes) -> None:
+        """A request whose (tenant, request id) is already in flight here.
+
+        Only the same caller resending the same bytes (``Fed-Ack``: its ack or what we
+        relayed was lost) takes the request over, on its new reply subject, with a replay
+        of the chunks it may have missed. Anything else is ``409 duplicate``: another
+        caller's prompt never runs as, nor receives, this one.
+        """
+        if msg.headers and h.ACK in msg.headers and digest == held.digest:
+            held.reply = reply
+            await self._ack(held)
+            for i, item in enumerate(held.chunk_log):
+                if isinstance(item, tuple):
+                    item = m.encode(m.Chunk(seq=i + 1, text=item[0], tokens=item[1]))
+                await self.nc.publish(reply, item, reply=held.caller_probe)
+            return
+        why = "with a different body" if msg.headers and h.ACK in msg.headers else ""
+        await self._reply_error(
+            reply,
+            errors.Duplicate(f"request_id {held.request_id} is already in flight {why}".rstrip()),
+            msg.headers,
+        )
+
+    @property
+    def _max_body(self) -> int:
+        """Largest request body: the config's limit, capped by the server's max_payload."""
+        server = getattr(self.nc, "max_payload", 0) or 0
+        if server <= ENVELOPE_BYTES:
+            return self.config.max_payload_bytes
+        return min(self.config.max_payload_bytes, server - ENVELOPE_BYTES)
+
+    def _too_large(self, size: int) -> errors.PayloadTooLarge:
+        return errors.PayloadTooLarge(
+            f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
+            f"(NATS max_payload minus {ENVELOPE_BYTES} bytes for the dispatch envelope)"
+        )
 
     async def _ack(self, flight: Flight) -> None:
         """Acknowledge a request (asked for with ``Fed-Ack``): who holds it, how to ping."""
@@ -335,8 +401,11 @@ class GatewayService:
                 parent=flight.span,
                 attributes={"fed.capability": flight.capability, "fed.excluded": len(flight.tried)},
             )
+        exclude: Any = flight.tried
+        if self._cooldown:
+            exclude = self._cooling(exclude)
         try:
-            candidate = self.router.route(flight.request, exclude=flight.tried)
+            candidate = self.router.route(flight.request, exclude=exclude)
         except errors.FedError as exc:
             if route_span is not None:
                 telemetry.end_error(route_span, exc.message)
@@ -349,18 +418,44 @@ class GatewayService:
         await self._send(flight, candidate, resume)
         return True
 
+    def _cooling(self, tried: list[str]) -> set[str]:
+        """``tried`` plus the nodes inside their Retry-After (expired entries pruned)."""
+        now = self.clock()
+        out = set(tried)
+        for node_id, until in list(self._cooldown.items()):
+            if until > now:
+                out.add(node_id)
+            else:
+                del self._cooldown[node_id]
+        return out
+
     async def _routing_failed(
         self, flight: Flight, exc: errors.FedError, resume: m.Resume | None
     ) -> bool:
         """No node now: wait for busy nodes or capacity, or answer the error."""
         if flight.busy_nodes and not flight.seq:
-            delay = min(self.config.retry_backoff_max_s, 0.01 * 2 ** min(flight.busy, 6))
-            if delay < flight.deadline - self.clock():
+            # Every node left refused for lack of capacity: wait for the first one's
+            # Retry-After, within the retry budget and the deadline, or answer 429 now.
+            now = self.clock()
+            soonest = min(self._cooldown.get(n, now) for n in flight.busy_nodes)
+            backoff = min(BUSY_BACKOFF_S * 2 ** (flight.busy - 1), self.config.retry_backoff_max_s)
+            wait = max(soonest - now, backoff, 0.001)
+            if flight.attempt <= self.config.max_retries and now + wait < flight.deadline:
                 for node_id in flight.busy_nodes:
                     flight.tried.remove(node_id)
                 flight.busy_nodes.clear()
-                self._spawn(self._retry_later(flight, delay), "busy-retry")
+                self._spawn(self._retry_later(flight, wait), "busy-retry")
                 return True
+            await self._finish_error(
+                flight,
+                errors.Overloaded(
+                    f"every eligible node for {flight.capability} is busy"
+                    + (" and the retry budget is spent" if now + wait < flight.deadline
+                       else " beyond the request's deadline"),
+                    retry_after_s=wait,
+                ),
+            )  # fmt: skip
+            return True
         if isinstance(exc, errors.Overloaded):
             if flight.queued_at is not None:
                 return False  # stays queued; tried again when capacity frees
@@ -436,7 +531,7 @@ class GatewayService:
             )
         except Exception as exc:  # disconnected with a full buffer, closed, ...
             await self._attempt_failed(
-                flight, node_fault=False, error=errors.Internal(f"dispatch failed: {exc}")
+                flight, blame=False, error=errors.Internal(f"dispatch failed: {exc}")
             )
 
     def _final_error(self, flight: Flight, routing_error: errors.FedError) -> errors.FedError:
@@ -444,10 +539,10 @@ class GatewayService:
         if flight.attempt == 0 or flight.last_error is None:
             return routing_error
         code, kind, text = flight.last_error
+        if kind == "timeout" or self.clock() >= flight.deadline:
+            return errors.Timeout(detail=text)
         if flight.seq:
             return errors.Interrupted(f"stream lost its node after {flight.seq} chunks: {text}")
-        if kind == "timeout":
-            return errors.Timeout(detail=text)
         if kind == "overloaded":
             return errors.Overloaded(text)
         if kind in _NOT_ON_THE_WIRE:
@@ -479,7 +574,7 @@ class GatewayService:
             if hdrs.get(h.NATS_STATUS) == "503":
                 await self._attempt_failed(
                     flight,
-                    node_fault=True,
+                    blame=True,
                     error=errors.NodeUnreachable(flight.node_id or ""),
                 )
                 return
@@ -523,7 +618,7 @@ class GatewayService:
         died): continue from what the caller has, on another node, without the gap."""
         await self._attempt_failed(
             flight,
-            node_fault=False,
+            blame=False,
             error=errors.Interrupted(f"chunk {expected} from {flight.node_id} lost (got {got})"),
         )
 
@@ -536,30 +631,44 @@ class GatewayService:
             # liveness ping: the node is gone
             await self._attempt_failed(
                 flight,
-                node_fault=True,
+                blame=True,
                 error=errors.NodeUnreachable(flight.node_id or ""),
             )
 
     async def _node_error(self, flight: Flight, hdrs: dict[str, str]) -> None:
+        """The node answered an error: blame it, the caller, or nobody (errors.blame)."""
         kind = hdrs.get(h.FED_ERROR, "internal")
         code_text = hdrs.get(h.ERROR_CODE, "500")
         code = int(code_text) if code_text.isdigit() else 500
         text = hdrs.get(h.ERROR, kind)
-        if kind == "bad_request" or code == 400:
-            self._release(flight, success=None)
-            await self._finish_error(flight, errors.BadRequest(text))
-            return
-        node_fault = kind not in _RETRYABLE_NODE_ERRORS and kind != "cancelled"
+        cls = errors.blame(kind, code)
         err = errors.from_headers(hdrs) or errors.Internal(text)
+        if not cls.retry_elsewhere:  # the caller's own request is at fault
+            self._release(flight, success=None)
+            await self._finish_error(flight, err)
+            return
+        if cls is errors.Overloaded:
+            ra = hdrs.get(h.RETRY_AFTER, "")
+            busy_s = float(ra) if ra.replace(".", "", 1).isdigit() else DEFAULT_BUSY_S
+            if flight.node_id is not None:
+                self._cooldown[flight.node_id] = self.clock() + min(busy_s, 3600.0)
+        blame = _Blame.NONE
+        if cls.node_fault:
+            if kind == "timeout" and flight.deadline - self.clock() < 0.5:
+                blame = _Blame.NONE  # the caller's deadline, not a slow node
+            elif cls is errors.NodeUnavailable:
+                blame = _Blame.NOW  # cannot serve what it advertises: misconfigured
+            else:
+                blame = _Blame.DEFERRED  # the node, or a request that breaks every node
         await self._attempt_failed(
-            flight, node_fault=node_fault, error=err, code=code, kind=kind, node_reported=True
+            flight, blame=blame, error=err, code=code, kind=kind, node_reported=True
         )
 
     async def _attempt_failed(
         self,
         flight: Flight,
         *,
-        node_fault: bool,
+        blame: _Blame | bool,
         error: errors.FedError,
         code: int | None = None,
         kind: str | None = None,
@@ -567,18 +676,36 @@ class GatewayService:
     ) -> None:
         """The current attempt failed: retry, fail over, or answer the error.
 
-        ``node_fault`` decides whether it counts against the node's health and circuit;
+        ``blame`` says whether it counts against the node: at once (``NOW`` or True: the
+        node is gone, silent or misconfigured), when the request ends unless it proves to
+        be poison (``DEFERRED``: an error the node reported), or not at all.
         ``node_reported`` means the node itself sent the error (nothing to cancel there).
+        Every dispatch, busy answers included, spends the one retry budget.
         """
         if flight.done:
             return
+        if blame is True:
+            blame = _Blame.NOW
+        elif blame is False:
+            blame = _Blame.NONE
         node_id = flight.node_id
-        counts = node_fault and self._connected and flight.epoch == self._epoch
-        self._release(flight, success=False if counts else None)
+        fair = self._connected and flight.epoch == self._epoch
+        self._release(flight, success=False if blame is _Blame.NOW and fair else None)
         if node_id is not None and not node_reported:
             # Timed out, stalled or gone: make sure a slow node stops working for nobody.
             self._cancel_on_node(node_id, flight.request_id)
         flight.last_error = (code or error.code, kind or error.kind, error.message)
+        if blame is _Blame.DEFERRED and node_id is not None:
+            flight.node_failures += 1
+            if fair:
+                flight.pending_blame.append(node_id)
+            if flight.node_failures >= self.config.poison_after_nodes:
+                # Failed the same way on several nodes: the request, not the fleet.
+                flight.pending_blame.clear()
+                await self._finish_error(flight, self._final_error(flight, error))
+                return
+        elif blame is _Blame.NOW:
+            flight.node_failures = 0
         remaining = flight.deadline - self.clock()
         if flight.seq:
             if flight.capability not in RESUMABLE:
@@ -589,7 +716,10 @@ class GatewayService:
                     ),
                 )
                 return
-            if flight.attempt > self.config.max_retries or remaining <= 0:
+            if remaining <= 0:
+                await self._finish_error(flight, errors.Timeout(detail=error.message))
+                return
+            if flight.attempt > self.config.max_retries:
                 await self._finish_error(flight, errors.Interrupted(error.message))
                 return
             text, tokens = flight.relayed()
@@ -598,14 +728,16 @@ class GatewayService:
             await self._dispatch(flight, m.Resume(text=text, tokens=tokens))
             return
         if kind == "overloaded" and node_id is not None:
-            # The node is full with other gateways' work: not its fault. Try the others
-            # first; if none can take it, wait for the busy ones (see _routing_failed).
-            # Such refusals spend no retry budget.
+            # The node is full with other work: not its fault. Try the others first; if
+            # none can take it, wait for the busy ones (see _routing_failed).
             flight.busy += 1
             flight.busy_nodes.append(node_id)
-        delay = self.retry.next_delay(flight.attempt - flight.busy, remaining)
+        delay = self.retry.next_delay(flight.attempt, remaining)
         if delay is None:
-            await self._finish_error(flight, self._final_error(flight, error))
+            final = self._final_error(flight, error)
+            if isinstance(final, errors.Overloaded) and node_id in self._cooldown:
+                final.retry_after_s = max(self._cooldown[node_id] - self.clock(), 0.001)
+            await self._finish_error(flight, final)
             return
         self.retries += 1
         if delay <= 0.001:
@@ -618,8 +750,9 @@ class GatewayService:
         if not flight.done:
             await self._dispatch(flight)
 
-    def _release(self, flight: Flight, success: bool | None) -> None:
-        """End the current attempt's hold on its node; report the outcome if any."""
+    def _release(self, flight: Flight, success: bool | None, tokens: int = 0) -> None:
+        """End the current attempt's hold on its node; report the outcome if any
+        (``tokens``: output tokens of a successful attempt)."""
         node_id = flight.node_id
         if node_id is None or not flight.attempt_open:
             return
@@ -635,10 +768,11 @@ class GatewayService:
         if success is None:
             self.breaker.release(node_id)
         elif success:
-            latency = (flight.first_chunk_at or self.clock()) - flight.attempt_started
-            if not flight.request.stream:
-                latency = self.clock() - flight.attempt_started
-            self.health.report_success(node_id, latency)
+            now = self.clock()
+            ttft = None
+            if flight.request.stream and flight.first_chunk_at is not None:
+                ttft = flight.first_chunk_at - flight.attempt_started
+            self.health.report_success(node_id, now - flight.attempt_started, tokens, ttft_s=ttft)
             self.breaker.record_success(node_id)
         else:
             self.health.report_failure(node_id)
@@ -668,8 +802,19 @@ class GatewayService:
         t0 = time.perf_counter_ns()
         if flight.done:
             return
-        self._release(flight, success=True)
         node_headers = node_headers or {}
+        tokens_text = node_headers.get(h.TOKENS, "")
+        if flight.request.stream and flight.failovers:
+            # After a failover the caller's total is what it received, whatever the
+            # last node counted (it may or may not include ``resume.tokens``).
+            tokens = flight.relayed()[1]
+        elif tokens_text.isdigit():
+            tokens = int(tokens_text)
+        elif data:  # a node that does not send Fed-Tokens: read the result
+            tokens = _result_tokens(data)
+        else:
+            tokens = 0
+        self._release(flight, success=True, tokens=tokens)
         served_by = flight.node_id or ""
         hdrs = {
             h.SERVED_BY: served_by,
@@ -677,17 +822,13 @@ class GatewayService:
             h.OVERHEAD_US: str((flight.overhead_ns + time.perf_counter_ns() - t0) // 1000),
             h.REQUEST_ID: flight.request_id,
         }
-        tokens_text = node_headers.get(h.TOKENS, "")
-        if tokens_text.isdigit():
-            tokens = int(tokens_text)
-        elif data:  # a node that does not send Fed-Tokens: read the result
-            tokens = _result_tokens(data)
-        else:
-            tokens = 0
         if flight.request.stream:
             hdrs[h.STATUS] = "ok"
             hdrs[h.TOKENS] = str(tokens)
             hdrs[h.FINISH_REASON] = node_headers.get(h.FINISH_REASON, "stop")
+            for name, value in node_headers.items():  # additions a node sends (usage, ...)
+                if name.startswith("Fed-") and name not in hdrs:
+                    hdrs[name] = value
         if flight.trace_headers:
             hdrs.update(flight.trace_headers)
         self._forget(flight, tokens=tokens)
@@ -708,6 +849,8 @@ class GatewayService:
         hdrs[h.REQUEST_ID] = flight.request_id
         if flight.node_id:
             hdrs[h.SERVED_BY] = flight.node_id
+        if flight.trace_headers:
+            hdrs.update(flight.trace_headers)
         await self._publish_reply(flight.reply, b"", hdrs)
         self.stats.record_failure(flight.node_id, flight.request.tenant_id)
         if self.metrics is not None:
@@ -730,12 +873,18 @@ class GatewayService:
             else:
                 telemetry.end_error(span, error)
         flight.done = True
+        if flight.pending_blame:  # not poison after all: the nodes' errors were theirs
+            for node_id in flight.pending_blame:
+                self.health.report_failure(node_id)
+                self.breaker.record_failure(node_id)
+            flight.pending_blame.clear()
         if flight.queued_at is not None:
             flight.queued_at = None
             with contextlib.suppress(ValueError):
                 self._waiting.remove(flight)
         self._flights.pop(flight.key, None)
-        self._by_request_id.pop(flight.request_id, None)
+        if self._by_request_id.get(flight.ident) is flight:
+            del self._by_request_id[flight.ident]
         if not self._flights:
             self._idle.set()
         if flight.request.stream:
@@ -747,13 +896,29 @@ class GatewayService:
         except Exception as exc:
             self._noisy.warning("reply", "could not answer %s: %s", reply, exc)
 
-    async def _reply_error(self, reply: str, error: errors.FedError) -> None:
-        await self._publish_reply(reply, b"", error.headers())
+    async def _reply_error(
+        self, reply: str, error: errors.FedError, caller_headers: dict[str, str] | None = None
+    ) -> None:
+        hdrs = error.headers()
+        if caller_headers:
+            for name in (h.TRACEPARENT, h.TRACESTATE):
+                value = caller_headers.get(name)
+                if value is not None:
+                    hdrs[name] = value
+        await self._publish_reply(reply, b"", hdrs)
 
     # -- cancel, caller gone -------------------------------------------------------
 
     async def _on_cancel(self, msg: Msg) -> None:
-        flight = self._by_request_id.get(self.subjects.last_token(msg.subject))
+        """``fed.cancel.<request_id>``, body empty or ``{"tenant_id": ...}``: the request
+        of that caller only (an empty body names the requests sent without a tenant)."""
+        tenant = ""
+        if msg.data:
+            try:
+                tenant = m.cancel_request_decoder.decode(msg.data).tenant_id or ""
+            except msgspec.DecodeError:
+                return
+        flight = self._by_request_id.get((tenant, self.subjects.last_token(msg.subject)))
         if flight is None or flight.done:
             return
         if flight.node_id is not None and flight.attempt_open:
@@ -781,7 +946,7 @@ class GatewayService:
         ]:
             await self._attempt_failed(
                 flight,
-                node_fault=False,
+                blame=False,
                 error=errors.NodeUnreachable(node_id),
             )
 
@@ -825,7 +990,7 @@ class GatewayService:
                 if now - flight.attempt_started >= cfg.first_chunk_timeout_s:
                     await self._attempt_failed(
                         flight,
-                        node_fault=True,
+                        blame=True,
                         error=errors.Timeout(
                             detail=f"no answer from {flight.node_id} within "
                             f"{cfg.first_chunk_timeout_s:g}s"
@@ -835,7 +1000,7 @@ class GatewayService:
             elif now - flight.last_activity >= cfg.stall_timeout_s:
                 await self._attempt_failed(
                     flight,
-                    node_fault=True,
+                    blame=True,
                     error=errors.Timeout(
                         detail=f"{flight.node_id} stalled for {cfg.stall_timeout_s:g}s"
                     ),

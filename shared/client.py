@@ -157,6 +157,11 @@ class FedClient:
             if span is not None:
                 telemetry.end_error(span, exc.message)
             raise
+        except asyncio.CancelledError:
+            # The awaiting task was cancelled (e.g. an HTTP client went away): stop the
+            # work on its node now, not when the answer comes.
+            await self._cancel_quietly(request)
+            raise
         finally:
             call.close()
         hdrs = msg.headers or {}
@@ -183,10 +188,22 @@ class FedClient:
         request = self.build_request(input, stream=True, **fields)
         return Stream(self, capability, request, headers)
 
-    async def cancel(self, request_id: str) -> None:
-        """Ask every gateway to cancel ``request_id``."""
-        await self.nc.publish(self.subjects.cancel(request_id), b"")
+    async def cancel(self, request_id: str, tenant_id: str | None = None) -> None:
+        """Ask every gateway to cancel ``request_id`` (of ``tenant_id``, when it was
+        sent with one: a request id names a request only within its tenant)."""
+        body = m.encode(m.CancelRequest(tenant_id=tenant_id)) if tenant_id else b""
+        await self.nc.publish(self.subjects.cancel(request_id), body)
         await self.nc.flush()
+
+    async def _cancel_quietly(self, request: m.InferRequest) -> None:
+        """Cancel from a task being cancelled: best effort, never raises."""
+        with contextlib.suppress(Exception):
+            body = (
+                m.encode(m.CancelRequest(tenant_id=request.tenant_id))
+                if (request.tenant_id)
+                else b""
+            )
+            await self.nc.publish(self.subjects.cancel(request.request_id or ""), body)
 
     def _retrying(self) -> tenacity.AsyncRetrying:
         return tenacity.AsyncRetrying(
@@ -343,7 +360,10 @@ class Stream:
         tb: TracebackType | None,
     ) -> None:
         if not self._finished and exc_type is not None:
-            await self.cancel()
+            if issubclass(exc_type, asyncio.CancelledError):
+                await self.client._cancel_quietly(self.request)
+            else:
+                await self.cancel()
         if self._call is not None:
             self._call.close()
 
@@ -385,6 +405,10 @@ class Stream:
         except errors.FedError as exc:
             self._end_span(exc.message)
             raise
+        except asyncio.CancelledError:
+            if not self._finished:
+                await self.client._cancel_quietly(self.request)
+            raise
         finally:
             self.text = "".join(parts)
             call.close()
@@ -415,4 +439,4 @@ class Stream:
     async def cancel(self) -> None:
         """Cancel this request (the gateway answers ``cancelled`` and the node stops)."""
         if not self._finished:
-            await self.client.cancel(self.request_id)
+            await self.client.cancel(self.request_id, self.request.tenant_id)

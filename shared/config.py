@@ -84,6 +84,12 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
     """Requests that may wait for capacity; beyond it, ``429 overloaded`` at once."""
     max_payload_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    """Largest request body accepted; the NATS server's ``max_payload`` minus the dispatch
+    envelope caps it further (a larger body is a ``413 too_large``)."""
+    poison_after_nodes: Annotated[int, Meta(ge=1, le=20)] = 2
+    """A request whose attempts failed on this many nodes in a row with errors the nodes
+    reported (5xx, internal, timeout) is poison: not retried further, and those failures
+    count against no node."""
     strategy: str = "least_latency"
     decisions: bool = True
     """Publish each routing decision on ``fed.decisions``."""

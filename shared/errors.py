@@ -122,7 +122,7 @@ class Overloaded(FedError):
 
 class Cancelled(FedError):
     code, kind = 499, "cancelled"
-    retry_elsewhere = node_fault = False
+    node_fault = False  # from a node: its job was superseded or stopped; try another
 
 
 class Internal(FedError):
@@ -214,10 +214,15 @@ _NODE_KINDS: dict[str, type[FedError]] = {
 }
 
 
-def blame(kind: str) -> type[FedError]:
-    """The class of an error kind a node reported (``Internal`` for unknown kinds):
-    read its ``retry_elsewhere`` and ``node_fault``."""
-    return _NODE_KINDS.get(kind, Internal)
+def blame(kind: str, code: int = 500) -> type[FedError]:
+    """The class of an error a node reported (an unknown kind: by its code, else
+    ``Internal``): read its ``retry_elsewhere`` and ``node_fault``."""
+    cls = _NODE_KINDS.get(kind)
+    if cls is None:
+        cls = _BY_CODE.get(code, Internal)
+    return cls
+
+
 _BY_CODE: dict[int, type[FedError]] = {cls.code: cls for cls in _BY_KIND.values()}
 
 

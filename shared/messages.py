@@ -128,11 +128,19 @@ class Dispatch(Base, frozen=True, kw_only=True):
 
 
 class Chunk(Base, frozen=True, kw_only=True):
-    """One streamed chunk: ``seq`` from 1, no gap, no repeat; ``text`` never empty."""
+    """One streamed chunk: ``seq`` from 1, no gap, no repeat; ``text`` is empty only in a
+    chunk that carries ``tool_calls`` (or ``logprobs``) instead."""
 
     seq: int
     text: str
     tokens: int = 1
+    # Additions (chat models, optional; absent = none):
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI tool-call deltas as the engine streamed them (``index``, ``id``, ``type``,
+    ``function.name``, ``function.arguments`` pieces), to be concatenated by ``index``."""
+    logprobs: dict[str, Any] | None = None
+    """The engine's log-probabilities of this chunk's tokens (OpenAI's ``logprobs`` object
+    of a choice: ``content`` for a chat, ``tokens``/``token_logprobs``/... for a text)."""
 
 
 class Result(Base, frozen=True, kw_only=True):
@@ -148,6 +156,14 @@ class Result(Base, frozen=True, kw_only=True):
     attempt: int
     embedding: list[float] | None = None
     finish_reason: str = "stop"
+    # Additions (optional; absent = none or unknown):
+    prompt_tokens: int | None = None
+    """Tokens in the prompt as the node's engine counted them (None = not reported)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """Complete OpenAI tool calls (``id``, ``type``, ``function.name``/``arguments``);
+    with them ``output`` may be empty and ``finish_reason`` is ``tool_calls``."""
+    logprobs: dict[str, Any] | None = None
+    """The engine's log-probabilities of the output (OpenAI's ``logprobs`` object)."""
 
 
 # -- workers -----------------------------------------------------------------------
@@ -187,6 +203,12 @@ class Leave(Base, frozen=True, kw_only=True):
     """Body of ``fed.leave.<node_id>`` (may be empty)."""
 
     incarnation: str | None = None
+
+
+class CancelRequest(Base, frozen=True, kw_only=True):
+    """Body of ``fed.cancel.<request_id>`` (may be empty): whose request it is."""
+
+    tenant_id: str | None = None
 
 
 class CancelNode(Base, frozen=True, kw_only=True):
@@ -241,6 +263,7 @@ result_decoder = SafeDecoder(Result)
 heartbeat_decoder = SafeDecoder(Heartbeat)
 leave_decoder = SafeDecoder(Leave)
 cancel_decoder = SafeDecoder(CancelNode)
+cancel_request_decoder = SafeDecoder(CancelRequest)
 decision_decoder = SafeDecoder(Decision)
 any_decoder: SafeDecoder[Any] = SafeDecoder(object)
 
