@@ -122,9 +122,7 @@ def test_colliding_ids_never_leak(
     # Same tenant and same bytes is the one case that is a legitimate resend.
     same = tenant_a == tenant_b and stream_a == stream_b
     words_b = words_a if same and ack_b and len(words_b) % 2 else [f"b-{w}" for w in words_b]
-    asyncio.run(
-        _collide(nats_url, tenant_a, tenant_b, words_a, words_b, stream_a, stream_b, ack_b)
-    )
+    asyncio.run(_collide(nats_url, tenant_a, tenant_b, words_a, words_b, stream_a, stream_b, ack_b))
 
 
 async def _collide(
@@ -143,8 +141,9 @@ async def _collide(
         await fed.seen("n1")
         nc = await connect(url)
         try:
-            body_a: dict[str, Any] = {"input": " ".join(words_a), "request_id": "X", "stream": stream_a}
-            body_b: dict[str, Any] = {"input": " ".join(words_b), "request_id": "X", "stream": stream_b}
+            body_a: dict[str, Any] = {"input": " ".join(words_a), "request_id": "X"}
+            body_b: dict[str, Any] = {"input": " ".join(words_b), "request_id": "X"}
+            body_a["stream"], body_b["stream"] = stream_a, stream_b
             if tenant_a:
                 body_a["tenant_id"] = tenant_a
             if tenant_b:
