@@ -23,11 +23,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared import errors, telemetry
 from shared import headers as h
 from shared import messages as m
-from shared import telemetry
 from shared.subjects import Subjects
-from worker.backends.base import Backend, BackendError, Job
+from worker.backends.assemble import Output
+from worker.backends.base import Backend, Job, prompt_of
 
 log = logging.getLogger("fedgate.worker")
 
@@ -234,11 +235,12 @@ class Node:
         try:
             dispatch = m.dispatch_decoder.decode(msg.data or b"{}")
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            await self._error(msg.reply, 400, "bad_request", f"bad dispatch: {exc}")
+            await self._error(msg.reply, errors.BadRequest(f"bad dispatch: {exc}"))
             return
         request_id = dispatch.request_id or dispatch.request.request_id or secrets.token_hex(8)
         if self.draining or not self.backend_ready:
-            await self._error(msg.reply, 503, "node_draining", f"{self.node_id} is draining")
+            why = "draining" if self.draining else "not ready (its engine is unreachable)"
+            await self._error(msg.reply, errors.NodeDraining(f"{self.node_id} is {why}"))
             return
         previous = self._jobs.pop(request_id, None)
         if previous is not None:
@@ -246,18 +248,26 @@ class Node:
             # dispatch (or another gateway took the request over): the newest one wins.
             previous.cancel()
         if len(self._jobs) >= self.capacity:
-            await self._error(msg.reply, 429, "overloaded", f"{self.node_id} is at capacity")
+            await self._error(msg.reply, errors.Overloaded(f"{self.node_id} is at capacity"))
             return
         capability = dispatch.capability or "generate"
         model = dispatch.request.model or self._capability_model.get(capability)
         if model is None or model not in self.models:
-            await self._error(msg.reply, 404, "no_capacity", f"{self.node_id} does not serve that")
+            await self._error(
+                msg.reply, errors.NoCapacity(capability, f"{self.node_id} does not serve that")
+            )
             return
         resume = dispatch.resume
+        request = dispatch.request
+        messages = request.params.get("messages")
+        if not request.input and isinstance(messages, list) and messages:
+            # A chat travels once, in params.messages: backends without a chat format
+            # continue its text, one message per line.
+            request = msgspec.structs.replace(request, input=prompt_of(messages))
         job = Job(
             capability=capability,
             model=model,
-            request=dispatch.request,
+            request=request,
             resume_text=resume.text if resume else "",
             resume_tokens=resume.tokens if resume else 0,
         )
@@ -318,110 +328,92 @@ class Node:
         started = time.perf_counter()
         streaming = job.request.stream
         gone = f"{self._gone_prefix}.{request_id}"
-        seq = 0
-        tokens = job.resume_tokens
-        parts: list[str] = []
-        embedding: list[float] | None = None
-        finish = "stop"
+        out = Output(job.resume_tokens)
         coalesce_s = self.stream_interval_s
-        chunks = held = 0
+        chunks = 0
+        produced = False
         flushed = started
         try:
             async with asyncio.timeout(timeout_s):
                 async for piece in self.backend.stream(job):
-                    if piece.finish_reason:
-                        finish = piece.finish_reason
-                    if piece.embedding is not None:
-                        embedding = piece.embedding
-                    if not piece.text:
-                        tokens += piece.tokens if piece.embedding is not None else 0
+                    if not out.add(piece):
                         continue
-                    tokens += piece.tokens
-                    if seq == 0:
+                    if not produced:
+                        produced = True
                         self._note_ttft(time.perf_counter() - started)
-                    seq += 1
                     if not streaming:
-                        parts.append(piece.text)
-                    elif coalesce_s:
-                        # Coalescing on: gather pieces, send them as one chunk per window.
-                        parts.append(piece.text)
-                        held += piece.tokens
-                        now = time.perf_counter()
-                        if now - flushed >= coalesce_s:
-                            chunks += 1
-                            await self._chunk(reply, gone, chunks, "".join(parts), held)
-                            parts.clear()
-                            held, flushed = 0, now
-                    else:
-                        chunk = m.encode(m.Chunk(seq=seq, text=piece.text, tokens=piece.tokens))
-                        await self.nc.publish(reply, chunk, reply=gone)
-                if streaming and parts:
+                        continue
+                    now = time.perf_counter()
+                    if coalesce_s and now - flushed < coalesce_s:
+                        continue  # coalescing: gather pieces, one chunk per window
                     chunks += 1
-                    await self._chunk(reply, gone, chunks, "".join(parts), held)
-                    parts.clear()
+                    await self._chunk(reply, gone, chunks, out)
+                    flushed = now
+                if streaming and out.pending:
+                    chunks += 1
+                    await self._chunk(reply, gone, chunks, out)
+                if streaming and out.embedding is not None:
+                    raise errors.BadRequest("embeddings do not stream; send stream: false")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                code, kind = (503, "node_draining") if self.draining else (499, "cancelled")
-                await self._error(reply, code, kind, f"stopped on {self.node_id}")
+                stopped = errors.NodeDraining if self.draining else errors.Cancelled
+                await self._error(reply, stopped(f"stopped on {self.node_id}"))
             raise
         except TimeoutError:
-            await self._error(reply, 504, "timeout", f"deadline passed on {self.node_id}")
-            return "timeout", tokens
-        except BackendError as exc:
-            await self._error(reply, exc.code, exc.kind, str(exc))
-            return str(exc), tokens
+            await self._error(reply, errors.Timeout(detail=f"deadline passed on {self.node_id}"))
+            return "timeout", out.tokens
+        except errors.FedError as exc:
+            await self._error(reply, exc)
+            return exc.message, out.tokens
         except Exception as exc:
             log.exception("backend failed on %s", request_id)
-            await self._error(reply, 500, "internal", f"backend error: {exc}")
-            return f"backend error: {exc}", tokens
+            await self._error(reply, errors.Internal(f"backend error: {exc}"))
+            return f"backend error: {exc}", out.tokens
         elapsed = time.perf_counter() - started
         self.served += 1
-        if seq and elapsed > 0:
+        tokens = out.total()
+        if produced and elapsed > 0:
             self._note_rate((tokens - job.resume_tokens) / elapsed)
         if streaming:
-            await self.nc.publish(
-                reply,
-                b"",
-                headers={
-                    h.STATUS: "ok",
-                    h.SERVED_BY: self.node_id,
-                    h.TOKENS: str(tokens),
-                    h.FINISH_REASON: finish,
-                },
-            )
+            headers = {
+                h.STATUS: "ok",
+                h.SERVED_BY: self.node_id,
+                h.TOKENS: str(tokens),
+                h.FINISH_REASON: out.finish_reason(),
+            }
+            if out.prompt_tokens is not None:
+                headers[h.PROMPT_TOKENS] = str(out.prompt_tokens)
+            await self.nc.publish(reply, b"", headers=headers)
         else:
+            text, calls, logprobs = out.take_all()
             result = m.Result(
                 request_id=request_id,
                 model=job.model,
-                output=job.resume_text + "".join(parts),
+                output=job.resume_text + text,
                 served_by=self.node_id,
                 region=self.region,
                 tokens=tokens,
                 latency_ms=round(elapsed * 1000, 3),
                 attempt=attempt,
-                embedding=embedding,
-                finish_reason=finish,
+                embedding=out.embedding,
+                finish_reason=out.finish_reason(),
+                prompt_tokens=out.prompt_tokens,
+                tool_calls=calls,
+                logprobs=logprobs,
             )
             # No headers: the gateway reads ``tokens`` from the body (decoding a small JSON
             # is cheaper for it than parsing a header block).
             await self.nc.publish(reply, m.encode(result), reply=gone)
         return "", tokens
 
-    async def _chunk(self, reply: str, gone: str, seq: int, text: str, tokens: int) -> None:
-        body = m.encode(m.Chunk(seq=seq, text=text, tokens=tokens))
-        await self.nc.publish(reply, body, reply=gone)
+    async def _chunk(self, reply: str, gone: str, seq: int, out: Output) -> None:
+        text, tokens, calls, logprobs = out.take()
+        chunk = m.Chunk(seq=seq, text=text, tokens=tokens, tool_calls=calls, logprobs=logprobs)
+        await self.nc.publish(reply, m.encode(chunk), reply=gone)
 
-    async def _error(self, reply: str, code: int, kind: str, text: str) -> None:
-        await self.nc.publish(
-            reply,
-            b"",
-            headers={
-                h.ERROR_CODE: str(code),
-                h.ERROR: text,
-                h.FED_ERROR: kind,
-                h.SERVED_BY: self.node_id,
-            },
-        )
+    async def _error(self, reply: str, error: errors.FedError) -> None:
+        """Answer ``error`` (its contract headers, ``Retry-After`` included) as this node."""
+        await self.nc.publish(reply, b"", headers={**error.headers(), h.SERVED_BY: self.node_id})
 
     def _note_ttft(self, seconds: float) -> None:
         ms = seconds * 1000

@@ -1,16 +1,21 @@
 """The backend seam: one async-generator method turns a job into pieces of output.
 
 A backend never sees NATS. The node gives it a ``Job`` (capability, model, request,
-and where to resume) and relays what it yields: text pieces for a stream, or one
-piece with an ``embedding``. Raising ``BackendError`` ends the job with that error.
+and where to resume) and relays what it yields: text pieces (or tool-call deltas) for
+a stream, or one piece with an ``embedding``. A backend fails by raising the matching
+``shared.errors.FedError`` (``BadRequest`` for a request it cannot take,
+``UpstreamError`` when its engine broke, ``Overloaded``, ``Timeout``,
+``NodeUnavailable``...); the node answers with that error's headers. ``BackendError``
+is the generic one (``500 internal``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared import errors
 from shared.messages import InferRequest
 
 
@@ -32,30 +37,70 @@ class Job:
         return self.request.params
 
     @property
+    def messages(self) -> list[dict[str, Any]] | None:
+        """The chat in ``params.messages`` (OpenAI messages, as sent), or None."""
+        messages = self.request.params.get("messages")
+        return messages if isinstance(messages, list) and messages else None
+
+    @property
+    def prompt(self) -> str:
+        """The plain prompt: ``input``, or for a chat the text of its messages, one per line
+        (what a backend without a chat format continues)."""
+        if self.request.input:
+            return self.request.input
+        messages = self.messages
+        return prompt_of(messages) if messages else ""
+
+    @property
     def max_tokens(self) -> int:
         """The whole output's token budget (resumed part included); default 10."""
         value = self.request.params.get("max_tokens", 10)
         return value if isinstance(value, int) and value > 0 else 10
 
 
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message ``content``: a string, or the ``text`` parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def prompt_of(messages: list[dict[str, Any]]) -> str:
+    """A chat as a plain prompt: the text of each message, one per line."""
+    texts = (text_of(m.get("content")) for m in messages if isinstance(m, dict))
+    return "\n".join(t for t in texts if t)
+
+
 @dataclass(slots=True)
 class Piece:
-    """Output produced by a backend: a text piece of ``tokens`` tokens, or an embedding."""
+    """Output produced by a backend: a text piece of ``tokens`` tokens, tool-call deltas,
+    or an embedding. The last piece may carry the engine's own counts."""
 
     text: str = ""
     tokens: int = 1
     embedding: list[float] | None = None
     finish_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI tool-call deltas (concatenated by ``index``)."""
+    logprobs: dict[str, Any] | None = None
+    """OpenAI ``logprobs`` of this piece's tokens."""
+    prompt_tokens: int | None = None
+    """The engine's count of prompt tokens (usually on the last piece)."""
+    completion_tokens: int | None = None
+    """The engine's count of output tokens, replacing the sum of ``tokens`` (last piece)."""
 
 
-class BackendError(Exception):
-    """A backend failure; ``code``/``kind`` follow the contract's error table."""
+class BackendError(errors.Internal):
+    """A backend failure with no better kind: ``500 internal``, message kept as given."""
 
-    def __init__(self, message: str, code: int = 500, kind: str = "internal") -> None:
-        super().__init__(message)
-        self.code = code
-        self.kind = kind
+    def __init__(self, message: str = "") -> None:
+        errors.FedError.__init__(self, message)
 
 
 class Backend(Protocol):

