@@ -4,23 +4,27 @@
     POST /v1/chat/completions  -> infer.generate (or infer.code), stream or not
     POST /v1/completions       -> infer.generate (or infer.code), stream or not
     POST /v1/embeddings        -> infer.embed, one request per input
+    GET  /openapi.json         the OpenAPI 3.1 document of these endpoints
 
-Each HTTP request becomes a request of the NATS contract, published on
-``infer.<capability>`` through a ``FedClient`` on the gateway's own connection, so any
-gateway of the queue group may serve it. Chat messages become the prompt (their
-contents joined by newlines, for backends without a chat format) and travel untouched
-in ``params.messages`` for the backends that have one (openai, llama).
+Each HTTP request is checked against its schema (``gateway.openai_schema``: an unknown
+or unsupported parameter, or a bad value, is a ``400`` naming it), then becomes one
+request of the NATS contract, published on ``infer.<capability>`` through a
+``FedClient`` on the gateway's own connection, so any gateway of the queue group may
+serve it. A chat travels once, as sent, in ``params.messages`` (``input`` stays empty);
+the OpenAI parameters travel in ``params`` as the caller wrote them.
+
+Limits: a request whose NATS body would not fit the server's ``max_payload`` (less the
+dispatch envelope) is a ``413``; every client value copied onto NATS (``traceparent``,
+``tracestate``, model, ``user``, ``qos``, ``capability``) is validated first. The
+request id on NATS is always the gateway's own; a client's ``X-Request-Id`` is only
+echoed back. An HTTP client that goes away cancels its request at once (the handler is
+cancelled, and the client publishes ``fed.cancel.<id>``), streaming or not.
 
 Authentication: with ``api_keys`` configured, ``Authorization: Bearer <key>`` must name a
-key, whose tenant becomes ``tenant_id``; otherwise 401. Errors are OpenAI-shaped,
-``{"error": {"message", "type", "code"}}``, with the contract's code as HTTP status and
-``Fed-Error`` as ``code`` (``model_not_found`` for an unknown model). A ``traceparent``
-header is carried onto NATS. Replies carry ``X-Fed-Request-Id``, and (non-streaming)
+key, whose tenant becomes ``tenant_id``; otherwise 401. Every error is OpenAI-shaped
+(``gateway.openai_errors``). Replies carry ``X-Fed-Request-Id``, and (non-streaming)
 ``X-Fed-Served-By`` / ``X-Fed-Attempts``; a stream carries them in its last event's
 ``fedgate`` object, since HTTP headers leave before the first token.
-
-fedgate extensions in a request body (``extra_body`` in the openai SDK): ``qos``,
-``timeout_ms``, ``capability``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import logging
 import re
 import secrets
 import socket
-import time
 from array import array
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -39,8 +42,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from gateway import openai_schema as schema
+from gateway import openapi
+from gateway.openai_errors import HttpError, error_response, error_type, fed_error_response
+from gateway.openai_reply import DONE, Reply, event
 from shared import errors
 from shared import headers as h
+from shared import messages as m
 from shared.client import FedClient
 
 if TYPE_CHECKING:
@@ -51,92 +59,20 @@ log = logging.getLogger("fedgate.http")
 SERVED_BY = "X-Fed-Served-By"
 ATTEMPTS = "X-Fed-Attempts"
 REQUEST_ID = "X-Fed-Request-Id"
+CLIENT_REQUEST_ID = "X-Request-Id"
+ENVELOPE_BYTES = 4096
+"""Room kept under NATS' max_payload for the gateway's dispatch around a request."""
 
-SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed")
-"""OpenAI request fields passed on in ``params``."""
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    409: "invalid_request_error",
-    429: "rate_limit_error",
-}
-TENANT = "fedgate.tenant"
-"""The authenticated tenant (None without API keys), set by the middleware."""
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+TENANT = web.RequestKey("fedgate.tenant", str)
+"""The authenticated tenant (absent without API keys), set by the middleware."""
+_TRACEPARENT = re.compile(
+    r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
+)
+_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,512}$")
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class HttpError(Exception):
-    """An error answered before anything reaches NATS (auth, malformed body)."""
-
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-
-
-def error_body(status: int, message: str, code: str) -> bytes:
-    """The OpenAI error JSON."""
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return _encoder.encode(
-        {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    )
-
-
-def error_response(status: int, message: str, code: str, **headers: str) -> web.Response:
-    """An OpenAI-shaped error response."""
-    return web.Response(
-        status=status,
-        body=error_body(status, message, code),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def fed_error_response(exc: errors.FedError, model: str | None) -> web.Response:
-    """A contract error as an OpenAI error (``model_not_found`` for an unknown model)."""
-    code = exc.kind
-    message = exc.message
-    if exc.code == 404 and model:
-        code = "model_not_found"
-        message = f"The model `{model}` does not exist or no node serves it ({exc.message})"
-    return error_response(exc.code, message, code)
-
-
-def prompt_of(messages: list[dict[str, Any]]) -> str:
-    """The prompt for backends without a chat format: the contents, one per line."""
-    return "\n".join(m["content"] for m in messages if m["content"])
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return "" if content is None else str(content)
-
-
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise HttpError(400, "'messages' must be a non-empty list", "bad_request")
-    out = []
-    for item in raw:
-        if not isinstance(item, dict) or not isinstance(item.get("role"), str):
-            raise HttpError(400, "each message needs a 'role' and a 'content'", "bad_request")
-        out.append({"role": item["role"], "content": _text_of(item.get("content"))})
-    return out
 
 
 class FrontDoor:
@@ -153,21 +89,41 @@ class FrontDoor:
         self.client = FedClient(
             service.nc, subjects=service.subjects, timeout_s=cfg.request_timeout_s, retries=1
         )
-        self.app = web.Application(middlewares=[self._errors])
+        # aiohttp refuses (413) bodies past this before we read them; the exact limit is
+        # the NATS size of what we publish (``_check_size``), whitespace being free.
+        self.app = web.Application(
+            middlewares=[self._errors], client_max_size=2 * cfg.max_payload_bytes + 65_536
+        )
         self.app.add_routes(
             [
                 web.get("/v1/models", self.models),
                 web.post("/v1/chat/completions", self.chat),
                 web.post("/v1/completions", self.completions),
                 web.post("/v1/embeddings", self.embeddings),
+                web.get("/openapi.json", self.openapi),
             ]
         )
+        self._openapi = _encoder.encode(openapi.document())
         self._runner: web.AppRunner | None = None
+
+    @property
+    def max_body(self) -> int:
+        """Largest NATS request body: the config's limit, capped by the server's max_payload
+        less the dispatch envelope."""
+        limit = self.service.config.max_payload_bytes
+        server = getattr(self.service.nc, "max_payload", 0) or 0
+        return min(limit, server - ENVELOPE_BYTES) if server > ENVELOPE_BYTES else limit
 
     async def start(self) -> None:
         """Bind and serve."""
+        # handler_cancellation: a client that disconnects cancels its handler, which
+        # cancels the NATS request (FedClient publishes fed.cancel.<id>).
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            handler_cancellation=True,
         )
         await self._runner.setup()
         # Bind the socket ourselves so that port 0 (the OS's choice) can be read back.
@@ -195,16 +151,32 @@ class FrontDoor:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authenticate first; answer every failure as an OpenAI error."""
+        """Authenticate first; answer every failure as an OpenAI error, never a traceback
+        page; a client that went away is a quiet line."""
         try:
-            request[TENANT] = self._tenant(request)
+            tenant = self._tenant(request)
+            if tenant is not None:
+                request[TENANT] = tenant
             return await handler(request)
         except HttpError as exc:
-            return error_response(exc.status, exc.message, exc.code)
+            return error_response(exc.status, exc.message, exc.code, exc.param)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            if exc.status == 413:
+                return error_response(
+                    413, f"request body too large (at most {self.max_body} bytes)", "too_large"
+                )
             return error_response(exc.status, exc.reason, exc.reason.lower().replace(" ", "_"))
+        except asyncio.CancelledError:
+            log.info("client went away: %s %s (request cancelled)", request.method, request.path)
+            raise
+        except ConnectionResetError:
+            log.info("client went away: %s %s", request.method, request.path)
+            raise
+        except Exception as exc:
+            log.exception("front door failed on %s %s", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}", "internal")
 
     def _tenant(self, request: web.Request) -> str | None:
         if not self.api_keys:
@@ -216,60 +188,94 @@ class FrontDoor:
             raise HttpError(401, "missing or unknown API key", "invalid_api_key")
         return tenant
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request) -> tuple[dict[str, Any], int]:
+        """The JSON object of the body, and its size in bytes."""
+        raw = await request.read()
         try:
-            body = _decoder.decode(await request.read())
-        except msgspec.DecodeError as exc:
+            body = _decoder.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise HttpError(400, f"body is not JSON: {exc}", "bad_request") from exc
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object", "bad_request")
-        return body
-
-    def _fields(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        """The NATS request fields common to every endpoint."""
-        tenant = request.get(TENANT)
-        rid = request.headers.get("X-Request-Id", "")
-        fields: dict[str, Any] = {
-            "request_id": rid if _REQUEST_ID.match(rid) else secrets.token_hex(8),
-            "model": body.get("model") or None,
-            "tenant_id": tenant,
-        }
-        if isinstance(body.get("qos"), dict):
-            fields["qos"] = body["qos"]
-        if isinstance(body.get("timeout_ms"), int):
-            fields["timeout_ms"] = body["timeout_ms"]
-        return fields
+        return body, len(raw)
 
     @staticmethod
-    def _trace(request: web.Request) -> dict[str, str] | None:
-        trace = {
-            k: request.headers[k] for k in (h.TRACEPARENT, h.TRACESTATE) if k in request.headers
-        }
-        return trace or None
+    def _check(raw: dict[str, Any], kind: type[schema.T]) -> schema.T:
+        try:
+            return schema.check(raw, kind)
+        except schema.Invalid as exc:
+            raise HttpError(400, exc.message, "bad_request", exc.param) from None
 
-    def _capability(self, body: dict[str, Any], default: str) -> str:
-        """``body.capability``, or ``code`` for a model only served for code, or ``default``."""
-        explicit = body.get("capability")
-        if isinstance(explicit, str) and explicit:
-            return explicit
-        model = body.get("model")
-        if default != "generate" or not model:
+    @staticmethod
+    def _headers(request: web.Request) -> tuple[dict[str, str] | None, dict[str, str]]:
+        """The trace headers to carry onto NATS, and the ones to echo; 400 when invalid."""
+        hdrs = request.headers
+        trace: dict[str, str] = {}
+        parent = hdrs.get(h.TRACEPARENT)
+        if parent is not None:
+            if not _TRACEPARENT.match(parent):
+                raise HttpError(400, "invalid traceparent header", "bad_request", h.TRACEPARENT)
+            trace[h.TRACEPARENT] = parent
+            state = hdrs.get(h.TRACESTATE)
+            if state is not None:
+                if not _PRINTABLE.match(state):
+                    raise HttpError(400, "invalid tracestate header", "bad_request", h.TRACESTATE)
+                trace[h.TRACESTATE] = state
+        echo: dict[str, str] = {}
+        rid = hdrs.get(CLIENT_REQUEST_ID)
+        if rid is not None:
+            if not _PRINTABLE.match(rid) or len(rid) > 256:
+                raise HttpError(
+                    400, "X-Request-Id must be 1-256 printable characters", "bad_request",
+                    CLIENT_REQUEST_ID,
+                )  # fmt: skip
+            echo[CLIENT_REQUEST_ID] = rid
+        return trace or None, echo
+
+    def _fields(self, request: web.Request, req: schema._Request) -> dict[str, Any]:
+        """The NATS request fields common to every endpoint (a fresh request id: never the
+        client's ``X-Request-Id``)."""
+        fields: dict[str, Any] = {
+            "request_id": secrets.token_hex(8),
+            "model": req.model,
+            "tenant_id": request.get(TENANT),
+        }
+        if req.qos is not None:
+            fields["qos"] = req.qos
+        if req.timeout_ms is not None:
+            fields["timeout_ms"] = req.timeout_ms
+        return fields
+
+    def _check_size(self, size: int, text: str, fields: dict[str, Any]) -> None:
+        """413 unless the NATS request fits (measured exactly only when it might not)."""
+        limit = self.max_body
+        if size <= limit // 2:
+            return  # re-encoding never doubles a JSON body
+        nats_size = len(m.encode(FedClient.build_request(text, **fields)))
+        if nats_size > limit:
+            raise HttpError(
+                413,
+                f"request too large: {nats_size} bytes on NATS, the limit is {limit} bytes "
+                f"(the NATS server's max_payload less {ENVELOPE_BYTES} for the dispatch)",
+                "too_large",
+            )
+
+    def _capability(self, req: schema._Request, default: str) -> str:
+        """``capability``, or ``code`` for a model only served for code, or ``default``."""
+        if req.capability:
+            return req.capability
+        if default != "generate" or not req.model:
             return default
         caps: set[str] = set()
         for node in self.service.catalog.nodes():
-            caps |= node.models.get(model, frozenset())
+            caps |= node.models.get(req.model, frozenset())
         return "code" if "code" in caps and "generate" not in caps else default
 
-    @staticmethod
-    def _params(body: dict[str, Any]) -> dict[str, Any]:
-        params = {k: body[k] for k in SAMPLING if body.get(k) is not None}
-        if body.get("max_completion_tokens") is not None:
-            params["max_tokens"] = body["max_completion_tokens"]
-        if body.get("n", 1) != 1:
-            raise HttpError(400, "only n=1 is supported", "bad_request")
-        return params
-
     # -- endpoints ------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """``GET /openapi.json``."""
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: every model some live node serves."""
@@ -278,80 +284,77 @@ class FrontDoor:
             for model, caps in node.models.items():
                 owners.setdefault(model, set()).update(caps)
         data = [
-            {
-                "id": model,
-                "object": "model",
-                "created": 0,
-                "owned_by": "fedgate",
-                "capabilities": sorted(caps),
-            }
+            {"id": model, "object": "model", "created": 0, "owned_by": "fedgate",
+             "capabilities": sorted(caps)}
             for model, caps in sorted(owners.items())
-        ]
-        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+        ]  # fmt: skip
+        return web.Response(
+            body=_encoder.encode({"object": "list", "data": data}), content_type="application/json"
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``."""
-        body = await self._body(request)
-        messages = _messages(body)
-        params = self._params(body)
-        params["messages"] = messages
-        return await self._generate(request, body, prompt_of(messages), params, chat=True)
+        raw, size = await self._body(request)
+        req = self._check(raw, schema.ChatRequest)
+        params = _forwarded(raw, schema.ChatRequest)
+        budget = req.max_completion_tokens or req.max_tokens
+        if budget is not None:
+            params["max_tokens"] = budget
+        params["messages"] = raw["messages"]
+        return await self._generate(request, req, size, "", params, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions``."""
-        body = await self._body(request)
-        prompt = body.get("prompt", "")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise HttpError(400, "'prompt' must be a string", "bad_request")
-        return await self._generate(request, body, prompt, self._params(body), chat=False)
+        raw, size = await self._body(request)
+        req = self._check(raw, schema.CompletionRequest)
+        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+        params = _forwarded(raw, schema.CompletionRequest)
+        return await self._generate(request, req, size, prompt, params, chat=False)
 
     async def _generate(
         self,
         request: web.Request,
-        body: dict[str, Any],
+        req: schema.ChatRequest | schema.CompletionRequest,
+        size: int,
         prompt: str,
         params: dict[str, Any],
         *,
         chat: bool,
     ) -> web.StreamResponse:
-        fields = self._fields(request, body)
+        trace, echo = self._headers(request)
+        fields = self._fields(request, req)
         fields["params"] = params
-        capability = self._capability(body, "generate")
-        shape = _Shape(chat, fields["request_id"], body.get("model") or "")
-        trace = self._trace(request)
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(
-                request, shape, capability, prompt, fields, trace, include_usage
-            )
+        stream = bool(req.stream)
+        self._check_size(size, prompt, {**fields, "stream": stream})
+        capability = self._capability(req, "generate")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        reply = Reply(chat, fields["request_id"], req.model or "", include_usage=include_usage)
+        if stream:
+            return await self._stream(request, reply, capability, prompt, fields, trace, echo)
         try:
             answer = await self.client.infer(capability, prompt, headers=trace, **fields)
         except errors.FedError as exc:
-            return fed_error_response(exc, fields["model"])
-        result = answer.result
+            return fed_error_response(exc, req.model)
         return web.Response(
-            body=_encoder.encode(
-                shape.complete(result.model, result.output, result.finish_reason, result.tokens)
-            ),
+            body=_encoder.encode(reply.complete(answer.result)),
             content_type="application/json",
             headers={
                 SERVED_BY: answer.served_by,
                 ATTEMPTS: str(answer.attempts),
                 REQUEST_ID: fields["request_id"],
+                **echo,
             },
         )
 
     async def _stream(
         self,
         request: web.Request,
-        shape: _Shape,
+        reply: Reply,
         capability: str,
         prompt: str,
         fields: dict[str, Any],
         trace: dict[str, str] | None,
-        include_usage: bool,
+        echo: dict[str, str],
     ) -> web.StreamResponse:
         async with self.client.stream(capability, prompt, headers=trace, **fields) as stream:
             chunks = aiter(stream)
@@ -364,56 +367,58 @@ class FrontDoor:
                     "Content-Type": "text/event-stream",
                     "Cache-Control": "no-cache",
                     REQUEST_ID: fields["request_id"],
+                    **echo,
                 }
             )
             await response.prepare(request)
-            if shape.chat:
-                await response.write(_event(shape.delta("", role=True)))
+            if reply.chat:
+                await response.write(event(reply.start()))
             try:
                 if first is not None:
-                    await response.write(_event(shape.delta(first.text)))
+                    await response.write(event(reply.delta(first)))
                     async for chunk in chunks:
-                        await response.write(_event(shape.delta(chunk.text)))
+                        await response.write(event(reply.delta(chunk)))
             except errors.FedError as exc:  # after output: the error travels in the stream
-                await response.write(
-                    b"data: " + error_body(exc.code, exc.message, exc.kind) + b"\n\n"
-                )
-                await response.write(b"data: [DONE]\n\n")
+                await response.write(event(_error_event(exc.code, exc.message, exc.kind)))
+                await response.write(DONE)
                 return response
-            final = shape.delta(None, finish=stream.finish_reason or "stop")
-            final["fedgate"] = {
+            except (ConnectionResetError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # our bug, after the headers: still an OpenAI error
+                log.exception("front door failed mid-stream on %s", fields["request_id"])
+                await response.write(event(_error_event(500, f"internal error: {exc}", "internal")))
+                await response.write(DONE)
+                return response
+            figures = {
                 "served_by": stream.served_by,
                 "attempts": stream.attempts,
                 "tokens": stream.tokens,
                 "request_id": fields["request_id"],
             }
-            if include_usage:
-                final["usage"] = _usage(stream.tokens)
-            await response.write(_event(final))
-            await response.write(b"data: [DONE]\n\n")
+            await response.write(event(reply.finish(stream.finish_reason or "stop", figures)))
+            if reply.include_usage:
+                prompt_tokens = _int(stream.headers.get(h.PROMPT_TOKENS))
+                await response.write(event(reply.usage_chunk(prompt_tokens, stream.tokens)))
+            await response.write(DONE)
             await response.write_eof()
             return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``: one ``infer.embed`` request per input, concurrently."""
-        body = await self._body(request)
-        raw = body.get("input")
-        inputs = [raw] if isinstance(raw, str) else raw
-        if (
-            not isinstance(inputs, list)
-            or not inputs
-            or not all(isinstance(i, str) for i in inputs)
-        ):
-            raise HttpError(400, "'input' must be a string or a list of strings", "bad_request")
-        fields = self._fields(request, body)
+        raw, size = await self._body(request)
+        req = self._check(raw, schema.EmbeddingRequest)
+        inputs = [req.input] if isinstance(req.input, str) else req.input
+        trace, echo = self._headers(request)
+        fields = self._fields(request, req)
+        fields["params"] = _forwarded(raw, schema.EmbeddingRequest)
         base_id = fields.pop("request_id")
-        trace = self._trace(request)
-        as_base64 = body.get("encoding_format") == "base64"
+        self._check_size(size, max(inputs, key=len), {**fields, "request_id": base_id})
+        capability = req.capability or "embed"
         try:
             answers = await asyncio.gather(
                 *(
                     self.client.infer(
-                        "embed",
+                        capability,
                         text,
                         headers=trace,
                         request_id=base_id if len(inputs) == 1 else f"{base_id}-{i}",
@@ -423,98 +428,43 @@ class FrontDoor:
                 )
             )
         except errors.FedError as exc:
-            return fed_error_response(exc, fields["model"])
+            return fed_error_response(exc, req.model)
+        as_base64 = req.encoding_format == "base64"
         data = []
         tokens = 0
         for i, answer in enumerate(answers):
             vector = answer.result.embedding or []
-            tokens += answer.result.tokens
+            tokens += answer.result.prompt_tokens or answer.result.tokens
             encoded: Any = (
                 base64.b64encode(array("f", vector).tobytes()).decode() if as_base64 else vector
             )
             data.append({"object": "embedding", "index": i, "embedding": encoded})
-        model = answers[0].result.model if answers else (fields["model"] or "")
+        body = {
+            "object": "list",
+            "data": data,
+            "model": answers[0].result.model or req.model or "",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return web.Response(
-            body=_encoder.encode(
-                {
-                    "object": "list",
-                    "data": data,
-                    "model": model,
-                    "usage": _usage(tokens, prompt=True),
-                }
-            ),
+            body=_encoder.encode(body),
             content_type="application/json",
             headers={
                 SERVED_BY: ",".join(dict.fromkeys(a.served_by for a in answers)),
                 ATTEMPTS: str(max(a.attempts for a in answers)),
                 REQUEST_ID: base_id,
+                **echo,
             },
         )
 
 
-class _Shape:
-    """Builds the OpenAI objects of one chat or text completion."""
-
-    __slots__ = ("chat", "created", "id", "model")
-
-    def __init__(self, chat: bool, request_id: str, model: str) -> None:
-        self.chat = chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
-        self.created = int(time.time())
-        self.model = model
-
-    def delta(
-        self, text: str | None, *, role: bool = False, finish: str | None = None
-    ) -> dict[str, Any]:
-        """One streamed event."""
-        if self.chat:
-            delta: dict[str, Any] = {} if text is None else {"content": text}
-            if role:
-                delta["role"] = "assistant"
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-            kind = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
-
-    def complete(self, model: str, output: str, finish: str, tokens: int) -> dict[str, Any]:
-        """The whole answer of a non-streaming request."""
-        if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": output},
-                "finish_reason": finish,
-            }
-            kind = "chat.completion"
-        else:
-            choice = {"index": 0, "text": output, "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": model or self.model,
-            "choices": [choice],
-            "usage": _usage(tokens),
-        }
+def _forwarded(raw: dict[str, Any], kind: type[schema._Request]) -> dict[str, Any]:
+    """The OpenAI parameters of ``raw`` that travel in ``params``, as written (null = unset)."""
+    return {k: raw[k] for k in schema.FORWARDED[kind] if raw.get(k) is not None}
 
 
-def _usage(tokens: int, *, prompt: bool = False) -> dict[str, int]:
-    if prompt:
-        return {"prompt_tokens": tokens, "total_tokens": tokens}
-    return {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
+def _error_event(status: int, message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": None, "code": code}}
 
 
-def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _encoder.encode(obj) + b"\n\n"
-
-
-def _dumps(obj: Any) -> str:
-    return _encoder.encode(obj).decode()
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0

@@ -118,12 +118,15 @@ async def test_chat_streaming(door: str, http: aiohttp.ClientSession) -> None:
         got = await events(resp)
     assert got[0]["choices"][0]["delta"]["role"] == "assistant"
     assert all(e["object"] == "chat.completion.chunk" for e in got)
-    text = "".join(e["choices"][0]["delta"].get("content", "") for e in got)
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in got if e["choices"])
     assert text == expected_text(MODEL, PROMPT, None, 5)
-    final = got[-1]
+    final, totals = got[-2:]
     assert final["choices"][0]["finish_reason"] == "length"
     assert final["fedgate"]["served_by"] == "w1"
-    assert final["usage"]["completion_tokens"] == 5
+    # include_usage: "usage": null on every chunk, then one chunk without choices
+    assert all(e["usage"] is None for e in got[:-1])
+    assert totals["choices"] == []
+    assert totals["usage"]["completion_tokens"] == 5
 
 
 async def test_completions(door: str, http: aiohttp.ClientSession) -> None:
