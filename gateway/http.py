@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import secrets
 import socket
 from array import array
@@ -42,13 +41,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from gateway import intake, openapi, sse
 from gateway import openai_schema as schema
-from gateway import openapi
-from gateway.openai_errors import HttpError, error_response, error_type, fed_error_response
-from gateway.openai_reply import DONE, Reply, event
+from gateway.openai_errors import HttpError, error_response, fed_error_response
+from gateway.openai_reply import Reply
 from shared import errors
-from shared import headers as h
-from shared import messages as m
 from shared.client import FedClient
 
 if TYPE_CHECKING:
@@ -59,17 +56,8 @@ log = logging.getLogger("fedgate.http")
 SERVED_BY = "X-Fed-Served-By"
 ATTEMPTS = "X-Fed-Attempts"
 REQUEST_ID = "X-Fed-Request-Id"
-CLIENT_REQUEST_ID = "X-Request-Id"
-ENVELOPE_BYTES = 4096
-"""Room kept under NATS' max_payload for the gateway's dispatch around a request."""
-
 TENANT = web.RequestKey("fedgate.tenant", str)
 """The authenticated tenant (absent without API keys), set by the middleware."""
-_TRACEPARENT = re.compile(
-    r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
-)
-_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,512}$")
-_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,11 +96,10 @@ class FrontDoor:
 
     @property
     def max_body(self) -> int:
-        """Largest NATS request body: the config's limit, capped by the server's max_payload
-        less the dispatch envelope."""
-        limit = self.service.config.max_payload_bytes
+        """Largest NATS request body (``intake.max_body``; the server may change on a
+        reconnect)."""
         server = getattr(self.service.nc, "max_payload", 0) or 0
-        return min(limit, server - ENVELOPE_BYTES) if server > ENVELOPE_BYTES else limit
+        return intake.max_body(self.service.config.max_payload_bytes, server)
 
     async def start(self) -> None:
         """Bind and serve."""
@@ -188,51 +175,7 @@ class FrontDoor:
             raise HttpError(401, "missing or unknown API key", "invalid_api_key")
         return tenant
 
-    async def _body(self, request: web.Request) -> tuple[dict[str, Any], int]:
-        """The JSON object of the body, and its size in bytes."""
-        raw = await request.read()
-        try:
-            body = _decoder.decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise HttpError(400, f"body is not JSON: {exc}", "bad_request") from exc
-        if not isinstance(body, dict):
-            raise HttpError(400, "body must be a JSON object", "bad_request")
-        return body, len(raw)
-
-    @staticmethod
-    def _check(raw: dict[str, Any], kind: type[schema.T]) -> schema.T:
-        try:
-            return schema.check(raw, kind)
-        except schema.Invalid as exc:
-            raise HttpError(400, exc.message, "bad_request", exc.param) from None
-
-    @staticmethod
-    def _headers(request: web.Request) -> tuple[dict[str, str] | None, dict[str, str]]:
-        """The trace headers to carry onto NATS, and the ones to echo; 400 when invalid."""
-        hdrs = request.headers
-        trace: dict[str, str] = {}
-        parent = hdrs.get(h.TRACEPARENT)
-        if parent is not None:
-            if not _TRACEPARENT.match(parent):
-                raise HttpError(400, "invalid traceparent header", "bad_request", h.TRACEPARENT)
-            trace[h.TRACEPARENT] = parent
-            state = hdrs.get(h.TRACESTATE)
-            if state is not None:
-                if not _PRINTABLE.match(state):
-                    raise HttpError(400, "invalid tracestate header", "bad_request", h.TRACESTATE)
-                trace[h.TRACESTATE] = state
-        echo: dict[str, str] = {}
-        rid = hdrs.get(CLIENT_REQUEST_ID)
-        if rid is not None:
-            if not _PRINTABLE.match(rid) or len(rid) > 256:
-                raise HttpError(
-                    400, "X-Request-Id must be 1-256 printable characters", "bad_request",
-                    CLIENT_REQUEST_ID,
-                )  # fmt: skip
-            echo[CLIENT_REQUEST_ID] = rid
-        return trace or None, echo
-
-    def _fields(self, request: web.Request, req: schema._Request) -> dict[str, Any]:
+    def _fields(self, request: web.Request, req: schema.Request) -> dict[str, Any]:
         """The NATS request fields common to every endpoint (a fresh request id: never the
         client's ``X-Request-Id``)."""
         fields: dict[str, Any] = {
@@ -246,21 +189,7 @@ class FrontDoor:
             fields["timeout_ms"] = req.timeout_ms
         return fields
 
-    def _check_size(self, size: int, text: str, fields: dict[str, Any]) -> None:
-        """413 unless the NATS request fits (measured exactly only when it might not)."""
-        limit = self.max_body
-        if size <= limit // 2:
-            return  # re-encoding never doubles a JSON body
-        nats_size = len(m.encode(FedClient.build_request(text, **fields)))
-        if nats_size > limit:
-            raise HttpError(
-                413,
-                f"request too large: {nats_size} bytes on NATS, the limit is {limit} bytes "
-                f"(the NATS server's max_payload less {ENVELOPE_BYTES} for the dispatch)",
-                "too_large",
-            )
-
-    def _capability(self, req: schema._Request, default: str) -> str:
+    def _capability(self, req: schema.Request, default: str) -> str:
         """``capability``, or ``code`` for a model only served for code, or ``default``."""
         if req.capability:
             return req.capability
@@ -294,9 +223,9 @@ class FrontDoor:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``."""
-        raw, size = await self._body(request)
-        req = self._check(raw, schema.ChatRequest)
-        params = _forwarded(raw, schema.ChatRequest)
+        raw, size = await intake.read_json(request)
+        req = intake.checked(raw, schema.ChatRequest)
+        params = intake.forwarded(raw, schema.ChatRequest)
         budget = req.max_completion_tokens or req.max_tokens
         if budget is not None:
             params["max_tokens"] = budget
@@ -305,10 +234,10 @@ class FrontDoor:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions``."""
-        raw, size = await self._body(request)
-        req = self._check(raw, schema.CompletionRequest)
+        raw, size = await intake.read_json(request)
+        req = intake.checked(raw, schema.CompletionRequest)
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        params = _forwarded(raw, schema.CompletionRequest)
+        params = intake.forwarded(raw, schema.CompletionRequest)
         return await self._generate(request, req, size, prompt, params, chat=False)
 
     async def _generate(
@@ -321,16 +250,17 @@ class FrontDoor:
         *,
         chat: bool,
     ) -> web.StreamResponse:
-        trace, echo = self._headers(request)
+        trace, echo = intake.headers(request)
         fields = self._fields(request, req)
         fields["params"] = params
         stream = bool(req.stream)
-        self._check_size(size, prompt, {**fields, "stream": stream})
+        intake.check_size(size, self.max_body, prompt, {**fields, "stream": stream})
         capability = self._capability(req, "generate")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         reply = Reply(chat, fields["request_id"], req.model or "", include_usage=include_usage)
         if stream:
-            return await self._stream(request, reply, capability, prompt, fields, trace, echo)
+            async with self.client.stream(capability, prompt, headers=trace, **fields) as s:
+                return await sse.relay(request, s, reply, fields["request_id"], req.model, echo)
         try:
             answer = await self.client.infer(capability, prompt, headers=trace, **fields)
         except errors.FedError as exc:
@@ -346,73 +276,17 @@ class FrontDoor:
             },
         )
 
-    async def _stream(
-        self,
-        request: web.Request,
-        reply: Reply,
-        capability: str,
-        prompt: str,
-        fields: dict[str, Any],
-        trace: dict[str, str] | None,
-        echo: dict[str, str],
-    ) -> web.StreamResponse:
-        async with self.client.stream(capability, prompt, headers=trace, **fields) as stream:
-            chunks = aiter(stream)
-            try:  # wait for the first chunk: an early error is still an HTTP status
-                first = await anext(chunks, None)
-            except errors.FedError as exc:
-                return fed_error_response(exc, fields["model"])
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/event-stream",
-                    "Cache-Control": "no-cache",
-                    REQUEST_ID: fields["request_id"],
-                    **echo,
-                }
-            )
-            await response.prepare(request)
-            if reply.chat:
-                await response.write(event(reply.start()))
-            try:
-                if first is not None:
-                    await response.write(event(reply.delta(first)))
-                    async for chunk in chunks:
-                        await response.write(event(reply.delta(chunk)))
-            except errors.FedError as exc:  # after output: the error travels in the stream
-                await response.write(event(_error_event(exc.code, exc.message, exc.kind)))
-                await response.write(DONE)
-                return response
-            except (ConnectionResetError, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # our bug, after the headers: still an OpenAI error
-                log.exception("front door failed mid-stream on %s", fields["request_id"])
-                await response.write(event(_error_event(500, f"internal error: {exc}", "internal")))
-                await response.write(DONE)
-                return response
-            figures = {
-                "served_by": stream.served_by,
-                "attempts": stream.attempts,
-                "tokens": stream.tokens,
-                "request_id": fields["request_id"],
-            }
-            await response.write(event(reply.finish(stream.finish_reason or "stop", figures)))
-            if reply.include_usage:
-                prompt_tokens = _int(stream.headers.get(h.PROMPT_TOKENS))
-                await response.write(event(reply.usage_chunk(prompt_tokens, stream.tokens)))
-            await response.write(DONE)
-            await response.write_eof()
-            return response
-
     async def embeddings(self, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``: one ``infer.embed`` request per input, concurrently."""
-        raw, size = await self._body(request)
-        req = self._check(raw, schema.EmbeddingRequest)
+        raw, size = await intake.read_json(request)
+        req = intake.checked(raw, schema.EmbeddingRequest)
         inputs = [req.input] if isinstance(req.input, str) else req.input
-        trace, echo = self._headers(request)
+        trace, echo = intake.headers(request)
         fields = self._fields(request, req)
-        fields["params"] = _forwarded(raw, schema.EmbeddingRequest)
+        fields["params"] = intake.forwarded(raw, schema.EmbeddingRequest)
         base_id = fields.pop("request_id")
-        self._check_size(size, max(inputs, key=len), {**fields, "request_id": base_id})
+        longest = max(inputs, key=len)
+        intake.check_size(size, self.max_body, longest, {**fields, "request_id": base_id})
         capability = req.capability or "embed"
         try:
             answers = await asyncio.gather(
@@ -455,16 +329,3 @@ class FrontDoor:
                 **echo,
             },
         )
-
-
-def _forwarded(raw: dict[str, Any], kind: type[schema._Request]) -> dict[str, Any]:
-    """The OpenAI parameters of ``raw`` that travel in ``params``, as written (null = unset)."""
-    return {k: raw[k] for k in schema.FORWARDED[kind] if raw.get(k) is not None}
-
-
-def _error_event(status: int, message: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type(status), "param": None, "code": code}}
-
-
-def _int(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0

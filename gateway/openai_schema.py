@@ -155,7 +155,7 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
     include_usage: bool | None = None
 
 
-class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Fields of every endpoint: the model and fedgate's own extensions."""
 
     model: Model | None = None
@@ -169,7 +169,7 @@ class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """fedgate: the capability to ask for (default ``generate``, or ``embed``)."""
 
 
-class _Generation(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Generation(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Sampling fields shared by chat and text completions."""
 
     max_tokens: TokenBudget | None = None
@@ -208,7 +208,7 @@ class CompletionRequest(_Generation, frozen=True, kw_only=True, forbid_unknown_f
     best_of: OneChoice | None = None
 
 
-class EmbeddingRequest(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class EmbeddingRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/embeddings``."""
 
     input: str | Annotated[list[str], Meta(min_length=1, max_length=2048)]
@@ -216,7 +216,7 @@ class EmbeddingRequest(_Request, frozen=True, kw_only=True, forbid_unknown_field
     dimensions: Annotated[int, Meta(ge=1, le=65_536)] | None = None
 
 
-FORWARDED: dict[type[_Request], tuple[str, ...]] = {
+FORWARDED: dict[type[Request], tuple[str, ...]] = {
     ChatRequest: (
         "max_tokens", "max_completion_tokens", "stop", "seed", "temperature", "top_p",
         "presence_penalty", "frequency_penalty", "logit_bias", "user", "tools",

@@ -1,0 +1,106 @@
+"""What the front door takes from an HTTP request, checked before anything reaches NATS.
+
+The body (a JSON object, checked against its schema), the headers it carries onto NATS
+(``traceparent``/``tracestate``, W3C-valid or a ``400``) or echoes (``X-Request-Id``,
+never used as the NATS request id), and the size of the NATS request it becomes (a
+``413`` past the server's ``max_payload`` less the dispatch envelope).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway import openai_schema as schema
+from gateway.openai_errors import HttpError
+from shared import headers as h
+from shared import messages as m
+from shared.client import FedClient
+
+CLIENT_REQUEST_ID = "X-Request-Id"
+ENVELOPE_BYTES = 4096
+"""Room kept under NATS' max_payload for the gateway's dispatch around a request."""
+
+_TRACEPARENT = re.compile(
+    r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
+)
+"""W3C trace context: version (not ff), trace id, parent id (neither all zeros), flags."""
+_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,512}$")
+_decoder = msgspec.json.Decoder()
+
+
+async def read_json(request: web.Request) -> tuple[dict[str, Any], int]:
+    """The JSON object of the body, and its size in bytes."""
+    raw = await request.read()
+    try:
+        body = _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise HttpError(400, f"body is not JSON: {exc}", "bad_request") from exc
+    if not isinstance(body, dict):
+        raise HttpError(400, "body must be a JSON object", "bad_request")
+    return body, len(raw)
+
+
+def checked(raw: dict[str, Any], kind: type[schema.T]) -> schema.T:
+    """``raw`` as ``kind``, or a ``400`` naming the parameter at fault."""
+    try:
+        return schema.check(raw, kind)
+    except schema.Invalid as exc:
+        raise HttpError(400, exc.message, "bad_request", exc.param) from None
+
+
+def forwarded(raw: dict[str, Any], kind: type[schema.Request]) -> dict[str, Any]:
+    """The OpenAI parameters of ``raw`` that travel in ``params``, as written (null = unset)."""
+    return {k: raw[k] for k in schema.FORWARDED[kind] if raw.get(k) is not None}
+
+
+def headers(request: web.Request) -> tuple[dict[str, str] | None, dict[str, str]]:
+    """The trace headers to carry onto NATS, and the ones to echo; 400 when invalid."""
+    hdrs = request.headers
+    trace: dict[str, str] = {}
+    parent = hdrs.get(h.TRACEPARENT)
+    if parent is not None:
+        if not _TRACEPARENT.match(parent):
+            raise HttpError(400, "invalid traceparent header", "bad_request", h.TRACEPARENT)
+        trace[h.TRACEPARENT] = parent
+        state = hdrs.get(h.TRACESTATE)
+        if state is not None:
+            if not _PRINTABLE.match(state):
+                raise HttpError(400, "invalid tracestate header", "bad_request", h.TRACESTATE)
+            trace[h.TRACESTATE] = state
+    echo: dict[str, str] = {}
+    rid = hdrs.get(CLIENT_REQUEST_ID)
+    if rid is not None:
+        if not _PRINTABLE.match(rid) or len(rid) > 256:
+            raise HttpError(
+                400, "X-Request-Id must be 1-256 printable characters", "bad_request",
+                CLIENT_REQUEST_ID,
+            )  # fmt: skip
+        echo[CLIENT_REQUEST_ID] = rid
+    return trace or None, echo
+
+
+def max_body(configured: int, server_max_payload: int) -> int:
+    """Largest NATS request body: the configured limit, capped by the server's
+    ``max_payload`` less the dispatch envelope."""
+    if server_max_payload > ENVELOPE_BYTES:
+        return min(configured, server_max_payload - ENVELOPE_BYTES)
+    return configured
+
+
+def check_size(size: int, limit: int, text: str, fields: dict[str, Any]) -> None:
+    """A ``413`` unless the NATS request for an HTTP body of ``size`` bytes fits ``limit``
+    (measured exactly only when it might not: re-encoding never doubles a JSON body)."""
+    if size <= limit // 2:
+        return
+    nats_size = len(m.encode(FedClient.build_request(text, **fields)))
+    if nats_size > limit:
+        raise HttpError(
+            413,
+            f"request too large: {nats_size} bytes on NATS, the limit is {limit} bytes "
+            f"(the NATS server's max_payload less {ENVELOPE_BYTES} for the dispatch)",
+            "too_large",
+        )
