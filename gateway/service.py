@@ -374,9 +374,14 @@ class GatewayService:
         return min(self.config.max_payload_bytes, server - ENVELOPE_BYTES)
 
     def _too_large(self, size: int) -> errors.PayloadTooLarge:
+        limit = self._max_body
+        why = (
+            "the gateway's max_payload_bytes"
+            if limit == self.config.max_payload_bytes
+            else f"NATS max_payload minus {ENVELOPE_BYTES} bytes for the dispatch envelope"
+        )
         return errors.PayloadTooLarge(
-            f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
-            f"(NATS max_payload minus {ENVELOPE_BYTES} bytes for the dispatch envelope)"
+            f"request body of {size} bytes exceeds the limit of {limit} bytes ({why})"
         )
 
     async def _ack(self, flight: Flight) -> None:
@@ -433,6 +438,15 @@ class GatewayService:
         self, flight: Flight, exc: errors.FedError, resume: m.Resume | None
     ) -> bool:
         """No node now: wait for busy nodes or capacity, or answer the error."""
+        if self._cooldown and not flight.busy_nodes and not flight.seq:
+            # Nodes inside a Retry-After were left out: they are busy, not gone.
+            now = self.clock()
+            flight.busy_nodes = [
+                n.node_id
+                for n in self.catalog.nodes_for(flight.capability, flight.request.model)
+                if self._cooldown.get(n.node_id, 0.0) > now and n.node_id not in flight.tried
+            ]
+            flight.tried.extend(flight.busy_nodes)
         if flight.busy_nodes and not flight.seq:
             # Every node left refused for lack of capacity: wait for the first one's
             # Retry-After, within the retry budget and the deadline, or answer 429 now.
