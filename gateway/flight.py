@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.outcome import BlameLedger
 from shared import messages as m
 
 
@@ -20,6 +21,7 @@ class Flight:
         "attempt_open",
         "attempt_span",
         "attempt_started",
+        "blame",
         "busy",
         "busy_nodes",
         "caller_probe",
@@ -36,11 +38,9 @@ class Flight:
         "key",
         "last_activity",
         "last_error",
-        "node_failures",
         "node_id",
         "offset",
         "overhead_ns",
-        "pending_blame",
         "pinged",
         "queued_at",
         "raw",
@@ -67,6 +67,7 @@ class Flight:
         reply: str,
         started: float,
         deadline: float,
+        poison_after: int = 2,
     ) -> None:
         self.key = key
         self.request_id = request_id
@@ -103,11 +104,8 @@ class Flight:
         """Attempts a node refused for lack of capacity (they spend the retry budget too)."""
         self.busy_nodes: list[str] = []
         """Nodes that refused for lack of capacity since the last wait for them."""
-        self.node_failures = 0
-        """Node-reported failures in a row on distinct nodes (poison detection)."""
-        self.pending_blame: list[str] = []
-        """Nodes whose reported errors count against them only if the request turns out
-        not to be poison (judged when the request ends)."""
+        self.blame = BlameLedger(poison_after)
+        """Failures whose blame waits for the request's end (poison detection)."""
         self.ident: tuple[str, str] = ("", request_id)
         """(tenant, request id): the request's identity, scoped to its caller."""
         self.digest = b""

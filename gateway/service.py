@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import logging
 import random
@@ -39,6 +38,7 @@ from gateway.decisions import Decisions
 from gateway.flight import Flight
 from gateway.health import HealthChecker, HealthConfig
 from gateway.membership import Membership
+from gateway.outcome import Blame, busy_wait, judge_node_error, retry_after
 from gateway.policies import Candidate
 from gateway.retry import RetryPolicy
 from gateway.router import Router
@@ -71,14 +71,6 @@ DEFAULT_BUSY_S = 0.05
 
 BUSY_BACKOFF_S = 0.1
 """First wait for busy nodes (doubling per busy answer, at most ``retry_backoff_max_s``)."""
-
-
-class _Blame(enum.Enum):
-    """Whether a failed attempt counts against its node (docs/routing.md, "Blame")."""
-
-    NONE = 0
-    NOW = 1
-    DEFERRED = 2
 
 
 class GatewayService:
@@ -311,6 +303,7 @@ class GatewayService:
             reply=reply,
             started=now,
             deadline=now + timeout_s,
+            poison_after=self.config.poison_after_nodes,
         )
         flight.ident = ident
         flight.digest = digest
@@ -451,22 +444,25 @@ class GatewayService:
             # Every node left refused for lack of capacity: wait for the first one's
             # Retry-After, within the retry budget and the deadline, or answer 429 now.
             now = self.clock()
-            soonest = min(self._cooldown.get(n, now) for n in flight.busy_nodes)
-            backoff = min(BUSY_BACKOFF_S * 2 ** (flight.busy - 1), self.config.retry_backoff_max_s)
-            wait = max(soonest - now, backoff, 0.001)
-            if flight.attempt <= self.config.max_retries and now + wait < flight.deadline:
+            ready_at = min(self._cooldown.get(n, now) for n in flight.busy_nodes)
+            wait = busy_wait(
+                now, flight.deadline, flight.attempt, self.config.max_retries, flight.busy,
+                ready_at, BUSY_BACKOFF_S, self.config.retry_backoff_max_s,
+            )  # fmt: skip
+            if wait is not None:
                 for node_id in flight.busy_nodes:
                     flight.tried.remove(node_id)
                 flight.busy_nodes.clear()
                 self._spawn(self._retry_later(flight, wait), "busy-retry")
                 return True
+            spent = flight.attempt > self.config.max_retries
             await self._finish_error(
                 flight,
                 errors.Overloaded(
                     f"every eligible node for {flight.capability} is busy"
-                    + (" and the retry budget is spent" if now + wait < flight.deadline
-                       else " beyond the request's deadline"),
-                    retry_after_s=wait,
+                    + (" and the retry budget is spent" if spent
+                       else "; the wait would pass the request's deadline"),
+                    retry_after_s=retry_after(now, ready_at),
                 ),
             )  # fmt: skip
             return True
@@ -655,34 +651,25 @@ class GatewayService:
         code_text = hdrs.get(h.ERROR_CODE, "500")
         code = int(code_text) if code_text.isdigit() else 500
         text = hdrs.get(h.ERROR, kind)
-        cls = errors.blame(kind, code)
+        verdict = judge_node_error(kind, code, flight.deadline - self.clock())
         err = errors.from_headers(hdrs) or errors.Internal(text)
-        if not cls.retry_elsewhere:  # the caller's own request is at fault
+        if not verdict.retry_elsewhere:  # the caller's own request is at fault
             self._release(flight, success=None)
             await self._finish_error(flight, err)
             return
-        if cls is errors.Overloaded:
+        if verdict.busy and flight.node_id is not None:
             ra = hdrs.get(h.RETRY_AFTER, "")
             busy_s = float(ra) if ra.replace(".", "", 1).isdigit() else DEFAULT_BUSY_S
-            if flight.node_id is not None:
-                self._cooldown[flight.node_id] = self.clock() + min(busy_s, 3600.0)
-        blame = _Blame.NONE
-        if cls.node_fault:
-            if kind == "timeout" and flight.deadline - self.clock() < 0.5:
-                blame = _Blame.NONE  # the caller's deadline, not a slow node
-            elif cls is errors.NodeUnavailable:
-                blame = _Blame.NOW  # cannot serve what it advertises: misconfigured
-            else:
-                blame = _Blame.DEFERRED  # the node, or a request that breaks every node
+            self._cooldown[flight.node_id] = self.clock() + min(busy_s, 3600.0)
         await self._attempt_failed(
-            flight, blame=blame, error=err, code=code, kind=kind, node_reported=True
+            flight, blame=verdict.blame, error=err, code=code, kind=kind, node_reported=True
         )
 
     async def _attempt_failed(
         self,
         flight: Flight,
         *,
-        blame: _Blame | bool,
+        blame: Blame | bool,
         error: errors.FedError,
         code: int | None = None,
         kind: str | None = None,
@@ -699,27 +686,20 @@ class GatewayService:
         if flight.done:
             return
         if blame is True:
-            blame = _Blame.NOW
+            blame = Blame.NOW
         elif blame is False:
-            blame = _Blame.NONE
+            blame = Blame.NONE
         node_id = flight.node_id
         fair = self._connected and flight.epoch == self._epoch
-        self._release(flight, success=False if blame is _Blame.NOW and fair else None)
+        self._release(flight, success=False if blame is Blame.NOW and fair else None)
         if node_id is not None and not node_reported:
             # Timed out, stalled or gone: make sure a slow node stops working for nobody.
             self._cancel_on_node(node_id, flight.request_id)
         flight.last_error = (code or error.code, kind or error.kind, error.message)
-        if blame is _Blame.DEFERRED and node_id is not None:
-            flight.node_failures += 1
-            if fair:
-                flight.pending_blame.append(node_id)
-            if flight.node_failures >= self.config.poison_after_nodes:
-                # Failed the same way on several nodes: the request, not the fleet.
-                flight.pending_blame.clear()
-                await self._finish_error(flight, self._final_error(flight, error))
-                return
-        elif blame is _Blame.NOW:
-            flight.node_failures = 0
+        if node_id is not None and flight.blame.record(node_id, blame, counted=fair):
+            # Failed the same way on several nodes: the request, not the fleet.
+            await self._finish_error(flight, self._final_error(flight, error))
+            return
         remaining = flight.deadline - self.clock()
         if flight.seq:
             if flight.capability not in RESUMABLE:
@@ -750,7 +730,7 @@ class GatewayService:
         if delay is None:
             final = self._final_error(flight, error)
             if isinstance(final, errors.Overloaded) and node_id in self._cooldown:
-                final.retry_after_s = max(self._cooldown[node_id] - self.clock(), 0.001)
+                final.retry_after_s = retry_after(self.clock(), self._cooldown[node_id])
             await self._finish_error(flight, final)
             return
         self.retries += 1
@@ -887,11 +867,10 @@ class GatewayService:
             else:
                 telemetry.end_error(span, error)
         flight.done = True
-        if flight.pending_blame:  # not poison after all: the nodes' errors were theirs
-            for node_id in flight.pending_blame:
+        if flight.blame.pending:  # not poison after all: the nodes' errors were theirs
+            for node_id in flight.blame.settle():
                 self.health.report_failure(node_id)
                 self.breaker.record_failure(node_id)
-            flight.pending_blame.clear()
         if flight.queued_at is not None:
             flight.queued_at = None
             with contextlib.suppress(ValueError):
