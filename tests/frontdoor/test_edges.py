@@ -1,0 +1,199 @@
+"""Front-door edges: size limits, values copied onto NATS, request ids, error pages,
+the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway import intake
+from gateway.http import FrontDoor
+from shared.config import GatewayConfig
+from tests.frontdoor.conftest import Door
+from worker.backends.synthetic import expected_text
+
+MODEL = "edge"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+async def synth(door: Door) -> Door:
+    await door.fed.node("s1", models={MODEL: ("generate", "embed")})
+    await door.fed.seen("s1")
+    return door
+
+
+def test_max_body_follows_the_servers_max_payload() -> None:
+    assert intake.max_body(1 << 20, 1 << 20) == (1 << 20) - intake.ENVELOPE_BYTES
+    assert intake.max_body(65_536, 1 << 20) == 65_536
+    assert intake.max_body(1 << 20, 0) == 1 << 20  # unknown: the configured limit
+
+
+async def test_a_large_prompt_that_fits_is_served(synth: Door) -> None:
+    """600 KB of chat under a 1 MiB max_payload: it travels once, so it fits."""
+    body = {**CHAT, "messages": [{"role": "user", "content": "a" * 600_000}]}
+    status, answer = await synth.post("/v1/chat/completions", body)
+    assert status == 200, answer
+
+
+@pytest.mark.parametrize("size", [70_000, 300_000])
+async def test_too_large_is_an_openai_413_naming_the_limit(synth: Door, size: int) -> None:
+    gateway = await synth.fed.gateway(GatewayConfig(max_payload_bytes=65_536))
+    await synth.fed.seen("s1")
+    front = FrontDoor(gateway, port=0)
+    await front.start()
+    try:
+        url = f"http://127.0.0.1:{front.port}/v1/chat/completions"
+        for body in (
+            {**CHAT, "messages": [{"role": "user", "content": "a" * size}]},
+            {"model": MODEL, "prompt": "b" * size},
+        ):
+            path = url if "messages" in body else url.replace("chat/", "")
+            async with synth.http.post(path, json=body) as resp:
+                assert resp.status == 413
+                assert resp.content_type == "application/json"
+                error = (await resp.json())["error"]
+            assert error["code"] == "too_large"
+            assert error["type"] == "invalid_request_error"
+            assert "65536" in error["message"]
+        async with synth.http.post(url, json=CHAT) as resp:  # still serving
+            assert resp.status == 200
+    finally:
+        await front.stop()
+
+
+async def test_x_request_id_is_echoed_never_used_on_nats(synth: Door) -> None:
+    nc = await synth.fed.client()
+    sub = await nc.subscribe("infer.generate")
+    await nc.flush()
+    headers = {"X-Request-Id": "mine-1", "traceparent": TRACE}
+    fed_ids = set()
+    for _ in range(2):  # the same id twice: two requests, no collision
+        async with synth.http.post(
+            synth.base + "/v1/chat/completions", json=CHAT, headers=headers
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Request-Id"] == "mine-1"
+            fed_ids.add(resp.headers["X-Fed-Request-Id"])
+    seen = set()
+    while len(seen) < 2:  # (a client may resend a request: same id, same body)
+        msg = await sub.next_msg(timeout=5)
+        seen.add(json.loads(msg.data)["request_id"])
+        assert msg.headers is not None and msg.headers["traceparent"] == TRACE
+    assert seen == fed_ids
+    assert "mine-1" not in seen
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "param"),
+    [
+        ({"traceparent": "not-a-trace"}, {}, "traceparent"),
+        ({"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"}, {}, "traceparent"),
+        ({"traceparent": TRACE, "tracestate": "a=" + "b" * 600}, {}, "tracestate"),
+        ({"X-Request-Id": "x" * 300}, {}, "X-Request-Id"),
+        ({}, {"model": "m" * 300}, "model"),
+        ({}, {"model": 5}, "model"),
+        ({}, {"user": "u" * 300}, "user"),
+        ({}, {"qos": {"privacy": "secret"}}, "qos.privacy"),
+        ({}, {"qos": {"allowed_regions": []}}, "qos.allowed_regions"),
+        ({}, {"capability": "gen.erate"}, "capability"),
+        ({}, {"capability": ">"}, "capability"),
+        ({}, {"timeout_ms": 0}, "timeout_ms"),
+    ],
+)
+async def test_client_values_copied_onto_nats_are_checked(
+    synth: Door, headers: dict[str, str], body: dict[str, Any], param: str
+) -> None:
+    async with synth.http.post(
+        synth.base + "/v1/chat/completions", json={**CHAT, **body}, headers=headers
+    ) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["code"], error["param"]) == ("bad_request", param)
+
+
+async def test_every_error_page_is_openai_json(synth: Door) -> None:
+    for method, path, status in (
+        ("GET", "/nope", 404),
+        ("GET", "/v1/chat/completions", 405),
+        ("POST", "/v1/models", 405),
+    ):
+        async with synth.http.request(method, synth.base + path) as resp:
+            assert resp.status == status
+            assert resp.content_type == "application/json"
+            assert set((await resp.json())["error"]) == {"message", "type", "param", "code"}
+    async with synth.http.post(synth.base + "/v1/completions", data=b"\xff\xfe") as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "bad_request"
+
+
+async def test_an_unexpected_failure_is_a_json_500(
+    synth: Door, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(synth.front.client, "infer", broken)
+    async with synth.http.post(synth.base + "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 500
+        assert resp.content_type == "application/json"
+        error = (await resp.json())["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal")
+    monkeypatch.undo()
+    status, _ = await synth.post("/v1/chat/completions", CHAT)
+    assert status == 200
+
+
+async def test_embeddings_refuse_stream_and_count_usage(synth: Door) -> None:
+    status, answer = await synth.post("/v1/embeddings", {"model": MODEL, "input": ["a b", "c"]})
+    assert status == 200, answer
+    assert answer["usage"]["prompt_tokens"] == 3
+    status, answer = await synth.post(
+        "/v1/embeddings", {"model": MODEL, "input": "a", "stream": True}
+    )
+    assert (status, answer["error"]["param"]) == (400, "stream")
+
+
+async def test_a_chat_reaches_a_backend_without_chat_format(synth: Door) -> None:
+    status, answer = await synth.post("/v1/chat/completions", CHAT)
+    assert status == 200
+    assert answer["choices"][0]["message"]["content"] == expected_text(MODEL, "hi", None, 3)
+
+
+async def test_openapi_document(synth: Door) -> None:
+    async with synth.http.get(synth.base + "/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+    }
+    chat = doc["components"]["schemas"]["ChatRequest"]
+    assert chat["additionalProperties"] is False
+    assert {"messages", "tools", "tool_choice", "max_tokens", "qos"} <= set(chat["properties"])
+
+
+async def test_the_sdk_sees_typed_errors(synth: Door) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.AsyncOpenAI(base_url=f"{synth.base}/v1", api_key="x", max_retries=0)
+    try:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=0
+            )
+        assert info.value.body["param"] == "max_tokens"  # type: ignore[index]
+    finally:
+        await client.close()
+
+
+async def test_a_closed_session_is_harmless(synth: Door) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(synth.base + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
