@@ -1,26 +1,49 @@
-"""Routing benchmark: route() under live health reports, get_candidates(), heartbeats.
+"""Routing benchmark: route() under live health reports, for several latency distributions.
 
-Run: ``python -m bench.bench_routing`` (about 20 s). Prints a table, then as its last
-line one JSON object with every figure (microseconds).
+Run: ``python -m bench.bench_routing [--calls N] [--before REV]`` (about 30 s). Fleets of
+10,000 nodes, 2,500 per capability, one health report between two routes, with the
+nodes' time to first token distributed as:
+
+* ``equal``   - every node reports the same latency (a homogeneous or fresh fleet: ties);
+* ``spread``  - each node its own, uniform in 5-55 ms;
+* ``regions`` - spread, over 50 regions, every request naming one;
+* ``mix``     - 100 models, 1-3 per node over 7 capabilities, 8 regions, half the
+  requests with a region, a fifth with a high cost tolerance (the older benchmark).
+
+Each is measured for the default strategy and for ``least_latency``; with ``--before REV``
+the router of git revision REV runs on an identical fleet, call for call interleaved with
+the current one (same reports, same requests), so both figures come from the same run.
+Also: the default strategy on 100- and 1,000-node fleets (``mix``), get_candidates() and
+apply_heartbeat. Prints a table, then as its last line one JSON object (microseconds);
+``route_10000`` is the worst p99 over the distributions (the figure `make bench` checks).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import random
+import subprocess
+import sys
 import time
+import types
+from collections.abc import Callable
 from typing import Any
 
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import ModelCatalog
 from gateway.health import HealthChecker
-from gateway.router import Router
+from gateway.router import LoadBalanceStrategy, Router, RouterConfig
 from shared.messages import Heartbeat, InferRequest, ModelInfo, QoS, encode, heartbeat_decoder
 
 CAPS = ["generate", "code", "embed", "transcribe", "synthesize", "image_gen", "sentiment"]
 REGIONS = ["us-west", "us-east", "eu-west", "eu-central", "ap-south", "ap-east", "sa", "af"]
+MANY_REGIONS = [f"r{i}" for i in range(50)]
+DISTRIBUTIONS = ("equal", "spread", "regions", "mix")
 N_MODELS = 100
+
+RouterFactory = Callable[[ModelCatalog, HealthChecker, CircuitBreaker, RouterConfig], Any]
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -28,94 +51,136 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _heartbeat(rng: random.Random, i: int, models: list[tuple[str, tuple[str, ...]]]) -> Heartbeat:
-    picked = rng.sample(models, rng.randint(1, 3))
-    if i < 100:
-        picked = [*picked, ("probe-model", ("probe100",))]
-    return Heartbeat(
-        node_id=f"node-{i}",
-        incarnation=f"inc-{i}",
-        region=rng.choice(REGIONS),
-        models=tuple(ModelInfo(model=m, capabilities=c) for m, c in picked),
-        capacity=rng.randint(4, 64),
-        in_flight=rng.randint(0, 4),
-        cost=round(rng.random(), 2),
-        gpu=rng.random() < 0.5,
-        started_ms=1,
-    )
+class Fleet:
+    """A catalog, health checker and router over n nodes with a latency distribution."""
 
-
-def build_fleet(n: int, seed: int = 1) -> tuple[ModelCatalog, HealthChecker, Router, list[Any]]:
-    """A fleet of n nodes over 100 models with mixed capabilities and regions."""
-    rng = random.Random(seed)
-    models = [(f"model-{m}", tuple(rng.sample(CAPS, rng.randint(1, 2)))) for m in range(N_MODELS)]
-    catalog, health, breaker = ModelCatalog(), HealthChecker(), CircuitBreaker()
-    router = Router(catalog, health, breaker)
-    beats = []
-    for i in range(n):
-        beat = _heartbeat(rng, i, models)
-        beats.append(beat)
-        catalog.apply_heartbeat(beat.node_id or "", beat)
-        health.register_node(beat.node_id or "")
-        for _ in range(3):
-            health.report_success(beat.node_id or "", rng.uniform(0.01, 0.3), tokens=50)
-    return catalog, health, router, beats
-
-
-def _requests(rng: random.Random, count: int) -> list[InferRequest]:
-    out = []
-    for i in range(count):
-        region = rng.choice(REGIONS) if rng.random() < 0.5 else None
-        tol = 80 if rng.random() < 0.2 else 50
-        out.append(
-            InferRequest(
-                capability=rng.choice(CAPS),
-                request_id=f"r{i}",
-                qos=QoS(region=region, cost_tolerance=tol),
-            )
+    def __init__(
+        self, dist: str, n: int, strategy: LoadBalanceStrategy, make: RouterFactory = Router
+    ) -> None:
+        rng = random.Random(1)
+        self.dist = dist
+        self.catalog, self.health = ModelCatalog(), HealthChecker()
+        self.router = make(
+            self.catalog, self.health, CircuitBreaker(), RouterConfig(strategy=strategy)
         )
-    return out
+        self.ids = [f"node-{i}" for i in range(n)]
+        self.base_ms: list[float] = []
+        self.beats: list[Heartbeat] = []
+        models = [(f"model-{m}", tuple(rng.sample(CAPS, rng.randint(1, 2)))) for m in range(100)]
+        regions = MANY_REGIONS if dist == "regions" else REGIONS
+        for i, nid in enumerate(self.ids):
+            if dist == "mix":
+                picked = rng.sample(models, rng.randint(1, 3))
+                if i < 100:
+                    picked = [*picked, ("probe-model", ("probe100",))]
+            else:
+                picked = [(f"model-{i % 4}", (CAPS[i % 4],))]
+            beat = Heartbeat(
+                node_id=nid,
+                incarnation=f"inc-{i}",
+                region=rng.choice(regions),
+                models=tuple(ModelInfo(model=m, capabilities=c) for m, c in picked),
+                capacity=rng.randint(4, 64),
+                in_flight=rng.randint(0, 4),
+                cost=0.5 if dist == "equal" else round(rng.random(), 2),
+                gpu=rng.random() < 0.5,
+                started_ms=1,
+            )
+            self.beats.append(beat)
+            self.catalog.apply_heartbeat(nid, beat)
+            self.health.register_node(nid)
+            self.base_ms.append(50.0 if dist == "equal" else rng.uniform(5.0, 55.0))
+        self.rng = random.Random(2)
+        for i in range(n):
+            for _ in range(3):
+                self.report(i)
+        self.requests = self._requests(random.Random(3), 200)
+
+    def report(self, i: int) -> None:
+        """One streamed success on node i, its TTFT drawn from the distribution."""
+        ms = self.base_ms[i]
+        if self.dist != "equal":
+            ms *= self.rng.uniform(0.95, 1.05)
+        self.health.report_success(self.ids[i], ms / 1000 + 0.5, 50, ttft_s=ms / 1000)
+
+    def _requests(self, rng: random.Random, count: int) -> list[InferRequest]:
+        out = []
+        for i in range(count):
+            if self.dist == "mix":
+                region = rng.choice(REGIONS) if rng.random() < 0.5 else None
+                tol = 80 if rng.random() < 0.2 else 50
+                cap = rng.choice(CAPS)
+            else:
+                region = rng.choice(MANY_REGIONS) if self.dist == "regions" else None
+                tol, cap = 50, CAPS[0]
+            qos = QoS(region=region, cost_tolerance=tol)
+            out.append(InferRequest(capability=cap, request_id=f"r{i}", qos=qos))
+        return out
 
 
-def bench_route(n: int, calls: int) -> dict[str, float]:
-    """route() latency with one health report between calls."""
-    _, health, router, _ = build_fleet(n)
-    rng = random.Random(2)
-    reqs = _requests(rng, 200)
-    ids = [f"node-{i}" for i in range(n)]
-    for r in reqs:  # warm-up: build the orderings
-        router.route(r)
-    samples: list[float] = []
+def before_router(rev: str) -> RouterFactory:
+    """The Router class of gateway/router.py at git revision ``rev``."""
+    src = subprocess.run(
+        ["git", "show", f"{rev}:gateway/router.py"], capture_output=True, text=True, check=True
+    ).stdout
+    mod = types.ModuleType("bench_before_router")
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, f"{rev}:gateway/router.py", "exec"), mod.__dict__)
+
+    def make(catalog: Any, health: Any, breaker: Any, config: RouterConfig) -> Any:
+        strategy = mod.LoadBalanceStrategy[config.strategy.name]
+        return mod.Router(catalog, health, breaker, mod.RouterConfig(strategy=strategy))
+
+    return make
+
+
+def bench_route(
+    dist: str, n: int, strategy: LoadBalanceStrategy, calls: int, before: RouterFactory | None
+) -> dict[str, float]:
+    """route() p50/p99 with a health report before each call (and the old router's)."""
+    fleets = [Fleet(dist, n, strategy)]
+    if before is not None:
+        fleets.append(Fleet(dist, n, strategy, before))
+    for fleet in fleets:
+        for r in fleet.requests:  # warm-up: build the orderings
+            fleet.router.route(r)
+    samples: list[list[float]] = [[] for _ in fleets]
+    pick = random.Random(4)
     gc.disable()
     try:
         for i in range(calls):
-            health.report_success(rng.choice(ids), rng.uniform(0.01, 0.3), tokens=50)
-            r = reqs[i % len(reqs)]
-            t0 = time.perf_counter_ns()
-            router.route(r)
-            samples.append((time.perf_counter_ns() - t0) / 1000)
+            node = pick.randrange(n)
+            for fleet, out in zip(fleets, samples, strict=True):
+                fleet.report(node)
+                route, r = fleet.router.route, fleet.requests[i % len(fleet.requests)]
+                t0 = time.perf_counter_ns()
+                route(r)
+                out.append((time.perf_counter_ns() - t0) / 1000)
     finally:
         gc.enable()
-    return {"p50_us": _pct(samples, 0.5), "p99_us": _pct(samples, 0.99)}
+    res = {"p50_us": _pct(samples[0], 0.5), "p99_us": _pct(samples[0], 0.99)}
+    if before is not None:
+        res |= {"before_p50_us": _pct(samples[1], 0.5), "before_p99_us": _pct(samples[1], 0.99)}
+    return res
 
 
 def bench_candidates_and_heartbeats(n: int) -> dict[str, float]:
     """get_candidates() on a 100-node capability, and apply_heartbeat on the n-node fleet."""
-    catalog, _, router, beats = build_fleet(n)
+    fleet = Fleet("mix", n, RouterConfig().strategy)
     probe = InferRequest(capability="probe100", request_id="p")
-    router.route(probe)
+    fleet.router.route(probe)
     cand: list[float] = []
     for _ in range(300):
         t0 = time.perf_counter_ns()
-        got = router.get_candidates(probe)
+        got = fleet.router.get_candidates(probe)
         cand.append((time.perf_counter_ns() - t0) / 1000)
     assert len(got) == 100
     rng = random.Random(3)
-    for r in _requests(rng, 200):
-        router.route(r)
+    for r in fleet.requests:
+        fleet.router.route(r)
     wire = []
     for _ in range(20_000):
-        beat = beats[rng.randrange(n)]
+        beat = fleet.beats[rng.randrange(n)]
         wire.append((beat.node_id, encode(beat).replace(b'"in_flight":', b'"in_flight":1', 1)))
     decoded = [(nid, heartbeat_decoder.decode(raw)) for nid, raw in wire]
     hb_samples: list[float] = []
@@ -123,7 +188,7 @@ def bench_candidates_and_heartbeats(n: int) -> dict[str, float]:
     try:
         for nid, beat in decoded:
             t0 = time.perf_counter_ns()
-            catalog.apply_heartbeat(nid or "", beat)
+            fleet.catalog.apply_heartbeat(nid or "", beat)
             hb_samples.append((time.perf_counter_ns() - t0) / 1000)
     finally:
         gc.enable()
@@ -137,12 +202,33 @@ def bench_candidates_and_heartbeats(n: int) -> dict[str, float]:
 
 def main() -> None:
     """Run every benchmark, print a table and a final JSON line."""
-    results: dict[str, Any] = {}
-    print(f"{'fleet':>7} | {'route p50 µs':>12} | {'route p99 µs':>12}")
-    for n, calls in ((100, 20_000), (1_000, 20_000), (10_000, 20_000)):
-        r = bench_route(n, calls)
-        results[f"route_{n}"] = r
-        print(f"{n:>7} | {r['p50_us']:>12.1f} | {r['p99_us']:>12.1f}")
+    p = argparse.ArgumentParser(description="route() cost under live health reports")
+    p.add_argument("--calls", type=int, default=20_000, help="routes per figure")
+    p.add_argument("--before", metavar="REV", help="also run the router of this git revision")
+    args = p.parse_args()
+    before = before_router(args.before) if args.before else None
+    default = RouterConfig().strategy
+    results: dict[str, Any] = {"default_strategy": default.value}
+    head = f"{'fleet':>6} {'distribution':<8} {'strategy':<14} | {'p50 µs':>7} {'p99 µs':>8}"
+    print(head + (f" | {'before p50':>10} {'before p99':>10}" if before else ""))
+    worst = 0.0
+    cases = [(100, "mix", default, None), (1_000, "mix", default, None)]
+    for dist in DISTRIBUTIONS:
+        for strategy in (default, LoadBalanceStrategy.LEAST_LATENCY):
+            cases.append((10_000, dist, strategy, before))
+    for n, dist, strategy, old in cases:
+        r = bench_route(dist, n, strategy, args.calls, old)
+        results[f"route_{n}_{dist}_{strategy.value}"] = r
+        if n == 10_000 and strategy is default:
+            worst = max(worst, r["p99_us"])
+        if n < 10_000:
+            results[f"route_{n}"] = r
+        line = f"{n:>6} {dist:<8} {strategy.value:<14} | {r['p50_us']:>7.1f} {r['p99_us']:>8.1f}"
+        if "before_p50_us" in r:
+            line += f" | {r['before_p50_us']:>10.1f} {r['before_p99_us']:>10.1f}"
+        print(line, flush=True)
+    results["route_10000"] = {"p99_us": worst}
+    print(f"route() p99 at 10,000 nodes, worst distribution, {default.value}: {worst:.1f} µs")
     extra = bench_candidates_and_heartbeats(10_000)
     results.update(extra)
     print(

@@ -1,13 +1,26 @@
-"""Passive health tracking of nodes, with real latency percentiles and probe scheduling.
+"""Passive health tracking of nodes: per-unit-of-work latency, decay, and canary scheduling.
 
-Transitions (as the reference; thresholds from ``HealthConfig``)::
+States and transitions (thresholds from ``HealthConfig``; docs/routing.md draws them)::
 
-    success slower than degraded_latency_s        -> DEGRADED (whatever the count)
-    success, consecutive_successes >= recovery (2) -> HEALTHY
-    success otherwise                              -> unchanged (one success keeps UNKNOWN)
-    failure, consecutive_failures >= threshold (3) -> UNHEALTHY
-    failure otherwise                              -> DEGRADED (the first failure demotes)
-    probe success on UNHEALTHY                     -> UNKNOWN, counters reset (gets traffic again)
+    register                                   -> UNKNOWN, counters 0
+    success judged slow                        -> DEGRADED (whatever the count)
+    success, consecutive_successes >= recovery -> HEALTHY
+    success otherwise                          -> unchanged (one success keeps UNKNOWN)
+    failure, consecutive_failures >= threshold -> UNHEALTHY
+    failure otherwise                          -> DEGRADED (the first failure demotes)
+    probe success                              -> a success; UNHEALTHY -> UNKNOWN first
+    probe failure                              -> a failure
+
+A success is judged per unit of work: its time to first token (``ttft_s``) against
+``degraded_ttft_s`` and its time per output token against ``degraded_tpot_s`` and against
+``slow_factor`` x the node's own median. A success reported with neither ``ttft_s`` nor
+``tokens`` is a whole request (an RPC such as an embedding) and is judged as the
+reference does: slower than ``degraded_latency_s`` is slow.
+
+Nothing excludes a node for good: samples age out (``sample_max_age_s``), and
+``needs_probe()`` names the nodes that traffic alone would not re-measure (unknown,
+unhealthy, over the latency limit, degraded or idle); a probe success puts an
+out-of-service node back with the probe's latency as its only sample.
 
 Reports about unregistered nodes are silent no-ops. Each change replaces the node's
 immutable ``NodeHealth`` snapshot, so readers never see a half-updated record.
@@ -15,7 +28,6 @@ immutable ``NodeHealth`` snapshot, so readers never see a half-updated record.
 
 from __future__ import annotations
 
-import bisect
 import enum
 import math
 from collections import deque
@@ -23,7 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.clock import MONOTONIC, Clock
+from gateway.latency import SampleWindow, percentile
 from shared.errors import NodeUnreachable
+
+__all__ = ["HealthChecker", "HealthConfig", "HealthState", "NodeHealth", "percentile"]
 
 
 class HealthState(enum.Enum):
@@ -42,14 +57,31 @@ class HealthConfig:
     failure_threshold: int = 3
     recovery_threshold: int = 2
     degraded_latency_s: float = 1.0
+    """A whole-request success (no ttft_s, no tokens) slower than this is slow."""
     window: int = 128
-    """Latency samples kept per node for the percentiles."""
+    """Samples kept per node and per measure (latency, time per token, tokens/s)."""
     check_interval_s: float = 10.0
     """Minimum time between two probes of the same node."""
     probe_timeout_s: float = 5.0
     publish_interval_s: float = 0.0
     """Successes that leave the status unchanged notify listeners at most this often per
     node (0: every time); ``flush()`` sends what is pending."""
+    degraded_ttft_s: float = 10.0
+    """A first token later than this is slow (prompt length makes TTFT vary: lenient)."""
+    degraded_tpot_s: float = 0.5
+    """A time per output token above this is slow."""
+    slow_factor: float = 8.0
+    """A time per output token above this many times the node's own median is slow
+    (0 disables the relative rule)."""
+    slow_min_samples: int = 8
+    """The relative rule needs at least this many earlier time-per-token samples."""
+    sample_max_age_s: float = 120.0
+    """Samples older than this leave the windows, except each window's newest (0: never)."""
+    idle_probe_s: float = 60.0
+    """A node with no latency sample for this long is due for a probe (0: never)."""
+    latency_limit_s: float = 5.0
+    """p50 above which routing excludes a node (keep equal to LatencyPolicy.max_latency_s):
+    such a node is probed, and a probe success replaces its latency samples."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +91,8 @@ class NodeHealth:
     node_id: str
     status: HealthState
     latency_p50_ms: float = 0.0
+    """Percentiles of the latency samples: time to first token for streams and probes,
+    the whole time for requests reported without tokens."""
     latency_p90_ms: float = 0.0
     latency_p99_ms: float = 0.0
     tokens_per_s: float | None = None
@@ -68,47 +102,66 @@ class NodeHealth:
     last_check: float = 0.0
     samples: int = 0
     """Latency samples in the window (0 = latency never measured)."""
+    tpot_p50_ms: float = 0.0
+    """Median time per output token (ms); 0 until a report carries tokens."""
+    tpot_samples: int = 0
 
 
 HealthListener = Callable[[str], None]
 """Called with the node id after every change of its health."""
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1) of an ascending list; 0.0 when empty."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 class _State:
     __slots__ = (
         "failures",
+        "last_outcome",
         "last_probe",
         "lat",
         "published_at",
+        "rate",
         "snapshot",
-        "sorted_lat",
         "status",
         "successes",
-        "tok",
         "tok_lat_sum",
         "tok_sum",
+        "tpot",
     )
 
-    def __init__(self, snapshot: NodeHealth, window: int) -> None:
+    def __init__(self, snapshot: NodeHealth, config: HealthConfig, now: float) -> None:
         self.snapshot = snapshot
         self.status = snapshot.status
         self.failures = 0
         self.successes = 0
-        self.lat: deque[float] = deque(maxlen=window)
-        self.sorted_lat: list[float] = []
-        self.tok: deque[tuple[float, int]] = deque(maxlen=window)
+        self.lat = SampleWindow(config.window, config.sample_max_age_s)
+        self.tpot = SampleWindow(config.window, config.sample_max_age_s)
+        self.rate: deque[tuple[float, float, int]] = deque(maxlen=max(1, config.window))
         self.tok_sum = 0
         self.tok_lat_sum = 0.0
         self.last_probe = -math.inf
+        self.last_outcome = now
         self.published_at = -math.inf
+
+    def add_rate(self, now: float, latency_s: float, tokens: int) -> None:
+        if len(self.rate) == self.rate.maxlen:
+            self._drop_rate()
+        self.rate.append((now, latency_s, tokens))
+        self.tok_lat_sum += latency_s
+        self.tok_sum += tokens
+
+    def _drop_rate(self) -> None:
+        _, lat, tok = self.rate.popleft()
+        self.tok_lat_sum -= lat
+        self.tok_sum -= tok
+
+    def expire(self, now: float, max_age_s: float) -> bool:
+        """Age out old samples; True if any figure changed."""
+        changed = self.lat.expire(now)
+        changed = self.tpot.expire(now) or changed
+        if max_age_s:
+            while len(self.rate) > 1 and self.rate[0][0] < now - max_age_s:
+                self._drop_rate()
+                changed = True
+        return changed
 
 
 class HealthChecker:
@@ -128,33 +181,36 @@ class HealthChecker:
 
     def _publish(self, node_id: str, st: _State) -> None:
         self._dirty.discard(node_id)
-        st.published_at = self._clock()
-        lat = st.sorted_lat
+        now = st.published_at = self._clock()
+        lat, tpot = st.lat, st.tpot
         st.snapshot = NodeHealth(
             node_id=node_id,
             status=st.status,
-            latency_p50_ms=percentile(lat, 0.50),
-            latency_p90_ms=percentile(lat, 0.90),
-            latency_p99_ms=percentile(lat, 0.99),
+            latency_p50_ms=lat.quantile(0.50),
+            latency_p90_ms=lat.quantile(0.90),
+            latency_p99_ms=lat.quantile(0.99),
             tokens_per_s=st.tok_sum / st.tok_lat_sum if st.tok_lat_sum > 0 else None,
             consecutive_failures=st.failures,
             consecutive_successes=st.successes,
-            last_check=self._clock(),
+            last_check=now,
             samples=len(lat),
+            tpot_p50_ms=tpot.quantile(0.50),
+            tpot_samples=len(tpot),
         )
         for listener in self._listeners:
             listener(node_id)
 
     def register_node(self, node_id: str) -> None:
         """(Re)register a node: fresh UNKNOWN state."""
-        snap = NodeHealth(node_id=node_id, status=HealthState.UNKNOWN, last_check=self._clock())
-        st = _State(snap, self.config.window)
-        self._nodes[node_id] = st
+        now = self._clock()
+        snap = NodeHealth(node_id=node_id, status=HealthState.UNKNOWN, last_check=now)
+        self._nodes[node_id] = _State(snap, self.config, now)
         for listener in self._listeners:
             listener(node_id)
 
     def deregister_node(self, node_id: str) -> None:
         """Forget a node (unknown ids are fine)."""
+        self._dirty.discard(node_id)
         if self._nodes.pop(node_id, None) is not None:
             for listener in self._listeners:
                 listener(node_id)
@@ -163,37 +219,58 @@ class HealthChecker:
         """True if the node is tracked."""
         return node_id in self._nodes
 
-    def report_success(self, node_id: str, latency_s: float, tokens: int = 0) -> None:
-        """A request succeeded in ``latency_s`` seconds producing ``tokens`` tokens."""
+    def report_success(
+        self, node_id: str, latency_s: float, tokens: int = 0, *, ttft_s: float | None = None
+    ) -> None:
+        """A request succeeded: ``latency_s`` the whole attempt, ``tokens`` output tokens,
+        ``ttft_s`` the time to its first chunk (streams; None otherwise).
+
+        With neither ``ttft_s`` nor ``tokens`` it is judged as one whole request (the
+        reference rule); otherwise per unit of work: TTFT, and time per output token
+        ((latency - ttft) / tokens, or latency / tokens without a TTFT)."""
         st = self._nodes.get(node_id)
         if st is None:
             return
+        cfg = self.config
+        now = self._clock()
+        st.expire(now, cfg.sample_max_age_s)
         st.failures = 0
         st.successes += 1
-        ms = latency_s * 1000.0
-        if len(st.lat) == st.lat.maxlen:
-            old = st.lat[0]
-            del st.sorted_lat[bisect.bisect_left(st.sorted_lat, old)]
-        st.lat.append(ms)
-        bisect.insort(st.sorted_lat, ms)
+        st.last_outcome = now
+        if ttft_s is None and tokens <= 0:
+            st.lat.add(now, latency_s * 1000.0)
+            slow = latency_s > cfg.degraded_latency_s
+        else:
+            slow = False
+            if ttft_s is not None:
+                st.lat.add(now, ttft_s * 1000.0)
+                slow = ttft_s > cfg.degraded_ttft_s
+            if tokens > 0:
+                work_s = latency_s - ttft_s if ttft_s is not None else latency_s
+                tpot_ms = max(work_s, 0.0) * 1000.0 / tokens
+                slow = self._slow_tpot(st, tpot_ms) or slow
+                st.tpot.add(now, tpot_ms)
         if tokens > 0 and latency_s > 0:
-            if len(st.tok) == st.tok.maxlen:
-                old_lat, old_tok = st.tok[0]
-                st.tok_lat_sum -= old_lat
-                st.tok_sum -= old_tok
-            st.tok.append((latency_s, tokens))
-            st.tok_lat_sum += latency_s
-            st.tok_sum += tokens
+            st.add_rate(now, latency_s, tokens)
         before = st.status
-        if latency_s > self.config.degraded_latency_s:
+        if slow:
             st.status = HealthState.DEGRADED
-        elif st.successes >= self.config.recovery_threshold:
+        elif st.successes >= cfg.recovery_threshold:
             st.status = HealthState.HEALTHY
-        interval = self.config.publish_interval_s
-        if interval and st.status is before and self._clock() - st.published_at < interval:
+        interval = cfg.publish_interval_s
+        if interval and st.status is before and now - st.published_at < interval:
             self._dirty.add(node_id)  # same status: the figures follow within interval
             return
         self._publish(node_id, st)
+
+    def _slow_tpot(self, st: _State, tpot_ms: float) -> bool:
+        cfg = self.config
+        if tpot_ms > cfg.degraded_tpot_s * 1000.0:
+            return True
+        if not cfg.slow_factor or len(st.tpot) < cfg.slow_min_samples:
+            return False
+        median = st.tpot.quantile(0.5)
+        return median > 0 and tpot_ms > cfg.slow_factor * median
 
     def flush(self) -> None:
         """Publish every node whose figures changed since its last publish."""
@@ -211,26 +288,51 @@ class HealthChecker:
             return
         st.successes = 0
         st.failures += 1
+        st.last_outcome = self._clock()
         if st.failures >= self.config.failure_threshold:
             st.status = HealthState.UNHEALTHY
         else:
             st.status = HealthState.DEGRADED
         self._publish(node_id, st)
 
-    def report_probe_success(self, node_id: str) -> None:
-        """A probe (ping) answered: an UNHEALTHY node goes back to UNKNOWN, counters reset."""
+    def report_probe_success(self, node_id: str, latency_s: float | None = None) -> None:
+        """A probe (canary) answered in ``latency_s`` (its TTFT; None: not measured).
+
+        It counts as a success. An UNHEALTHY node goes back to UNKNOWN first (counters
+        reset); an UNHEALTHY node or one over ``latency_limit_s`` keeps the probe's
+        latency as its only sample, so it is back in service at once."""
         st = self._nodes.get(node_id)
         if st is None:
             return
+        cfg = self.config
+        now = self._clock()
+        st.expire(now, cfg.sample_max_age_s)
+        out = st.status is HealthState.UNHEALTHY or self._over_limit(st)
         if st.status is HealthState.UNHEALTHY:
             st.status = HealthState.UNKNOWN
-            st.failures = 0
             st.successes = 0
+        st.failures = 0
+        st.successes += 1
+        st.last_outcome = now
+        slow = False
+        if latency_s is not None:
+            if out:
+                st.lat.reset(now, latency_s * 1000.0)
+            else:
+                st.lat.add(now, latency_s * 1000.0)
+            slow = latency_s > cfg.degraded_ttft_s
+        if slow:
+            st.status = HealthState.DEGRADED
+        elif st.successes >= cfg.recovery_threshold:
+            st.status = HealthState.HEALTHY
         self._publish(node_id, st)
 
     def report_probe_failure(self, node_id: str) -> None:
         """A probe failed: counts as a failure."""
         self.report_failure(node_id)
+
+    def _over_limit(self, st: _State) -> bool:
+        return bool(st.lat.sorted) and st.lat.quantile(0.5) > self.config.latency_limit_s * 1e3
 
     def get_cached_health(self, node_id: str) -> NodeHealth | None:
         """The node's current snapshot, or None if unregistered."""
@@ -257,12 +359,30 @@ class HealthChecker:
         return len(self._nodes)
 
     def needs_probe(self) -> list[str]:
-        """UNKNOWN/UNHEALTHY nodes due for a probe (each at most once per check_interval_s)."""
+        """Nodes due for a canary, each at most once per ``check_interval_s``.
+
+        Due: UNHEALTHY nodes; nodes whose p50 is over ``latency_limit_s``; UNKNOWN and
+        DEGRADED nodes with no outcome for ``check_interval_s`` (traffic is not proving
+        them); nodes with no latency sample for ``idle_probe_s`` (never measured, or
+        idle). Also ages every node's samples out (call it periodically)."""
+        cfg = self.config
         now = self._clock()
+        interval, idle = cfg.check_interval_s, cfg.idle_probe_s
         due: list[str] = []
         for node_id, st in self._nodes.items():
-            if st.status in (HealthState.UNKNOWN, HealthState.UNHEALTHY) and (
-                now - st.last_probe >= self.config.check_interval_s
+            if st.expire(now, cfg.sample_max_age_s):
+                self._publish(node_id, st)
+            if now - st.last_probe < interval:
+                continue
+            status = st.status
+            if (
+                status is HealthState.UNHEALTHY
+                or self._over_limit(st)
+                or (
+                    status is not HealthState.HEALTHY
+                    and (not st.lat.sorted or now - st.last_outcome >= interval)
+                )
+                or (idle and now - st.lat.last_at >= idle)
             ):
                 st.last_probe = now
                 due.append(node_id)

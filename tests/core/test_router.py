@@ -19,8 +19,9 @@ S = LoadBalanceStrategy
 
 def test_config_defaults() -> None:
     c = RouterConfig()
-    assert (c.max_candidates, c.min_score, c.strategy, c.seed) == (10, 0.1, S.LEAST_LATENCY, None)
-    assert LoadBalanceStrategy.LEAST_LATENCY is RouterConfig().strategy
+    # Issue 12: the default spreads load (the reference's default was LEAST_LATENCY).
+    assert (c.max_candidates, c.min_score, c.strategy, c.seed) == (10, 0.1, S.POWER_OF_TWO, None)
+    assert (c.spread_tolerance, c.spread_tolerance_ms, c.explore_max_in_flight) == (0.25, 5.0, 1)
 
 
 def test_route_no_nodes() -> None:
@@ -236,13 +237,19 @@ def test_weighted_random_and_power_of_two_are_seeded() -> None:
         fleet(w, 4)
         picks.append([w.router.route(req()).node_id for _ in range(50)])
     assert picks[0] == picks[1] and len(set(picks[0])) == 4
-    w = World(RouterConfig(strategy=S.POWER_OF_TWO, seed=3))
-    fleet(w, 4)
-    w.catalog.add_in_flight("n0", 1)
-    w.catalog.add_in_flight("n1", 1)
-    w.catalog.add_in_flight("n2", 1)
-    counts = Counter(w.router.route(req()).node_id for _ in range(200))
-    assert counts["n3"] > counts["n0"]
+    # Issue 12: POWER_OF_TWO draws from the near-best band (here four equal nodes), not
+    # from the ten best whatever their latency; the less loaded of two wins.
+    runs = []
+    for _ in range(2):
+        w = World(RouterConfig(strategy=S.POWER_OF_TWO, seed=3))
+        for i in range(4):
+            w.catalog.apply_heartbeat(f"n{i}", hb(region="us", capacity=2))
+            w.healthy(f"n{i}", 0.02)
+        for i in range(3):
+            w.catalog.add_in_flight(f"n{i}", 1)
+        runs.append([w.router.route(req()).node_id for _ in range(200)])
+    counts = Counter(runs[0])
+    assert runs[0] == runs[1] and counts["n3"] > 2 * counts["n0"]
 
 
 def test_consistent_hash_affinity() -> None:

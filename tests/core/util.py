@@ -9,7 +9,7 @@ from gateway.catalog import ModelCatalog, NodeInfo
 from gateway.clock import FakeClock
 from gateway.health import HealthChecker, HealthConfig, HealthState, NodeHealth
 from gateway.policies import Candidate, Scores, build_candidate
-from gateway.router import Router, RouterConfig
+from gateway.router import LoadBalanceStrategy, Router, RouterConfig
 from shared.messages import Heartbeat, InferRequest, ModelInfo, Privacy, QoS
 
 
@@ -68,7 +68,8 @@ def real_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) ->
 
 
 class World:
-    """Catalog + health + breaker + router on one fake clock."""
+    """Catalog + health + breaker + router on one fake clock (LEAST_LATENCY unless a
+    router config says otherwise)."""
 
     def __init__(
         self,
@@ -81,6 +82,8 @@ class World:
         self.catalog = ModelCatalog(clock=self.clock)
         self.health = HealthChecker(health_config, clock=self.clock)
         self.breaker = CircuitBreaker(breaker_config, clock=self.clock)
+        if router_config is None:  # the reference's deterministic strategy
+            router_config = RouterConfig(strategy=LoadBalanceStrategy.LEAST_LATENCY)
         self.router = Router(
             self.catalog, self.health, self.breaker, router_config, policy, clock=self.clock
         )

@@ -1,0 +1,321 @@
+"""The router's candidate index: scores, eligibility, and the best-first walk.
+
+``CandidateIndex`` keeps one ``Ordering`` (gateway/ordering.py) per (capability, model,
+policy variant key) seen in a request, maintained from catalog and health listeners, and
+answers two questions fast: "is this node selectable for this request, and with what
+score?" (``candidate``) and "which are the k best?" (``walk``, a bounded walk that stops
+when no later node can beat the k-th best; a tie cannot). ``explain`` and ``classify``
+are the full scans behind dry runs and the error of a failed route.
+
+Totals are computed as (base + sum of the dynamic scores) / n on every path, where base
+is the sum of the static and variant scores in member order, so the walk's bound
+(base + sum of the dynamic upper bounds) / n is never below a total, and ``explain``
+gives bit for bit the totals ``walk`` compares.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Collection, Hashable
+
+from gateway.breaker import CircuitBreaker, CircuitState
+from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
+from gateway.health import HealthChecker, HealthState, NodeHealth
+from gateway.ordering import Entry, Ordering
+from gateway.policies import (
+    Candidate,
+    CompositePolicy,
+    LatencyPolicy,
+    Policy,
+    PolicyKind,
+    build_candidate,
+    synthetic_health,
+)
+from shared.errors import AllNodesUnhealthy, NoCapacity, Overloaded, PolicyViolation
+from shared.messages import InferRequest
+
+Bucket = tuple[list[Entry], float | None, str | None]
+"""(entries best first, the dynamic members' upper bound or None, a region to skip)."""
+
+
+class CandidateIndex:
+    """Orderings of the nodes by base score, and the candidates they yield."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        health: HealthChecker,
+        breaker: CircuitBreaker,
+        policy: Policy | None,
+        min_score: float,
+    ) -> None:
+        self.catalog = catalog
+        self.health = health
+        self.breaker = breaker
+        self.min_score = min_score
+        self._synthetic: dict[str, NodeHealth] = {}
+        self.set_policy(policy)
+        catalog.add_listener(self._on_catalog)
+        health.add_listener(self._on_health)
+
+    def set_policy(self, policy: Policy | None) -> None:
+        """Use ``policy`` (default: the enterprise set); the orderings rebuild lazily."""
+        if policy is None:
+            policy = CompositePolicy.enterprise_default()
+        elif not isinstance(policy, CompositePolicy):
+            policy = CompositePolicy([policy])
+        self.policy: CompositePolicy = policy
+        # The members are snapshot here: mutate a composite before handing it over.
+        members = policy.policies
+        self.n = len(members)
+        self._dynamic = tuple(p.kind is PolicyKind.DYNAMIC for p in members)
+        self._base_scorers = tuple(p.score for p in members if p.kind is not PolicyKind.DYNAMIC)
+        self._dyn_scorers = tuple(p.score for p in members if p.kind is PolicyKind.DYNAMIC)
+        self._checks = tuple(
+            p.is_eligible for p in members if type(p).is_eligible is not Policy.is_eligible
+        )
+        self._variants = tuple(p.variant for p in members if p.kind is PolicyKind.VARIANT)
+        self._bounds = tuple(p.bounds for p in members if p.kind is PolicyKind.DYNAMIC)
+        self.ms_worth = sum(
+            p.weight / (p.max_latency_s * 1000.0)
+            for p in members
+            if isinstance(p, LatencyPolicy) and p.max_latency_s > 0
+        ) / max(self.n, 1)
+        """What one millisecond of p50 is worth in total score (LatencyPolicy members)."""
+        self._orderings: dict[tuple[str, str | None, tuple[Hashable, ...]], Ordering] = {}
+        self._by_cap: dict[str, list[Ordering]] = {}
+        self._memberships: dict[str, list[Ordering]] = {}
+
+    # -- scores -----------------------------------------------------------------------
+
+    def health_of(self, node_id: str) -> NodeHealth:
+        """The node's health snapshot (a synthetic UNKNOWN one if unregistered)."""
+        h = self.health.get_cached_health(node_id)
+        if h is None:
+            h = self._synthetic.get(node_id)
+            if h is None:
+                h = self._synthetic[node_id] = synthetic_health(node_id)
+        return h
+
+    def _base(self, node: NodeInfo, h: NodeHealth, request: InferRequest) -> float:
+        c, base = build_candidate(node, h, request), 0.0
+        for score in self._base_scorers:
+            base += score(c, request)
+        return base if math.isfinite(base) else -1e300
+
+    def _total(self, c: Candidate, base: float, request: InferRequest) -> float:
+        if not self.n:
+            return 1.0
+        dyn = 0.0
+        for score in self._dyn_scorers:
+            dyn += score(c, request)
+        return (base + dyn) / self.n
+
+    def _rejection(self, c: Candidate, request: InferRequest) -> str:
+        for check in self._checks:
+            ok, reason = check(c, request)
+            if not ok:
+                return reason or "rejected"
+        return ""
+
+    def _upper_extra(self, request: InferRequest, same_region: bool) -> float | None:
+        hi = 0.0
+        for bounds in self._bounds:
+            b = bounds(request, same_region)
+            if b is None:
+                return None
+            hi += b[1]
+        return hi
+
+    # -- orderings ----------------------------------------------------------------------
+
+    def ordering(self, request: InferRequest) -> Ordering:
+        """The request's ordering (built on first use, then kept up to date)."""
+        key = (request.capability, request.model, tuple(v(request) for v in self._variants))
+        o = self._orderings.get(key)
+        if o is None:
+            o = Ordering(request.capability, request.model, request)
+            items = []
+            for node in self.catalog.nodes_for(request.capability, request.model):
+                h = self.health_of(node.node_id)
+                unknown = h.status is HealthState.UNKNOWN
+                items.append((node, self._base(node, h, request), unknown))
+                self._memberships.setdefault(node.node_id, []).append(o)
+            o.fill(items)
+            self._orderings[key] = o
+            self._by_cap.setdefault(request.capability, []).append(o)
+        return o
+
+    def _on_health(self, node_id: str) -> None:
+        orderings = self._memberships.get(node_id)
+        if not orderings:
+            return
+        node = self.catalog.node(node_id)
+        if node is None:
+            return
+        h = self.health_of(node_id)
+        unknown = h.status is HealthState.UNKNOWN
+        for o in orderings:
+            base = self._base(node, h, o.template)
+            if not o.same(node, base, unknown):
+                o.put(node, base, unknown)
+
+    def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
+        nid = node.node_id
+        if event is CatalogEvent.CHANGED:
+            self._on_health(nid)
+            return
+        for o in self._memberships.pop(nid, ()):
+            o.remove(nid)
+        self._synthetic.pop(nid, None)
+        if event is CatalogEvent.REMOVED:
+            return
+        h = self.health_of(nid)
+        joined: list[Ordering] = []
+        for cap in node.capabilities:
+            for o in self._by_cap.get(cap, ()):
+                if o.matches(node):
+                    o.put(node, self._base(node, h, o.template), h.status is HealthState.UNKNOWN)
+                    joined.append(o)
+        if joined:
+            self._memberships[nid] = joined
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def candidate(
+        self, node: NodeInfo, base: float, request: InferRequest, exclude: Collection[str]
+    ) -> Candidate | None:
+        """The scored candidate (``base`` from its ordering entry), or None when the node
+        is not selectable for this request."""
+        nid = node.node_id
+        if nid in exclude or node.draining or node.at_capacity or not self.breaker.admits(nid):
+            return None
+        h = self.health_of(nid)
+        if h.status is HealthState.UNHEALTHY:
+            return None
+        c = build_candidate(node, h, request)
+        if self._rejection(c, request):
+            return None
+        total = self._total(c, base, request)
+        if not total >= self.min_score:
+            return None
+        c.scores.total = total
+        return c
+
+    def buckets(self, o: Ordering, request: InferRequest) -> list[Bucket]:
+        """What to walk: the request region's nodes first, then the others."""
+        region = request.qos.region
+        if region is not None and region in o.by_region:
+            return [
+                (o.by_region[region], self._upper_extra(request, True), None),
+                (o.entries, self._upper_extra(request, False), region),
+            ]
+        return [(o.entries, self._upper_extra(request, False), None)]
+
+    def walk(
+        self,
+        o: Ordering,
+        request: InferRequest,
+        exclude: Collection[str],
+        k: int,
+        floor: float = -math.inf,
+    ) -> list[Candidate]:
+        """The k best selectable candidates scoring at least ``floor``, best first.
+
+        Stops at the first node whose bound cannot beat the k-th best: a tie cannot
+        (within a list the node met first has the lower catalog order)."""
+        n, stop, candidate = self.n, max(self.min_score, floor), self.candidate
+        best: list[tuple[float, int, Candidate]] = []
+        for entries, hi, skip in self.buckets(o, request):
+            for neg_base, seq, node in entries:
+                if hi is not None:
+                    upper = (hi - neg_base) / n if n else 1.0
+                    if upper < stop or (len(best) >= k and upper <= best[0][0]):
+                        break
+                if skip is not None and node.region == skip:
+                    continue
+                c = candidate(node, -neg_base, request, exclude)
+                if c is None or c.scores.total < stop:
+                    continue
+                item = (c.scores.total, -seq, c)
+                if len(best) < k:
+                    heapq.heappush(best, item)
+                elif item[:2] > best[0][:2]:
+                    heapq.heapreplace(best, item)
+        best.sort(key=lambda t: (-t[0], -t[1]))
+        return [t[2] for t in best]
+
+    # -- full scans ---------------------------------------------------------------------
+
+    def classify(self, request: InferRequest, exclude: Collection[str]) -> Exception:
+        """Why nothing was selectable (the slow path, a full scan)."""
+        cap = request.capability
+        built, privacy_only, full = 0, True, False
+        for node in self.catalog.nodes_for(cap, request.model):
+            nid = node.node_id
+            h = self.health_of(nid)
+            if nid in exclude or not self.breaker.admits(nid) or h.status is HealthState.UNHEALTHY:
+                continue
+            built += 1
+            c = build_candidate(node, h, request)
+            rejected = self.policy.rejected_by(c, request)
+            if rejected or node.draining:
+                privacy_only = privacy_only and "privacy" in rejected
+                continue
+            privacy_only = False
+            total = self._total(c, self._base(node, h, request), request)
+            if total >= self.min_score and node.at_capacity:
+                full = True
+        if built == 0:
+            return NoCapacity(cap)
+        if full:
+            return Overloaded(f"All eligible nodes at capacity for capability: {cap}")
+        if privacy_only:
+            return PolicyViolation(cap)
+        return AllNodesUnhealthy(cap)
+
+    def explain(self, request: InferRequest) -> list[Candidate]:
+        """Every node for the request's capability/model, scored and explained, best
+        first (eligible ones first; ties by catalog order)."""
+        out: list[Candidate] = []
+        members = self.policy.policies
+        named = tuple(zip([p.name for p in members], self._dynamic, strict=True))
+        scorers = tuple(p.score for p in members)
+        n, min_score = self.n, self.min_score
+        for node in self.catalog.nodes_for(request.capability, request.model):
+            nid = node.node_id
+            h = self.health_of(nid)
+            c = build_candidate(node, h, request)
+            contributions: dict[str, float] = {}
+            base = dyn = 0.0
+            for (name, dynamic), score in zip(named, scorers, strict=True):
+                value = score(c, request)
+                contributions[name] = value
+                if dynamic:
+                    dyn += value
+                else:
+                    base += value
+            if not math.isfinite(base):
+                base = -1e300
+            c.contributions = contributions
+            c.scores.total = (base + dyn) / n if n else 1.0
+            reason = self._rejection(c, request)
+            if node.draining:
+                reason = "draining"
+            elif not self.breaker.admits(nid):
+                open_ = self.breaker.state(nid) is CircuitState.OPEN
+                reason = "circuit open" if open_ else "circuit half-open: probe busy"
+            elif h.status is HealthState.UNHEALTHY:
+                reason = "unhealthy"
+            elif reason:
+                pass
+            elif not c.scores.total >= min_score:
+                reason = f"score {c.scores.total:.3f} below min_score {min_score:g}"
+            elif node.at_capacity:
+                reason = "at capacity"
+            c.eligible = not reason
+            c.reason = reason
+            out.append(c)
+        out.sort(key=lambda c: (not c.eligible, -c.scores.total, c.node.seq))
+        return out

@@ -1,0 +1,136 @@
+"""The router's incremental index: one ``Ordering`` per (capability, model, variant key).
+
+An ordering holds its nodes sorted by base score (the request-independent part of their
+composite score), best first, once globally and once per region, plus the nodes whose
+health is still UNKNOWN (the ones a spreading strategy explores). Updates are two
+``bisect`` deletions and insertions per list; nothing is ever re-sorted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+
+from gateway.catalog import NodeInfo
+from shared.messages import InferRequest
+
+Entry = tuple[float, int, NodeInfo]
+"""(-base, seq, node): ascending order is best first, ties by catalog order."""
+
+
+class Bag:
+    """An unordered set of nodes with O(1) add, remove and uniform random choice."""
+
+    __slots__ = ("_at", "items")
+
+    def __init__(self) -> None:
+        self.items: list[NodeInfo] = []
+        self._at: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, node: NodeInfo) -> None:
+        """Insert or replace ``node``."""
+        i = self._at.get(node.node_id)
+        if i is None:
+            self._at[node.node_id] = len(self.items)
+            self.items.append(node)
+        else:
+            self.items[i] = node
+
+    def discard(self, node_id: str) -> None:
+        """Remove the node if present (swap with the last item)."""
+        i = self._at.pop(node_id, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self._at[last.node_id] = i
+
+    def choice(self, rng: random.Random) -> NodeInfo:
+        """A uniformly random member (the bag must not be empty)."""
+        return self.items[rng.randrange(len(self.items))]
+
+
+class Ordering:
+    """Nodes of one (capability, model, variant) sorted by base score, also per region."""
+
+    __slots__ = (
+        "by_region",
+        "capability",
+        "entries",
+        "keys",
+        "model",
+        "template",
+        "unknown",
+        "unknown_by_region",
+    )
+
+    def __init__(self, capability: str, model: str | None, template: InferRequest) -> None:
+        self.capability = capability
+        self.model = model
+        self.template = template
+        """The request that created it: its variant key is every member's."""
+        self.entries: list[Entry] = []
+        self.by_region: dict[str, list[Entry]] = {}
+        self.keys: dict[str, tuple[Entry, str, bool]] = {}
+        """node id -> (its entry, its region, whether it is in ``unknown``)."""
+        self.unknown = Bag()
+        self.unknown_by_region: dict[str, Bag] = {}
+
+    def matches(self, node: NodeInfo) -> bool:
+        """True if the node belongs here (serves the capability, and the model if set)."""
+        if self.model is None:
+            return self.capability in node.capabilities
+        return self.capability in node.models.get(self.model, ())
+
+    def same(self, node: NodeInfo, base: float, unknown: bool) -> bool:
+        """True if ``put(node, base, unknown)`` would change nothing."""
+        old = self.keys.get(node.node_id)
+        return old is not None and old[0][0] == -base and old[0][2] is node and old[2] is unknown
+
+    def remove(self, node_id: str) -> None:
+        """Take the node out (unknown ids are fine)."""
+        old = self.keys.pop(node_id, None)
+        if old is None:
+            return
+        entry, region, unknown = old
+        del self.entries[bisect.bisect_left(self.entries, entry)]
+        bucket = self.by_region[region]
+        del bucket[bisect.bisect_left(bucket, entry)]
+        if not bucket:
+            del self.by_region[region]
+        if unknown:
+            self.unknown.discard(node_id)
+            bag = self.unknown_by_region[region]
+            bag.discard(node_id)
+            if not len(bag):
+                del self.unknown_by_region[region]
+
+    def put(self, node: NodeInfo, base: float, unknown: bool) -> None:
+        """Insert the node, or move it to its new place."""
+        self.remove(node.node_id)
+        entry = (-base, node.seq, node)
+        self.keys[node.node_id] = (entry, node.region, unknown)
+        bisect.insort(self.entries, entry)
+        bisect.insort(self.by_region.setdefault(node.region, []), entry)
+        if unknown:
+            self.unknown.add(node)
+            self.unknown_by_region.setdefault(node.region, Bag()).add(node)
+
+    def fill(self, items: list[tuple[NodeInfo, float, bool]]) -> None:
+        """Bulk-load an empty ordering (one sort instead of n insertions)."""
+        entries: list[Entry] = []
+        for node, base, unknown in items:
+            entry = (-base, node.seq, node)
+            self.keys[node.node_id] = (entry, node.region, unknown)
+            entries.append(entry)
+            if unknown:
+                self.unknown.add(node)
+                self.unknown_by_region.setdefault(node.region, Bag()).add(node)
+        entries.sort()
+        self.entries = entries
+        for entry in entries:
+            self.by_region.setdefault(entry[2].region, []).append(entry)
