@@ -86,6 +86,8 @@ class FedClient:
         self._own = own_connection
         self._inbox = ""
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._tokens = 0
+        """Reply-subject tokens handed out (one per send)."""
         self._sub: Any = None
 
     @classmethod
@@ -263,7 +265,10 @@ class _Call:
         inbox = await self.client._reply_inbox()
         self.close()
         self._sends += 1
-        self.token = f"{self.request.request_id}-{self._sends}"
+        # Unique per send in this client: two calls may share a request id (another
+        # tenant's, or a caller's mistake) and must never share a reply queue.
+        self.client._tokens += 1
+        self.token = f"{self.client._tokens:x}"
         self.liveness = None
         self.client._queues[self.token] = self.queue = asyncio.Queue()
         await self.client.nc.publish(

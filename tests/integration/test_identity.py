@@ -220,3 +220,24 @@ async def test_generated_request_ids_are_16_hex(nats_url: str) -> None:
             ids.add(rid)
         assert len(ids) == 5
         await node.stop()
+
+
+async def test_one_client_two_calls_with_one_id_keep_their_own_answers(nats_url: str) -> None:
+    """The Python client routes replies per send, never per request id: two tenants'
+    calls with the same id in one process each get their own answer, once."""
+    from shared.client import FedClient
+
+    async with federation(nats_url) as fed:
+        await fed.gateway(fast())
+        node = await RawNode(await fed.client(), "n1", slow_echo).start()
+        await fed.seen("n1")
+        client = FedClient(await fed.client())
+        a, b = await asyncio.gather(
+            client.infer("generate", "a-one a-two a-three", request_id="X", tenant_id="t1"),
+            client.infer("generate", "b-one b-two", request_id="X", tenant_id="t2"),
+        )
+        assert a.output == "a-one a-two a-three "
+        assert b.output == "b-one b-two "
+        inputs = sorted(d["request"]["input"] for d in node.work)
+        assert inputs == ["a-one a-two a-three", "b-one b-two"]  # each ran once
+        await node.stop()
