@@ -90,7 +90,9 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     """A request whose attempts failed on this many nodes in a row with errors the nodes
     reported (5xx, internal, timeout) is poison: not retried further, and those failures
     count against no node."""
-    strategy: str = "least_latency"
+    strategy: str = "power_of_two"
+    """How to choose among the best candidates (docs/routing.md, "Strategies"); power of
+    two choices over latency and load spreads identical nodes evenly."""
     decisions: bool = True
     """Publish each routing decision on ``fed.decisions``."""
     access_log: bool = False
