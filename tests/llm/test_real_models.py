@@ -244,6 +244,52 @@ async def test_openai_sdk_against_the_front_door(llm: LLMFederation) -> None:
         await sdk.close()
 
 
+@pytest.mark.parametrize("model", ["smollm2-openai", "smollm2-llama"])
+async def test_usage_is_the_engines(llm: LLMFederation, model: str) -> None:
+    """Usage as the engine counts it. llama-cpp-python's server reports no usage in a
+    stream (it ignores ``stream_options``): behind it, prompt_tokens is 0 (unknown) and
+    completion_tokens the deltas counted; the in-process backend counts both."""
+    openai = pytest.importorskip("openai")
+    sdk = openai.AsyncOpenAI(base_url=f"{llm.base}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    try:
+        chat = await sdk.chat.completions.create(
+            model=model, messages=CHAT, max_tokens=8, temperature=0
+        )
+        assert chat.usage is not None
+        if model == "smollm2-llama":
+            assert chat.usage.prompt_tokens > 10  # the rendered chat template, at least
+        assert 0 < chat.usage.completion_tokens <= 8
+        stream = await sdk.chat.completions.create(
+            model=model, messages=CHAT, max_tokens=8, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        events = [event async for event in stream]
+        assert events[-1].choices == []
+        assert events[-1].usage is not None
+        assert events[-1].usage.prompt_tokens == chat.usage.prompt_tokens
+        assert events[-1].usage.completion_tokens == chat.usage.completion_tokens
+    finally:
+        await sdk.close()
+
+
+async def test_llama_backend_refuses_what_it_cannot_do(llm: LLMFederation) -> None:
+    openai = pytest.importorskip("openai")
+    sdk = openai.AsyncOpenAI(base_url=f"{llm.base}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    try:
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk.chat.completions.create(model="smollm2-llama", messages=CHAT, tools=tools)
+        assert "`tools`" in info.value.message
+        # and what it can do reaches llama.cpp: a seed, penalties, stop words
+        chat = await sdk.chat.completions.create(
+            model="smollm2-llama", messages=CHAT, max_tokens=8, seed=3, presence_penalty=0.5,
+            stop=["\n"], logit_bias={"0": -1},
+        )  # fmt: skip
+        assert chat.choices[0].message.content is not None
+    finally:
+        await sdk.close()
+
+
 async def test_mid_stream_kill_between_real_model_workers(
     llm: LLMFederation, client: FedClient
 ) -> None:
