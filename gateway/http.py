@@ -158,9 +158,9 @@ class FrontDoor:
         except asyncio.CancelledError:
             log.info("client went away: %s %s (request cancelled)", request.method, request.path)
             raise
-        except ConnectionResetError:
+        except ConnectionResetError:  # a write to a closed connection: nobody to answer
             log.info("client went away: %s %s", request.method, request.path)
-            raise
+            return web.Response(status=499)
         except Exception as exc:
             log.exception("front door failed on %s %s", request.method, request.path)
             return error_response(500, f"internal error: {type(exc).__name__}", "internal")

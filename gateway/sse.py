@@ -66,7 +66,10 @@ async def relay(
         await response.write(event(error_event(exc.code, exc.message, exc.kind)))
         await response.write(DONE)
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client went away mid-write: nobody to answer
+        log.info("client went away: stream %s", request_id)
+        return response
+    except asyncio.CancelledError:
         raise
     except Exception as exc:  # our bug, after the headers: still an OpenAI error
         log.exception("front door failed mid-stream on %s", request_id)

@@ -9,6 +9,7 @@ log no error for it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -63,3 +64,37 @@ async def test_client_disconnect_cancels_on_the_node(
     assert any("client went away" in r.getMessage() for r in caplog.records)
     async with door.http.get(door.base + "/v1/models") as resp:
         assert resp.status == 200
+
+
+async def one_token_then_hold(node: RawNode, dispatch: dict[str, Any], reply: str) -> None:
+    """A first chunk, then a long silence (the gateway's liveness pings keep it alive)."""
+    chunk = {"seq": 1, "text": "first ", "tokens": 1}
+    await node.nc.publish(reply, json.dumps(chunk).encode())
+    await asyncio.Event().wait()
+
+
+async def test_client_disconnect_mid_stream_cancels_on_the_node(
+    door: Door, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    nc = await door.fed.client()
+    node = await RawNode(nc, "raw-mid", canary_ok(one_token_then_hold), model=MODEL).start()
+    try:
+        await door.fed.seen("raw-mid")
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        body = {"model": MODEL, "prompt": "hi", "stream": True}
+        resp = await session.post(door.base + "/v1/completions", json=body)
+        assert resp.status == 200
+        line = await resp.content.readline()
+        assert b"first" in line  # the first token reached the client
+        request_id = node.work[0]["request_id"]
+        left = time.monotonic()
+        resp.close()
+        await session.close()
+        await asyncio.wait_for(node.cancel_event.wait(), 2.0)
+        assert time.monotonic() - left < 1.0
+        assert request_id in node.cancels
+    finally:
+        await node.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
