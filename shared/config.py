@@ -85,7 +85,7 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     """Requests that may wait for capacity; beyond it, ``429 overloaded`` at once."""
     max_payload_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     """Largest request body accepted; the NATS server's ``max_payload`` minus the dispatch
-    envelope caps it further (a larger body is a ``413 too_large``)."""
+    envelope caps it further (a larger body is a ``400 bad_request`` naming the limit)."""
     poison_after_nodes: Annotated[int, Meta(ge=1, le=20)] = 2
     """A request whose attempts failed on this many nodes in a row with errors the nodes
     reported (5xx, internal, timeout) is poison: not retried further, and those failures

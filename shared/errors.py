@@ -2,10 +2,10 @@
 
     FedError                      (code, Fed-Error)
     ├── BadRequest                400 bad_request
+    │   └── PayloadTooLarge       400 bad_request        (over NATS; the HTTP front door: 413)
     ├── PolicyViolation           403 policy_violation
     ├── NoCapacity                404 no_capacity
     ├── Duplicate                 409 duplicate
-    ├── PayloadTooLarge           413 too_large          (addition)
     ├── Overloaded                429 overloaded
     ├── Cancelled                 499 cancelled
     ├── Internal                  500 internal
@@ -97,11 +97,11 @@ class Duplicate(FedError):
     node_fault = False
 
 
-class PayloadTooLarge(FedError):
-    """The request (or what the gateway must forward of it) exceeds NATS' max_payload."""
+class PayloadTooLarge(BadRequest):
+    """The request exceeds the size limit (the contract's oversize ``400 bad_request``;
+    the HTTP front door answers it as ``413``)."""
 
-    code, kind = 413, "too_large"
-    retry_elsewhere = node_fault = False
+    http_status: ClassVar[int] = 413
 
 
 class Overloaded(FedError):
@@ -196,7 +196,6 @@ _BY_KIND: dict[str, type[FedError]] = {
         PolicyViolation,
         NoCapacity,
         Duplicate,
-        PayloadTooLarge,
         Overloaded,
         Cancelled,
         Internal,

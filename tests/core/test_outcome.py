@@ -19,7 +19,7 @@ MAX_RETRIES = 3
 
 
 def test_the_caller_is_blamed_for_its_own_request() -> None:
-    for kind, code in (("bad_request", 400), ("policy_violation", 403), ("too_large", 413)):
+    for kind, code in (("bad_request", 400), ("policy_violation", 403)):
         verdict = judge_node_error(kind, code, remaining_s=10)
         assert verdict.blame is Blame.NONE and not verdict.retry_elsewhere
 

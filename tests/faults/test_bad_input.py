@@ -26,7 +26,6 @@ CONTRACT_ERRORS = {
     "403": "policy_violation",
     "404": "no_capacity",
     "409": "duplicate",
-    "413": "too_large",
     "429": "overloaded",
     "499": "cancelled",
     "500": "internal",

@@ -282,10 +282,12 @@ async def test_bad_request(fed: Federation, nc: Client, subject: str, body: Any)
     assert node.served == 1
 
 
-async def test_oversize_payload_is_413(fed: Federation, nc: Client) -> None:
+async def test_oversize_payload_is_bad_request_naming_the_limit(fed: Federation, nc: Client) -> None:
     await one_node(fed, max_payload_bytes=2048)
     big = {"input": "x" * 4096}  # over the gateway's limit, far under NATS's 1 MiB
-    assert_error(await ask(nc, "infer.generate", big), 413, "too_large")
+    msg = await ask(nc, "infer.generate", big)
+    assert_error(msg, 400, "bad_request")
+    assert "exceeds the limit of 2048 bytes" in msg.headers["Nats-Service-Error"]
     await assert_serves(nc)
 
 
