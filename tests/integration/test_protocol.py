@@ -282,7 +282,7 @@ async def test_bad_request(fed: Federation, nc: Client, subject: str, body: Any)
     assert node.served == 1
 
 
-async def test_oversize_payload_is_bad_request_naming_the_limit(fed: Federation, nc: Client) -> None:
+async def test_oversize_payload_is_a_400_naming_the_limit(fed: Federation, nc: Client) -> None:
     await one_node(fed, max_payload_bytes=2048)
     big = {"input": "x" * 4096}  # over the gateway's limit, far under NATS's 1 MiB
     msg = await ask(nc, "infer.generate", big)
