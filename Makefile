@@ -12,24 +12,27 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
 # LLM=0 skips it (the real-model tests then skip themselves).
 LLM ?= 1
 
-.PHONY: up up-llm test bench lint typecheck clean install install-dev install-llm
+# constraints.txt pins every dependency (reproducible installs); `make lock` refreshes it.
+PIN    := -c constraints.txt
+
+.PHONY: up up-llm test bench lint typecheck clean install install-dev install-llm lock
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedgate needs Python 3.11+ (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q $(PIN) -e .
 	@touch $@
 
-$(DEVSTAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(DEVSTAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q $(PIN) -e '.[dev]'
 	@touch $(STAMP) $@
 
-$(LLMSTAMP): pyproject.toml | $(DEVSTAMP)
+$(LLMSTAMP): pyproject.toml constraints.txt | $(DEVSTAMP)
 	@echo "installing fedgate[llm] (first time: builds llama-cpp-python, several minutes)"
-	$(BIN)/python -m pip install -q -e '.[dev,llm]'
+	$(BIN)/python -m pip install -q $(PIN) -e '.[dev,llm]'
 	@touch $@
 
 install: $(STAMP)
@@ -54,6 +57,19 @@ lint: $(DEVSTAMP)
 
 typecheck: $(DEVSTAMP)
 	$(BIN)/mypy
+
+# Refresh constraints.txt: resolve the newest versions pyproject.toml allows in a scratch
+# venv, then freeze them. Review the diff, run `make test`, commit.
+lock:
+	rm -rf .lockenv
+	$(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install -q --upgrade pip
+	.lockenv/bin/python -m pip install -q -e '.[dev,llm]'
+	{ echo "# Pinned versions of every package fedgate installs (make install, make test, make up)."; \
+	  echo "# Regenerate with \`make lock\` (a fresh venv, the newest allowed versions, then pip freeze)."; \
+	  .lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^fedgate'; } > constraints.txt
+	rm -rf .lockenv
+	@echo "constraints.txt refreshed: review 'git diff constraints.txt', then make test"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
