@@ -264,7 +264,7 @@ def check(raw: dict[str, Any], schema: type[T]) -> T:
                 raise Invalid(f"parameter `{key}` is not supported: {why}", key)
             raise Invalid(f"unknown parameter `{key}`", key)
     try:
-        return msgspec.convert(raw, schema)
+        checked = msgspec.convert(raw, schema)
     except msgspec.ValidationError as exc:
         text, _, at = str(exc).partition(" - at `$")
         path = at.rstrip("`").lstrip(".")
@@ -272,3 +272,21 @@ def check(raw: dict[str, Any], schema: type[T]) -> T:
         if missing:
             path = f"{path}.{missing[1]}" if path else missing[1]
         raise Invalid(f"invalid `{path or 'body'}`: {text}", path or None) from None
+    _rules(checked)
+    return checked
+
+
+def _rules(req: object) -> None:
+    """The rules between fields that OpenAI enforces (a ``400``, as OpenAI answers)."""
+    if isinstance(req, ChatRequest | CompletionRequest):
+        if req.stream_options is not None and not req.stream:
+            raise Invalid(
+                "`stream_options` is only allowed when `stream` is true", "stream_options"
+            )
+    if isinstance(req, ChatRequest):
+        if req.top_logprobs is not None and not req.logprobs:
+            raise Invalid("`top_logprobs` needs `logprobs: true`", "top_logprobs")
+        if not req.tools:
+            for name in ("tool_choice", "parallel_tool_calls"):
+                if getattr(req, name) is not None:
+                    raise Invalid(f"`{name}` is only allowed when `tools` are given", name)

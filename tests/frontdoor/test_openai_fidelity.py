@@ -251,6 +251,10 @@ async def test_logprobs_come_back(door: Door) -> None:
         ({"response_format": {"type": "yaml"}}, "response_format.type"),
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]},
          "tools[0].function.name"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"parallel_tool_calls": True}, "parallel_tool_calls"),
     ],
 )  # fmt: skip
 async def test_refused_parameters_are_named(door: Door, fields: dict[str, Any], param: str) -> None:
