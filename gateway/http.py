@@ -10,8 +10,10 @@ Each HTTP request is checked against its schema (``gateway.openai_schema``: an u
 or unsupported parameter, or a bad value, is a ``400`` naming it), then becomes one
 request of the NATS contract, published on ``infer.<capability>`` through a
 ``FedClient`` on the gateway's own connection, so any gateway of the queue group may
-serve it. A chat travels once, as sent, in ``params.messages`` (``input`` stays empty);
-the OpenAI parameters travel in ``params`` as the caller wrote them.
+serve it. A chat's text travels once: in ``input`` (its contents, one per line, what a
+node without a chat format continues), the rest of the messages in ``params.messages``
+with ``params.input_spans`` to put the text back (``intake.split_chat``); the OpenAI
+parameters travel in ``params`` as the caller wrote them.
 
 Limits: a request whose NATS body would not fit the server's ``max_payload`` (less the
 dispatch envelope) is a ``413``; every client value copied onto NATS (``traceparent``,
@@ -229,8 +231,10 @@ class FrontDoor:
         budget = req.max_completion_tokens or req.max_tokens
         if budget is not None:
             params["max_tokens"] = budget
-        params["messages"] = raw["messages"]
-        return await self._generate(request, req, size, "", params, chat=True)
+        text, params["messages"], spans = intake.split_chat(raw["messages"])
+        if spans:
+            params["input_spans"] = spans
+        return await self._generate(request, req, size, text, params, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions``."""

@@ -57,6 +57,28 @@ def forwarded(raw: dict[str, Any], kind: type[schema.Request]) -> dict[str, Any]
     return {k: raw[k] for k in schema.FORWARDED[kind] if raw.get(k) is not None}
 
 
+def split_chat(messages: list[Any]) -> tuple[str, list[Any], list[list[int]]]:
+    """A chat sent once: its string contents joined by newlines (the ``input`` that nodes
+    without a chat format continue), the messages with those contents left empty, and
+    the ``[message index, start, end]`` spans of ``input`` that refill them
+    (``params.input_spans``; docs/protocol.md)."""
+    parts: list[str] = []
+    spans: list[list[int]] = []
+    out: list[Any] = []
+    at = 0
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str) and content:
+            if parts:
+                at += 1  # the newline between two contents
+            spans.append([i, at, at + len(content)])
+            parts.append(content)
+            at += len(content)
+            message = {**message, "content": ""}
+        out.append(message)
+    return "\n".join(parts), out, spans
+
+
 def headers(request: web.Request) -> tuple[dict[str, str] | None, dict[str, str]]:
     """The trace headers to carry onto NATS, and the ones to echo; 400 when invalid."""
     hdrs = request.headers

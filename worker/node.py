@@ -28,7 +28,7 @@ from shared import headers as h
 from shared import messages as m
 from shared.subjects import Subjects
 from worker.backends.assemble import Output
-from worker.backends.base import Backend, Job, prompt_of
+from worker.backends.base import Backend, Job, chat_from
 
 log = logging.getLogger("fedgate.worker")
 
@@ -258,12 +258,11 @@ class Node:
             )
             return
         resume = dispatch.resume
-        request = dispatch.request
-        messages = request.params.get("messages")
-        if not request.input and isinstance(messages, list) and messages:
-            # A chat travels once, in params.messages: backends without a chat format
-            # continue its text, one message per line.
-            request = msgspec.structs.replace(request, input=prompt_of(messages))
+        try:  # a chat's text travels once, in input: put it back into the messages
+            request = chat_from(dispatch.request)
+        except errors.BadRequest as exc:
+            await self._error(msg.reply, exc)
+            return
         job = Job(
             capability=capability,
             model=model,

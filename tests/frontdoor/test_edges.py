@@ -11,8 +11,11 @@ import pytest
 
 from gateway import intake
 from gateway.http import FrontDoor
+from shared import messages as m
 from shared.config import GatewayConfig
+from shared.messages import InferRequest
 from tests.frontdoor.conftest import Door
+from worker.backends.base import chat_from
 from worker.backends.synthetic import expected_text
 
 MODEL = "edge"
@@ -25,6 +28,24 @@ async def synth(door: Door) -> Door:
     await door.fed.node("s1", models={MODEL: ("generate", "embed")})
     await door.fed.seen("s1")
     return door
+
+
+def test_a_chat_split_for_nats_comes_back_whole() -> None:
+    chat: list[Any] = [
+        {"role": "system", "content": "line one\nline two", "name": "ops"},
+        {"role": "user", "content": [{"type": "text", "text": "parts stay"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
+         "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "é ünïcode 🙂"},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": "last"},
+    ]  # fmt: skip
+    text, messages, spans = intake.split_chat(chat)
+    assert text == "line one\nline two\né ünïcode 🙂\nlast"
+    request = InferRequest(input=text, params={"messages": messages, "input_spans": spans})
+    whole = chat_from(m.request_decoder.decode(m.encode(request)))  # across the wire
+    assert whole.params == {"messages": chat}
+    assert whole.input == text
 
 
 def test_max_body_follows_the_servers_max_payload() -> None:

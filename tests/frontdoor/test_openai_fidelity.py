@@ -284,19 +284,24 @@ async def test_n_null_and_one_are_the_default(door: Door) -> None:
 
 
 async def test_a_chat_travels_once_on_nats(door: Door) -> None:
-    """``input`` stays empty; the messages ride in ``params`` (and backends without a
-    chat format still see the text: see tests/worker)."""
-    await door.openai_node("n1", MODEL)
+    """The text in ``input`` (what nodes without a chat format read), the rest of the
+    chat in ``params.messages`` with spans to put the text back; the upstream gets the
+    chat whole."""
+    _, up = await door.openai_node("n1", MODEL)
     nc = await door.fed.client()
     sub = await nc.subscribe("infer.generate")
     await nc.flush()
     big = "x" * 50_000
-    status, _ = await door.post(
-        "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": big}]}
-    )
+    messages = [{"role": "system", "content": "be\nbrief"}, {"role": "user", "content": big}]
+    status, _ = await door.post("/v1/chat/completions", {"model": MODEL, "messages": messages})
     assert status == 200
     msg = await sub.next_msg(timeout=5)
     request = json.loads(msg.data)
-    assert request["input"] == ""
-    assert request["params"]["messages"] == [{"role": "user", "content": big}]
+    assert request["input"] == "be\nbrief\n" + big
+    assert request["params"]["messages"] == [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": ""},
+    ]
+    assert request["params"]["input_spans"] == [[0, 0, 8], [1, 9, 9 + len(big)]]
     assert len(msg.data) < len(big) + 1000
+    assert up.requests[0][1]["messages"] == messages

@@ -169,26 +169,49 @@ async def test_embedding_asked_as_a_stream_is_bad_request(nats_url: str) -> None
     assert "stream: false" in end.headers[h.ERROR]
 
 
-async def test_a_chat_sent_once_reaches_a_plain_backend(nats_url: str) -> None:
+@pytest.mark.parametrize("spans", [False, True], ids=["messages-only", "text-in-input"])
+async def test_a_chat_sent_once_reaches_every_backend(nats_url: str, spans: bool) -> None:
+    """A raw caller's chat (messages only, ``input`` empty) and the front door's (text in
+    ``input`` once, spans in params): a chat backend gets the messages whole, a plain
+    one the text."""
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "hello there"}]},
     ]
+    params: dict[str, Any] = {"messages": messages}
+    request: dict[str, Any] = {"model": "m", "params": params}
+    if spans:
+        request["input"] = "be brief"
+        params["messages"] = [{"role": "system", "content": ""}, messages[1]]
+        params["input_spans"] = [[0, 0, 8]]
     backend = Scripted([Piece(text="ok")])
     node, nc = await node_with(nats_url, backend)
     synth_node = Node(nc, SyntheticBackend(), node_id="w2", models={"m": ("generate",)})
     await synth_node.start()
     try:
-        await ask(nc, "w1", {"model": "m", "params": {"messages": messages}})
-        (msg,) = await ask(nc, "w2", {"model": "m", "params": {"messages": messages}})
+        await ask(nc, "w1", json.loads(json.dumps(request)))
+        (msg,) = await ask(nc, "w2", json.loads(json.dumps(request)))
     finally:
         await synth_node.stop()
         await node.stop()
         await nc.close()
     (job,) = backend.jobs
-    assert job.request.input == "be brief\nhello there"
-    assert job.messages == messages  # and the chat itself, untouched
-    assert json.loads(msg.data)["output"] == expected_text("m", "be brief\nhello there")
+    assert job.messages == messages  # the chat itself, whole
+    assert "input_spans" not in job.params
+    prompt = "be brief" if spans else "be brief\nhello there"
+    assert job.prompt == prompt
+    assert json.loads(msg.data)["output"] == expected_text("m", prompt)
+
+
+async def test_bad_input_spans_are_a_bad_request(nats_url: str) -> None:
+    node, nc = await node_with(nats_url, Scripted([Piece(text="ok")]))
+    params = {"messages": [{"role": "user", "content": ""}], "input_spans": [[5, 0, 1]]}
+    try:
+        (msg,) = await ask(nc, "w1", {"model": "m", "input": "x", "params": params})
+    finally:
+        await node.stop()
+        await nc.close()
+    assert msg.headers is not None and msg.headers[h.FED_ERROR] == "bad_request"
 
 
 async def test_cancel_reaches_the_backend(nats_url: str) -> None:

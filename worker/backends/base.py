@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 from shared import errors
 from shared.messages import InferRequest
 
@@ -56,6 +58,31 @@ class Job:
         """The whole output's token budget (resumed part included); default 10."""
         value = self.request.params.get("max_tokens", 10)
         return value if isinstance(value, int) and value > 0 else 10
+
+
+def chat_from(request: InferRequest) -> InferRequest:
+    """``request`` with its chat whole again: a chat whose string contents travel once, in
+    ``input``, has ``params.input_spans`` (``[message index, start, end]`` of ``input``)
+    to put them back into ``params.messages`` (docs/protocol.md); a chat sent with an
+    empty ``input`` gets its text there. Anything else is returned as it is."""
+    params = request.params
+    messages = params.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return request
+    spans = params.get("input_spans")
+    if spans is not None:
+        text = request.input
+        messages = list(messages)
+        try:
+            for index, start, end in spans:
+                messages[index] = {**messages[index], "content": text[start:end]}
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise errors.BadRequest(f"bad params.input_spans: {exc}") from exc
+        rest = {k: v for k, v in params.items() if k != "input_spans"}
+        return msgspec.structs.replace(request, params={**rest, "messages": messages})
+    if not request.input:
+        return msgspec.structs.replace(request, input=prompt_of(messages))
+    return request
 
 
 def text_of(content: Any) -> str:
