@@ -15,6 +15,7 @@ from gateway.http import FrontDoor
 from gateway.service import GatewayService
 from shared.config import GatewayConfig
 from tests.helpers import Federation
+from tests.llm.conftest import module_nats  # noqa: F401 - the module-wide nats-server
 from tests.llm.upstream import Upstream
 from worker.backends.openai import OpenAIBackend, OpenAIOptions
 from worker.node import Node

@@ -20,7 +20,7 @@ import pytest
 
 from shared.natsserver import NatsServer
 from tests.helpers import Proc, processes
-from tests.llm.conftest import free_port, models_at, module_nats, wait_until
+from tests.llm.conftest import free_port, models_at, wait_until
 
 schemathesis = pytest.importorskip("schemathesis")
 requests = pytest.importorskip("requests")
@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
-__all__ = ["module_nats"]  # the module-wide nats-server fixture
 MODEL = "synth"
 EXAMPLES = {"POST": 170, "GET": 20}
 """Examples per operation and generation mode (3 POSTs x 2 modes x 170 + GET = 1,040+)."""
