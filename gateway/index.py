@@ -183,6 +183,14 @@ class CandidateIndex:
 
     # -- the hot path -------------------------------------------------------------------
 
+    def selectable(self, node: NodeInfo, exclude: Collection[str]) -> bool:
+        """The cheap half of ``candidate``: not excluded, draining, full, open-circuit or
+        UNHEALTHY (policies and score not checked)."""
+        nid = node.node_id
+        if nid in exclude or node.draining or node.at_capacity or not self.breaker.admits(nid):
+            return False
+        return self.health_of(nid).status is not HealthState.UNHEALTHY
+
     def candidate(
         self, node: NodeInfo, base: float, request: InferRequest, exclude: Collection[str]
     ) -> Candidate | None:
@@ -220,14 +228,16 @@ class CandidateIndex:
         exclude: Collection[str],
         k: int,
         floor: float = -math.inf,
+        buckets: list[Bucket] | None = None,
     ) -> list[Candidate]:
-        """The k best selectable candidates scoring at least ``floor``, best first.
+        """The k best selectable candidates scoring at least ``floor``, best first
+        (``buckets``: ``self.buckets(o, request)`` when the caller has them).
 
         Stops at the first node whose bound cannot beat the k-th best: a tie cannot
         (within a list the node met first has the lower catalog order)."""
         n, stop, candidate = self.n, max(self.min_score, floor), self.candidate
         best: list[tuple[float, int, Candidate]] = []
-        for entries, hi, skip in self.buckets(o, request):
+        for entries, hi, skip in buckets or self.buckets(o, request):
             for neg_base, seq, node in entries:
                 if hi is not None:
                     upper = (hi - neg_base) / n if n else 1.0

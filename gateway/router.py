@@ -15,12 +15,13 @@ import bisect
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from itertools import islice
 
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import ModelCatalog, NodeInfo
 from gateway.clock import MONOTONIC, Clock
 from gateway.health import HealthChecker, NodeHealth
-from gateway.index import CandidateIndex
+from gateway.index import Bucket, CandidateIndex
 from gateway.ordering import Entry, Ordering
 from gateway.policies import Candidate, CompositePolicy, Policy
 from gateway.strategies import Chooser, LoadBalanceStrategy
@@ -28,10 +29,12 @@ from shared.messages import InferRequest
 
 __all__ = ["LoadBalanceStrategy", "Router", "RouterConfig"]
 
-_SMALL_BAND = 4
-"""A band this small is taken from a walk instead of drawn at random."""
+_SMALL_BAND = 2
+"""A band this small is walked instead of drawn at random."""
 _DRAWS = 6
-"""Random draws into a band before falling back to a walk (a sparse band)."""
+"""Random draws into a band before walking it instead (a sparse band)."""
+_SCAN = 32
+"""Most nodes looked at per list for the heads of a small band."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +122,14 @@ class Router:
     def _spread(
         self, o: Ordering, request: InferRequest, exclude: Collection[str]
     ) -> list[Candidate]:
-        """Two candidates for the less-loaded-wins choice: two random members of the
-        near-best band (or one and an UNKNOWN node), in random order; when the band has
-        a single selectable member, it and the runner-up, in this order."""
+        """Candidates for the POWER_OF_TWO choice (the less loaded of the first two wins):
+        two random members of the near-best band, or one and an UNKNOWN node; when the
+        band has a single selectable member, it and the runner-up, in this order.
+
+        A band of more than two is drawn by index, and only the winner of the draw is
+        scored (unless it fails a check); a smaller or sparse band is walked."""
         index, n, rng = self._index, self._index.n, self._rng
+        random = rng.random
         buckets = index.buckets(o, request)
         ceiling, ref = -math.inf, None  # the best bound of any node, and that node
         for entries, hi, _ in buckets:
@@ -141,50 +148,81 @@ class Router:
                 end = bisect.bisect_right(entries, (hi - floor * n + 1e-9, math.inf))
             ranges.append((entries, end, skip))
             size += end
-        pair: dict[str, Candidate] = {}
+        explorer = None
         region = request.qos.region
         bag = o.unknown_by_region.get(region) if region in o.by_region else o.unknown
-        if bag and rng.randrange(size + len(bag)) >= size:
-            node = bag.choice(rng)
-            c = index.candidate(node, -o.keys[node.node_id][0][0], request, exclude)
-            if c is not None and (
-                c.scores.total >= floor or node.local_in_flight < self.config.explore_max_in_flight
-            ):
-                pair[node.node_id] = c
-        ranked: list[Candidate] | None = None
-        tried: set[int] = set()
+        unknown = bag.items if bag is not None else ()
+        if unknown and random() * (size + len(unknown)) >= size:
+            node = unknown[int(random() * len(unknown))]
+            if node.local_in_flight < self.config.explore_max_in_flight:
+                explorer = node
         if size > _SMALL_BAND:
+            pool: list[tuple[NodeInfo, float]] = []
+            if explorer is not None:
+                pool.append((explorer, o.keys[explorer.node_id][0][0]))
             for _ in range(_DRAWS):
-                i = rng.randrange(size)
-                if len(pair) == 2 or i in tried:
-                    continue
-                tried.add(i)
+                i = int(random() * size)
                 for bucket in ranges:
                     if i < bucket[1]:
                         break
                     i -= bucket[1]
                 entries, _, skip = bucket
-                node = entries[i][2]
-                if (skip is None or node.region != skip) and node.node_id not in pair:
-                    c = index.candidate(node, -entries[i][0], request, exclude)
-                    if c is not None and c.scores.total >= floor:
-                        pair[node.node_id] = c
-        if len(pair) < 2 and len(tried) < size:  # a small or sparse band: walk it
-            k = size + 1 if size <= _SMALL_BAND else max(2, self.config.max_candidates)
-            ranked = index.walk(o, request, exclude, k)
-            band = [c for c in ranked if c.scores.total >= floor and c.node_id not in pair]
-            for c in rng.sample(band, min(len(band), 2 - len(pair))):
-                pair[c.node_id] = c
-        picked = list(pair.values())
-        if len(picked) == 2:
-            if rng.random() < 0.5:
-                picked.reverse()  # the first of an equal-load pair wins: make it either
-            return picked
-        # A band of one (or none) is challenged by the runner-up: no node takes all the load.
-        if ranked is None:
+                neg_base, _, node = entries[i]
+                if (skip is None or node.region != skip) and (not pool or node is not pool[0][0]):
+                    pool.append((node, neg_base))
+                    if len(pool) == 2:
+                        break
+            if len(pool) == 2:
+                if random() < 0.5:
+                    pool.reverse()  # the first of an equal-load pair wins: make it either
+                if pool[1][0].load < pool[0][0].load:
+                    pool.reverse()
+                for node, neg_base in pool:
+                    c = index.candidate(node, -neg_base, request, exclude)
+                    if c is not None:
+                        return [c]
+        if size <= _SMALL_BAND:  # the heads of the lists: the band and the runner-up
+            heads = self._heads(buckets, exclude)
+            if explorer is not None and explorer not in (h[3] for h in heads):
+                heads = [(-floor, 0, o.keys[explorer.node_id][0][0], explorer), *heads]
+            pair = heads[:2]
+            if len(pair) == 2:
+                if -pair[1][0] >= floor and random() < 0.5:
+                    pair.reverse()  # both near-best: on equal load, either
+                if pair[1][3].load < pair[0][3].load:
+                    pair.reverse()
+            for _, _, neg_base, node in pair:
+                c = index.candidate(node, -neg_base, request, exclude)
+                if c is not None:
+                    return [c]
+        # A sparse band, or policies rejected the pair: walk the best candidates.
+        ranked = index.walk(o, request, exclude, max(2, self.config.max_candidates), floor)
+        if len(ranked) < 2:
             ranked = index.walk(o, request, exclude, 2)
-        picked += [c for c in ranked if c.node_id not in pair]
-        return picked[:2]
+        if len(ranked) > 2:
+            i = int(random() * len(ranked))
+            j = int(random() * (len(ranked) - 1))
+            return [ranked[i], ranked[j + (j >= i)]]
+        return ranked
+
+    def _heads(
+        self, buckets: list[Bucket], exclude: Collection[str]
+    ) -> list[tuple[float, int, float, NodeInfo]]:
+        """The two best-placed selectable nodes as (-bound, seq, -base, node), best first
+        (cheap checks only; at most ``_SCAN`` nodes looked at per list)."""
+        index = self._index
+        n, selectable = index.n, index.selectable
+        heads: list[tuple[float, int, float, NodeInfo]] = []
+        for entries, hi, skip in buckets:
+            for neg_base, seq, node in islice(entries, _SCAN):
+                item = ((neg_base - hi) / n if hi is not None and n else -math.inf, seq)
+                if len(heads) == 2 and item > heads[1][:2]:
+                    break  # this list cannot place better
+                if (skip is None or node.region != skip) and selectable(node, exclude):
+                    heads.append((*item, neg_base, node))
+                    heads.sort()
+                    del heads[2:]
+        return heads
 
     def rendezvous_weight(self, key: str, node_id: str) -> int:
         """Highest-random-weight hash of (key, node): ConsistentHash picks the maximum."""
