@@ -55,6 +55,8 @@ class CandidateIndex:
         self.breaker = breaker
         self.min_score = min_score
         self._synthetic: dict[str, NodeHealth] = {}
+        self._cached = health.get_cached_health
+        self._admits = breaker.admits
         self.set_policy(policy)
         catalog.add_listener(self._on_catalog)
         health.add_listener(self._on_health)
@@ -91,7 +93,7 @@ class CandidateIndex:
 
     def health_of(self, node_id: str) -> NodeHealth:
         """The node's health snapshot (a synthetic UNKNOWN one if unregistered)."""
-        h = self.health.get_cached_health(node_id)
+        h = self._cached(node_id)
         if h is None:
             h = self._synthetic.get(node_id)
             if h is None:
@@ -187,17 +189,27 @@ class CandidateIndex:
         """The cheap half of ``candidate``: not excluded, draining, full, open-circuit or
         UNHEALTHY (policies and score not checked)."""
         nid = node.node_id
-        if nid in exclude or node.draining or node.at_capacity or not self.breaker.admits(nid):
+        if nid in exclude or node.draining or node.local_in_flight >= node.capacity:
             return False
-        return self.health_of(nid).status is not HealthState.UNHEALTHY
+        return self._admits(nid) and self.health_of(nid).status is not HealthState.UNHEALTHY
 
     def candidate(
-        self, node: NodeInfo, base: float, request: InferRequest, exclude: Collection[str]
+        self,
+        node: NodeInfo,
+        base: float,
+        request: InferRequest,
+        exclude: Collection[str],
+        checked: bool = False,
     ) -> Candidate | None:
         """The scored candidate (``base`` from its ordering entry), or None when the node
-        is not selectable for this request."""
+        is not selectable for this request (``checked``: ``selectable`` said yes)."""
         nid = node.node_id
-        if nid in exclude or node.draining or node.at_capacity or not self.breaker.admits(nid):
+        if not checked and (
+            nid in exclude
+            or node.draining
+            or node.local_in_flight >= node.capacity
+            or not self._admits(nid)
+        ):
             return None
         h = self.health_of(nid)
         if h.status is HealthState.UNHEALTHY:

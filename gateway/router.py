@@ -192,7 +192,7 @@ class Router:
                 if pair[1][3].load < pair[0][3].load:
                     pair.reverse()
             for _, _, neg_base, node in pair:
-                c = index.candidate(node, -neg_base, request, exclude)
+                c = index.candidate(node, -neg_base, request, exclude, node is not explorer)
                 if c is not None:
                     return [c]
         # A sparse band, or policies rejected the pair: walk the best candidates.
@@ -215,13 +215,15 @@ class Router:
         heads: list[tuple[float, int, float, NodeInfo]] = []
         for entries, hi, skip in buckets:
             for neg_base, seq, node in islice(entries, _SCAN):
-                item = ((neg_base - hi) / n if hi is not None and n else -math.inf, seq)
-                if len(heads) == 2 and item > heads[1][:2]:
-                    break  # this list cannot place better
+                key = (neg_base - hi) / n if hi is not None and n else -math.inf
+                if len(heads) >= 2 and key >= heads[1][0]:
+                    break  # nothing further in this list places better
                 if (skip is None or node.region != skip) and selectable(node, exclude):
-                    heads.append((*item, neg_base, node))
-                    heads.sort()
-                    del heads[2:]
+                    heads.append((key, seq, neg_base, node))
+                    if len(heads) > 2:
+                        heads.sort()
+                        heads.pop()
+        heads.sort()
         return heads
 
     def rendezvous_weight(self, key: str, node_id: str) -> int:
