@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.clock import MONOTONIC, Clock
-from gateway.latency import SampleWindow, percentile
+from gateway.latency import NodeSamples, percentile
 from shared.errors import NodeUnreachable
 
 __all__ = ["HealthChecker", "HealthConfig", "HealthState", "NodeHealth", "percentile"]
@@ -116,15 +115,11 @@ class _State:
         "failures",
         "last_outcome",
         "last_probe",
-        "lat",
         "published_at",
-        "rate",
+        "samples",
         "snapshot",
         "status",
         "successes",
-        "tok_lat_sum",
-        "tok_sum",
-        "tpot",
     )
 
     def __init__(self, snapshot: NodeHealth, config: HealthConfig, now: float) -> None:
@@ -132,36 +127,10 @@ class _State:
         self.status = snapshot.status
         self.failures = 0
         self.successes = 0
-        self.lat = SampleWindow(config.window, config.sample_max_age_s)
-        self.tpot = SampleWindow(config.window, config.sample_max_age_s)
-        self.rate: deque[tuple[float, float, int]] = deque(maxlen=max(1, config.window))
-        self.tok_sum = 0
-        self.tok_lat_sum = 0.0
+        self.samples = NodeSamples(config.window, config.sample_max_age_s)
         self.last_probe = -math.inf
         self.last_outcome = now
         self.published_at = -math.inf
-
-    def add_rate(self, now: float, latency_s: float, tokens: int) -> None:
-        if len(self.rate) == self.rate.maxlen:
-            self._drop_rate()
-        self.rate.append((now, latency_s, tokens))
-        self.tok_lat_sum += latency_s
-        self.tok_sum += tokens
-
-    def _drop_rate(self) -> None:
-        _, lat, tok = self.rate.popleft()
-        self.tok_lat_sum -= lat
-        self.tok_sum -= tok
-
-    def expire(self, now: float, max_age_s: float) -> bool:
-        """Age out old samples; True if any figure changed."""
-        changed = self.lat.expire(now)
-        changed = self.tpot.expire(now) or changed
-        if max_age_s:
-            while len(self.rate) > 1 and self.rate[0][0] < now - max_age_s:
-                self._drop_rate()
-                changed = True
-        return changed
 
 
 class HealthChecker:
@@ -182,14 +151,14 @@ class HealthChecker:
     def _publish(self, node_id: str, st: _State) -> None:
         self._dirty.discard(node_id)
         now = st.published_at = self._clock()
-        lat, tpot = st.lat, st.tpot
+        lat, tpot = st.samples.lat, st.samples.tpot
         st.snapshot = NodeHealth(
             node_id=node_id,
             status=st.status,
             latency_p50_ms=lat.quantile(0.50),
             latency_p90_ms=lat.quantile(0.90),
             latency_p99_ms=lat.quantile(0.99),
-            tokens_per_s=st.tok_sum / st.tok_lat_sum if st.tok_lat_sum > 0 else None,
+            tokens_per_s=st.samples.tokens_per_s,
             consecutive_failures=st.failures,
             consecutive_successes=st.successes,
             last_check=now,
@@ -233,25 +202,25 @@ class HealthChecker:
             return
         cfg = self.config
         now = self._clock()
-        st.expire(now, cfg.sample_max_age_s)
+        st.samples.expire(now)
         st.failures = 0
         st.successes += 1
         st.last_outcome = now
         if ttft_s is None and tokens <= 0:
-            st.lat.add(now, latency_s * 1000.0)
+            st.samples.lat.add(now, latency_s * 1000.0)
             slow = latency_s > cfg.degraded_latency_s
         else:
             slow = False
             if ttft_s is not None:
-                st.lat.add(now, ttft_s * 1000.0)
+                st.samples.lat.add(now, ttft_s * 1000.0)
                 slow = ttft_s > cfg.degraded_ttft_s
             if tokens > 0:
                 work_s = latency_s - ttft_s if ttft_s is not None else latency_s
                 tpot_ms = max(work_s, 0.0) * 1000.0 / tokens
                 slow = self._slow_tpot(st, tpot_ms) or slow
-                st.tpot.add(now, tpot_ms)
+                st.samples.tpot.add(now, tpot_ms)
         if tokens > 0 and latency_s > 0:
-            st.add_rate(now, latency_s, tokens)
+            st.samples.add_rate(now, latency_s, tokens)
         before = st.status
         if slow:
             st.status = HealthState.DEGRADED
@@ -267,9 +236,9 @@ class HealthChecker:
         cfg = self.config
         if tpot_ms > cfg.degraded_tpot_s * 1000.0:
             return True
-        if not cfg.slow_factor or len(st.tpot) < cfg.slow_min_samples:
+        if not cfg.slow_factor or len(st.samples.tpot) < cfg.slow_min_samples:
             return False
-        median = st.tpot.quantile(0.5)
+        median = st.samples.tpot.quantile(0.5)
         return median > 0 and tpot_ms > cfg.slow_factor * median
 
     def flush(self) -> None:
@@ -306,7 +275,7 @@ class HealthChecker:
             return
         cfg = self.config
         now = self._clock()
-        st.expire(now, cfg.sample_max_age_s)
+        st.samples.expire(now)
         out = st.status is HealthState.UNHEALTHY or self._over_limit(st)
         if st.status is HealthState.UNHEALTHY:
             st.status = HealthState.UNKNOWN
@@ -317,9 +286,9 @@ class HealthChecker:
         slow = False
         if latency_s is not None:
             if out:
-                st.lat.reset(now, latency_s * 1000.0)
+                st.samples.lat.reset(now, latency_s * 1000.0)
             else:
-                st.lat.add(now, latency_s * 1000.0)
+                st.samples.lat.add(now, latency_s * 1000.0)
             slow = latency_s > cfg.degraded_ttft_s
         if slow:
             st.status = HealthState.DEGRADED
@@ -332,7 +301,8 @@ class HealthChecker:
         self.report_failure(node_id)
 
     def _over_limit(self, st: _State) -> bool:
-        return bool(st.lat.sorted) and st.lat.quantile(0.5) > self.config.latency_limit_s * 1e3
+        lat = st.samples.lat
+        return bool(lat.sorted) and lat.quantile(0.5) > self.config.latency_limit_s * 1e3
 
     def get_cached_health(self, node_id: str) -> NodeHealth | None:
         """The node's current snapshot, or None if unregistered."""
@@ -370,7 +340,7 @@ class HealthChecker:
         interval, idle = cfg.check_interval_s, cfg.idle_probe_s
         due: list[str] = []
         for node_id, st in self._nodes.items():
-            if st.expire(now, cfg.sample_max_age_s):
+            if st.samples.expire(now):
                 self._publish(node_id, st)
             if now - st.last_probe < interval:
                 continue
@@ -380,9 +350,9 @@ class HealthChecker:
                 or self._over_limit(st)
                 or (
                     status is not HealthState.HEALTHY
-                    and (not st.lat.sorted or now - st.last_outcome >= interval)
+                    and (not st.samples.lat.sorted or now - st.last_outcome >= interval)
                 )
-                or (idle and now - st.lat.last_at >= idle)
+                or (idle and now - st.samples.lat.last_at >= idle)
             ):
                 st.last_probe = now
                 due.append(node_id)
