@@ -52,6 +52,9 @@ class RouterConfig:
     """POWER_OF_TWO: candidates scoring within what this fraction (plus the best's load)
     of the best's p50 latency is worth, plus ``spread_tolerance_ms``, are near-equal."""
     spread_tolerance_ms: float = 5.0
+    challenge: float = 8.0
+    """POWER_OF_TWO: when the band has one selectable member, the runner-up takes the
+    request if it is less loaded and within this many bands of the best."""
     explore_max_in_flight: int = 1
     """POWER_OF_TWO: an UNKNOWN node outside the band is still drawn, with at most this
     many of this gateway's requests in flight (a new node's bounded share)."""
@@ -139,7 +142,8 @@ class Router:
                     ceiling, ref = upper, entries[0][2]
         if ref is None:
             return []
-        floor = ceiling - self.spread_band(ref, index.health_of(ref.node_id))
+        band = self.spread_band(ref, index.health_of(ref.node_id))
+        floor = ceiling - band
         ranges: list[tuple[list[Entry], int, str | None]] = []
         size = 0
         for entries, hi, skip in buckets:
@@ -183,9 +187,13 @@ class Router:
                         return [c]
         if size <= _SMALL_BAND:  # the heads of the lists: the band and the runner-up
             heads = self._heads(buckets, exclude)
-            if explorer is not None and explorer not in (h[3] for h in heads):
-                heads = [(-floor, 0, o.keys[explorer.node_id][0][0], explorer), *heads]
-            pair = heads[:2]
+            if explorer is not None:  # explored as if near-best
+                others = [h for h in heads if h[3] is not explorer]
+                pair = [(-ceiling, 0, o.keys[explorer.node_id][0][0], explorer), *others[:1]]
+            elif len(heads) == 2 and -heads[1][0] < ceiling - self.config.challenge * band:
+                pair = heads[:1]  # the runner-up is too far behind to take load
+            else:
+                pair = heads
             if len(pair) == 2:
                 if -pair[1][0] >= floor and random() < 0.5:
                     pair.reverse()  # both near-best: on equal load, either

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.health import HealthChecker, HealthConfig, HealthState, percentile
+from gateway.health import HealthChecker, HealthConfig, HealthState, NodeHealth, percentile
 from shared.errors import NodeUnreachable
 
 
@@ -203,3 +203,140 @@ def test_listener_and_last_check(clock: FakeClock) -> None:
     hc.report_success("n", 0.01)
     assert seen == ["n", "n"]
     assert hc.get_cached_health("n").last_check == clock()  # type: ignore[union-attr]
+
+
+# -- issue 12: per-unit-of-work judging, aging, canaries ---------------------------------
+
+
+def snap(hc: HealthChecker, node: str) -> NodeHealth:
+    h = hc.get_cached_health(node)
+    assert h is not None
+    return h
+
+
+def test_new_defaults() -> None:
+    c = HealthConfig()
+    assert (c.degraded_ttft_s, c.degraded_tpot_s, c.slow_factor, c.slow_min_samples) == (
+        10.0,
+        0.5,
+        8.0,
+        8,
+    )
+    assert (c.sample_max_age_s, c.idle_probe_s, c.latency_limit_s) == (120.0, 60.0, 5.0)
+
+
+def test_long_generation_with_normal_token_time_is_not_slow(clock: FakeClock) -> None:
+    hc = checker(clock)
+    hc.register_node("n")
+    for _ in range(3):
+        hc.report_success("n", 6.0, tokens=300)  # non-streaming: 20 ms per token
+    h = snap(hc, "n")
+    assert h.status is HealthState.HEALTHY
+    assert h.tpot_p50_ms == pytest.approx(20.0) and h.tpot_samples == 3
+    assert h.samples == 0 and h.latency_p50_ms == 0.0  # no first-token figure from it
+    assert h.tokens_per_s == pytest.approx(50.0)
+
+
+def test_stream_judged_on_ttft_and_time_per_token(clock: FakeClock) -> None:
+    hc = checker(clock)
+    hc.register_node("n")
+    hc.report_success("n", 3.2, 100, ttft_s=0.2)  # a 3 s cold first turn, 30 ms/token
+    hc.report_success("n", 2.0, 90, ttft_s=0.2)
+    h = snap(hc, "n")
+    assert h.status is HealthState.HEALTHY
+    assert h.latency_p50_ms == pytest.approx(200.0) and h.samples == 2
+    assert h.tpot_p50_ms == pytest.approx(20.0)
+    hc.report_success("n", 12.0, 10, ttft_s=11.0)  # a first token after 11 s is slow
+    assert status(hc, "n") is HealthState.DEGRADED
+
+
+def test_whole_request_rule_kept_without_ttft_or_tokens(clock: FakeClock) -> None:
+    hc = checker(clock)
+    hc.register_node("n")
+    hc.report_success("n", 1.5)  # an RPC (e.g. an embedding) slower than 1 s
+    assert status(hc, "n") is HealthState.DEGRADED
+    assert snap(hc, "n").latency_p50_ms == pytest.approx(1500.0)
+
+
+def test_slow_tokens_absolute_and_relative(clock: FakeClock) -> None:
+    hc = checker(clock)
+    hc.register_node("abs")
+    hc.report_success("abs", 60.0, 100, ttft_s=0.1)  # ~600 ms per token
+    assert status(hc, "abs") is HealthState.DEGRADED
+    hc.register_node("rel")
+    for _ in range(8):
+        hc.report_success("rel", 1.1, 100, ttft_s=0.1)  # 10 ms per token
+    hc.report_success("rel", 5.1, 100, ttft_s=0.1)  # 50 ms: 5x its median, fine
+    assert status(hc, "rel") is HealthState.HEALTHY
+    hc.report_success("rel", 10.1, 100, ttft_s=0.1)  # 100 ms: 10x its own median
+    assert status(hc, "rel") is HealthState.DEGRADED
+    hc.report_success("rel", 1.1, 100, ttft_s=0.1)
+    hc.report_success("rel", 1.1, 100, ttft_s=0.1)
+    assert status(hc, "rel") is HealthState.HEALTHY
+
+
+def test_windows_age_out_but_keep_the_newest(clock: FakeClock) -> None:
+    hc = checker(clock, sample_max_age_s=60)
+    hc.register_node("n")
+    for _ in range(5):
+        hc.report_success("n", 0.9)  # whole requests, 900 ms
+    clock.advance(30)
+    hc.report_success("n", 0.1)
+    assert snap(hc, "n").latency_p50_ms == pytest.approx(900.0)
+    clock.advance(31)  # the 900 ms samples are now 61 s old
+    hc.needs_probe()  # the periodic sweep ages every node
+    h = snap(hc, "n")
+    assert (h.samples, h.latency_p50_ms) == (1, pytest.approx(100.0))
+    clock.advance(600)
+    hc.needs_probe()
+    assert snap(hc, "n").samples == 1  # the newest stays, however old
+
+
+def test_needs_probe_names_unknown_idle_degraded_and_over_limit(clock: FakeClock) -> None:
+    hc = checker(clock, check_interval_s=10, idle_probe_s=60)
+    for n in ("new", "busy", "slow", "deg"):
+        hc.register_node(n)
+    for _ in range(2):
+        hc.report_success("busy", 0.05)
+        hc.report_success("slow", 6.0)  # whole requests over the 5 s limit
+    hc.report_success("deg", 0.05)
+    hc.report_failure("deg")
+    assert hc.needs_probe() == ["new", "slow"]  # never measured; over the latency limit
+    assert hc.needs_probe() == []  # at most once per check interval
+    clock.advance(10)
+    assert hc.needs_probe() == ["new", "slow", "deg"]  # deg: no outcome for 10 s
+    hc.report_success("busy", 0.05)
+    clock.advance(59)
+    hc.report_success("busy", 0.05)
+    clock.advance(1)
+    assert "busy" not in hc.needs_probe()  # measured a second ago
+    clock.advance(60)
+    assert "busy" in hc.needs_probe()  # idle for a minute
+
+
+def test_probe_success_puts_an_excluded_node_back(clock: FakeClock) -> None:
+    hc = checker(clock)
+    hc.register_node("n")
+    for _ in range(3):
+        hc.report_success("n", 6.0)
+    assert snap(hc, "n").latency_p50_ms > 5000
+    hc.report_probe_success("n", latency_s=0.05)
+    h = snap(hc, "n")
+    assert (h.samples, h.latency_p50_ms) == (1, pytest.approx(50.0))
+    hc.register_node("m")
+    hc.report_success("m", 0.05)
+    hc.report_success("m", 0.07)
+    hc.report_probe_success("m", latency_s=0.06)  # in service: one more sample
+    assert snap(hc, "m").samples == 3
+
+
+def test_probes_prove_a_degraded_node_healthy(clock: FakeClock) -> None:
+    hc = checker(clock)
+    hc.register_node("n")
+    hc.report_failure("n")
+    assert status(hc, "n") is HealthState.DEGRADED
+    hc.report_probe_success("n", latency_s=0.05)
+    hc.report_probe_success("n", latency_s=0.05)
+    assert status(hc, "n") is HealthState.HEALTHY
+    hc.report_probe_success("n", latency_s=30.0)  # answers, but 30 s for one token
+    assert status(hc, "n") is HealthState.DEGRADED

@@ -1,0 +1,170 @@
+"""Issue 12: routing spreads load, explores new nodes, and traps no node (fake clock)."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+import pytest
+
+from gateway.health import HealthConfig, HealthState
+from gateway.router import LoadBalanceStrategy, RouterConfig
+from shared.errors import AllNodesUnhealthy
+from tests.core.util import World, hb, req
+
+P2C = RouterConfig(strategy=LoadBalanceStrategy.POWER_OF_TWO, seed=11)
+
+
+def node(w: World, nid: str, ttft_s: float | None = 0.2, *, capacity: int = 64) -> None:
+    """A node that joined by heartbeat; measured by three streams if ``ttft_s`` is set."""
+    w.catalog.apply_heartbeat(nid, hb(region="us", capacity=capacity))
+    w.health.register_node(nid)
+    for _ in range(3 if ttft_s is not None else 0):
+        w.health.report_success(nid, ttft_s + 1.0, 50, ttft_s=ttft_s)
+
+
+class Traffic:
+    """Closed-loop clients: ``concurrency`` requests in flight, the oldest completes next."""
+
+    def __init__(self, w: World, concurrency: int, **ttft_s: float) -> None:
+        self.w, self.concurrency = w, concurrency
+        self.ttft_s = ttft_s
+        """Each node's time to first token (default 0.2 s)."""
+        self.in_flight: deque[str] = deque()
+        self.served: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+
+    def run(self, requests: int) -> Counter[str]:
+        """Route ``requests`` requests; the share of each node."""
+        w = self.w
+        for i in range(requests):
+            if len(self.in_flight) >= self.concurrency:
+                self.complete()
+            nid = w.router.route(req(request_id=f"r{i}")).node_id
+            w.catalog.add_in_flight(nid, 1)
+            self.in_flight.append(nid)
+            self.served[nid] += 1
+            local = w.catalog.node(nid).local_in_flight  # type: ignore[union-attr]
+            self.peak[nid] = max(self.peak[nid], local)
+        while self.in_flight:
+            self.complete()
+        return self.served
+
+    def complete(self) -> None:
+        nid = self.in_flight.popleft()
+        self.w.clock.advance(0.05)
+        self.w.catalog.add_in_flight(nid, -1)
+        ttft = self.ttft_s.get(nid, 0.2)
+        self.w.health.report_success(nid, ttft + 1.0, 50, ttft_s=ttft)
+        self.w.breaker.record_success(nid)
+
+
+@pytest.mark.parametrize("concurrency", [1, 8, 32])
+def test_two_identical_nodes_split_evenly(concurrency: int) -> None:
+    w = World(P2C)
+    node(w, "a")
+    node(w, "b")
+    served = Traffic(w, concurrency).run(2000)
+    assert 0.45 <= served["a"] / 2000 <= 0.55, served
+
+
+def test_two_fresh_nodes_are_both_tried_and_measured() -> None:
+    w = World(P2C)
+    node(w, "a", None)
+    node(w, "b", None)
+    served = Traffic(w, 1).run(400)
+    assert 0.4 <= served["a"] / 400 <= 0.6, served
+    for nid in ("a", "b"):
+        assert w.health.get_cached_health(nid).status is HealthState.HEALTHY  # type: ignore[union-attr]
+
+
+def test_an_unknown_node_gets_a_bounded_share_then_its_part() -> None:
+    w = World(P2C)
+    node(w, "a")
+    node(w, "b")
+    node(w, "new", None)
+    traffic = Traffic(w, 8)
+    first = traffic.run(8)  # eight requests in flight before any answer comes back
+    assert first["new"] <= 1  # explored with at most one request at a time
+    served = traffic.run(1500)
+    assert w.health.get_cached_health("new").status is HealthState.HEALTHY  # type: ignore[union-attr]
+    assert served["new"] / 1508 > 0.25, served
+
+
+def test_least_latency_still_starves_an_unknown_node() -> None:
+    """The reference strategy, kept by config: why it is no longer the default."""
+    w = World(RouterConfig(strategy=LoadBalanceStrategy.LEAST_LATENCY))
+    node(w, "a")
+    node(w, "new", None)
+    assert Traffic(w, 1).run(200)["new"] == 0
+
+
+def test_a_band_of_one_is_challenged_by_a_close_less_loaded_runner_up() -> None:
+    w = World(P2C)
+    node(w, "fast", 0.1, capacity=8)
+    node(w, "close", 0.3, capacity=8)
+    node(w, "far", 3.0, capacity=8)
+    assert {w.router.route(req()).node_id for _ in range(50)} == {"fast"}
+    w.catalog.add_in_flight("fast", 2)
+    assert w.router.route(req()).node_id == "close"  # less loaded, within the challenge
+    w.catalog.add_in_flight("close", 3)
+    assert w.router.route(req()).node_id == "fast"
+    w2 = World(P2C)
+    node(w2, "fast", 0.1, capacity=8)
+    node(w2, "far", 3.0, capacity=8)
+    w2.catalog.add_in_flight("fast", 7)
+    assert w2.router.route(req()).node_id == "fast"  # 30x slower: no challenge
+    w2.catalog.add_in_flight("fast", 1)
+    assert w2.router.route(req()).node_id == "far"  # fast is full
+
+
+def test_no_node_is_stormed_by_stale_figures() -> None:
+    """A node that joins measured idle (fast) does not take every concurrent request."""
+    w = World(P2C)
+    node(w, "a", 0.4)
+    node(w, "b", 0.4)
+    traffic = Traffic(w, 32, a=0.4, b=0.4, idle=0.4)
+    traffic.run(200)
+    node(w, "idle", 0.1)  # its figures are from an idle moment
+    traffic.peak.clear()
+    traffic.run(400)
+    assert traffic.peak["idle"] <= traffic.peak["a"] + 2, traffic.peak
+
+
+def test_a_tied_fleet_is_sampled_not_scanned() -> None:
+    w = World(P2C)
+    for i in range(2000):
+        w.catalog.apply_heartbeat(f"n{i}", hb(region="us", capacity=64))
+        w.healthy(f"n{i}", 0.05)
+    picked = Counter(w.router.route(req()).node_id for _ in range(1000))
+    assert len(picked) > 600 and max(picked.values()) <= 5
+
+
+def test_exclude_and_capacity_hold_for_the_default() -> None:
+    w = World(P2C)
+    for nid in ("a", "b", "c"):
+        node(w, nid, capacity=2)
+    assert {w.router.route(req(), exclude={"a", "b"}).node_id for _ in range(20)} == {"c"}
+    w.catalog.add_in_flight("c", 2)
+    assert {w.router.route(req(), exclude={"a"}).node_id for _ in range(20)} == {"b"}
+
+
+def test_a_slow_whole_request_does_not_exclude_a_node_for_good() -> None:
+    w = World(P2C, HealthConfig(check_interval_s=10))
+    node(w, "n", None)
+    w.health.report_success("n", 6.0)  # one non-streaming answer, no tokens: 6 s
+    with pytest.raises(AllNodesUnhealthy):
+        w.router.route(req())  # p50 6 s: over the latency policy's 5 s
+    assert w.health.needs_probe() == ["n"]
+    w.health.report_probe_success("n", latency_s=0.08)  # the canary's time to first token
+    assert w.router.route(req()).node_id == "n"
+
+
+def test_a_long_generation_is_not_a_slow_node() -> None:
+    w = World(P2C)
+    node(w, "a")
+    node(w, "b")
+    w.health.report_success("a", 6.0, 300)  # non-streaming, 20 ms per token
+    w.health.report_success("a", 9.0, 100, ttft_s=3.0)  # a 3 s cold first turn, 60 ms/token
+    assert w.health.get_cached_health("a").status is HealthState.HEALTHY  # type: ignore[union-attr]
+    served = Traffic(w, 1).run(400)
+    assert served["a"] > 100, served
