@@ -97,8 +97,8 @@ class Flight:
         """Chunks relayed to the caller so far."""
         self.offset = 0
         """Caller seq of the chunk before the current attempt's first one."""
-        self.chunk_log: list[bytes | tuple[str, int]] = []
-        """What was relayed: raw chunk bytes (decoded lazily, on failover) or (text, tokens)."""
+        self.chunk_log: list[bytes] = []
+        """Every chunk exactly as relayed to the caller (its seq is the caller's)."""
         self.failovers = 0
         self.busy = 0
         """Attempts a node refused for lack of capacity (they spend the retry budget too)."""
@@ -131,14 +131,15 @@ class Flight:
         """Whether the caller asked for a stream."""
         return self.request.stream
 
-    def relayed(self) -> tuple[str, int]:
-        """Text and token count relayed so far (decodes raw chunks once, on failover)."""
+    def relayed(self) -> tuple[str, int, bool]:
+        """Text and token count relayed so far, and whether any chunk carried tool calls
+        (decoded on demand: only a failover or the end of a failed-over stream asks)."""
         texts: list[str] = []
         tokens = 0
-        for i, item in enumerate(self.chunk_log):
-            if isinstance(item, bytes):
-                chunk = m.chunk_decoder.decode(item)
-                item = self.chunk_log[i] = (chunk.text, chunk.tokens)
-            texts.append(item[0])
-            tokens += item[1]
-        return "".join(texts), tokens
+        tools = False
+        for item in self.chunk_log:
+            chunk = m.chunk_decoder.decode(item)
+            texts.append(chunk.text)
+            tokens += chunk.tokens
+            tools = tools or bool(chunk.tool_calls)
+        return "".join(texts), tokens, tools

@@ -18,8 +18,9 @@ parameters travel in ``params`` as the caller wrote them.
 Limits: a request whose NATS body would not fit the server's ``max_payload`` (less the
 dispatch envelope) is a ``413``; every client value copied onto NATS (``traceparent``,
 ``tracestate``, model, ``user``, ``qos``, ``capability``) is validated first. The
-request id on NATS is always the gateway's own; a client's ``X-Request-Id`` is only
-echoed back. An HTTP client that goes away cancels its request at once (the handler is
+request id on NATS is a client's ``X-Request-Id`` when it is of the request-id alphabet
+(scoped to the caller's tenant, like every request id), else a fresh one; it is echoed
+back either way. An HTTP client that goes away cancels its request at once (the handler is
 cancelled, and the client publishes ``fed.cancel.<id>``), streaming or not.
 
 Authentication: with ``api_keys`` configured, ``Authorization: Bearer <key>`` must name a
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import secrets
 import socket
 from array import array
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
     from gateway.service import GatewayService
 
 log = logging.getLogger("fedgate.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+"""A client's X-Request-Id usable as the NATS request id (the contract's alphabet)."""
 
 SERVED_BY = "X-Fed-Served-By"
 ATTEMPTS = "X-Fed-Attempts"
@@ -178,10 +183,13 @@ class FrontDoor:
         return tenant
 
     def _fields(self, request: web.Request, req: schema.Request) -> dict[str, Any]:
-        """The NATS request fields common to every endpoint (a fresh request id: never the
-        client's ``X-Request-Id``)."""
+        """The NATS request fields common to every endpoint. The request id is the
+        client's ``X-Request-Id`` when it is a valid one — an identity within the caller's
+        tenant only (docs/protocol.md, "Request identity"): another API key's requests
+        never collide with it — else a fresh one."""
+        given = request.headers.get(intake.CLIENT_REQUEST_ID, "")
         fields: dict[str, Any] = {
-            "request_id": secrets.token_hex(8),
+            "request_id": given if _REQUEST_ID.match(given) else secrets.token_hex(8),
             "model": req.model,
             "tenant_id": request.get(TENANT),
         }

@@ -346,9 +346,7 @@ class GatewayService:
         if msg.headers and h.ACK in msg.headers and digest == held.digest:
             held.reply = reply
             await self._ack(held)
-            for i, item in enumerate(held.chunk_log):
-                if isinstance(item, tuple):
-                    item = m.encode(m.Chunk(seq=i + 1, text=item[0], tokens=item[1]))
+            for item in held.chunk_log:  # exactly the bytes relayed, seq 1, 2, ...
                 await self.nc.publish(reply, item, reply=held.caller_probe)
             return
         why = "with a different body" if msg.headers and h.ACK in msg.headers else ""
@@ -611,8 +609,8 @@ class GatewayService:
                 await self._chunk_lost(flight, expected, chunk.seq)
                 return
             flight.seq += 1
-            flight.chunk_log.append((chunk.text, chunk.tokens))
-            data = m.encode(m.Chunk(seq=flight.seq, text=chunk.text, tokens=chunk.tokens))
+            data = m.encode(msgspec.structs.replace(chunk, seq=flight.seq))  # extras kept
+            flight.chunk_log.append(data)
         else:
             seq = _node_seq(data)
             if seq != expected:
@@ -716,7 +714,15 @@ class GatewayService:
             if flight.attempt > self.config.max_retries:
                 await self._finish_error(flight, errors.Interrupted(error.message))
                 return
-            text, tokens = flight.relayed()
+            text, tokens, tools = flight.relayed()
+            if tools:
+                await self._finish_error(
+                    flight,
+                    errors.Interrupted(
+                        f"a stream that relayed tool calls cannot resume: {error.message}"
+                    ),
+                )
+                return
             self.failovers += 1
             flight.failovers += 1
             await self._dispatch(flight, m.Resume(text=text, tokens=tokens))

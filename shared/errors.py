@@ -239,4 +239,7 @@ def from_headers(headers: dict[str, str] | None) -> FedError | None:
     cls = cls or Internal
     err = cls.__new__(cls)
     FedError.__init__(err, headers.get(h.ERROR, "") or cls.kind)
+    if isinstance(err, Overloaded):
+        ra = headers.get(h.RETRY_AFTER, "")
+        err.retry_after_s = float(ra) if ra.replace(".", "", 1).isdigit() else None
     return err

@@ -87,26 +87,26 @@ async def test_too_large_is_an_openai_413_naming_the_limit(synth: Door, size: in
         await front.stop()
 
 
-async def test_x_request_id_is_echoed_never_used_on_nats(synth: Door) -> None:
+async def test_x_request_id_is_the_nats_id_within_the_tenant(synth: Door) -> None:
+    """A valid X-Request-Id is echoed and is the request id on NATS (scoped to the
+    caller's tenant); an id outside the contract's alphabet is echoed and replaced."""
     nc = await synth.fed.client()
     sub = await nc.subscribe("infer.generate")
     await nc.flush()
-    headers = {"X-Request-Id": "mine-1", "traceparent": TRACE}
-    fed_ids = set()
-    for _ in range(2):  # the same id twice: two requests, no collision
+    for given, used_on_nats in (("mine-1", True), ("mine-1", True), ("not valid!", False)):
+        headers = {"X-Request-Id": given, "traceparent": TRACE}
         async with synth.http.post(
             synth.base + "/v1/chat/completions", json=CHAT, headers=headers
         ) as resp:
             assert resp.status == 200
-            assert resp.headers["X-Request-Id"] == "mine-1"
-            fed_ids.add(resp.headers["X-Fed-Request-Id"])
-    seen = set()
-    while len(seen) < 2:  # (a client may resend a request: same id, same body)
+            assert resp.headers["X-Request-Id"] == given
+            fed_id = resp.headers["X-Fed-Request-Id"]
         msg = await sub.next_msg(timeout=5)
-        seen.add(json.loads(msg.data)["request_id"])
+        assert json.loads(msg.data)["request_id"] == fed_id
         assert msg.headers is not None and msg.headers["traceparent"] == TRACE
-    assert seen == fed_ids
-    assert "mine-1" not in seen
+        assert (fed_id == given) is used_on_nats
+        if not used_on_nats:
+            assert len(fed_id) == 16
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ async def test_thresholds_from_config_shape_breaker_and_health(nats_url: str) ->
             breaker_reset_timeout_s=60,
             health_failure_threshold=5,
             retry_backoff_initial_s=0.001,
+            strategy="least_latency",  # the cheaper (failing) node first, deterministically
         )
         await fed.node("bad", SyntheticBackend(SyntheticOptions(fail_rate=1.0)),
                        models={"m": ("generate",)}, cost=0.0)  # fmt: skip

@@ -341,7 +341,7 @@ async def test_gateway_stats_counts_dispatches_per_node(fed: Federation, nc: Cli
 
 
 async def test_route_dry_run(fed: Federation, nc: Client) -> None:
-    await fed.gateway(fast())
+    await fed.gateway(fast(strategy="least_latency"))  # deterministic: the dry run predicts
     nodes = [await fed.node(n, region="eu", models={"m": ("generate",)}) for n in ("a", "b")]
     await fed.seen("a", "b")
     body = {"input": "hi", "qos": {"region": "eu"}}
