@@ -35,6 +35,7 @@ class Flight:
         "first_chunk_at",
         "ident",
         "inbox",
+        "job_id",
         "key",
         "last_activity",
         "last_error",
@@ -108,6 +109,8 @@ class Flight:
         """Failures whose blame waits for the request's end (poison detection)."""
         self.ident: tuple[str, str] = ("", request_id)
         """(tenant, request id): the request's identity, scoped to its caller."""
+        self.job_id = ""
+        """What names this request on a node (unique; sent as the dispatch's job_id)."""
         self.digest = b""
         """Digest of the caller's body: a resend is honoured only with the same bytes."""
         self.epoch = 0

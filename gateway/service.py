@@ -130,6 +130,8 @@ class GatewayService:
         self._waiting: deque[Flight] = deque()
         self._next_key = 0
         self._ids = random.Random(secrets.randbits(64))
+        self._job_prefix = secrets.token_hex(6)
+        """Job ids sent to nodes: this gateway's random prefix + the flight key."""
         """Generated request ids: 16 hex digits, as documented."""
         self._cooldown: dict[str, float] = {}
         """Node -> time before which it is not sent work (it answered 429 Retry-After)."""
@@ -306,6 +308,7 @@ class GatewayService:
             poison_after=self.config.poison_after_nodes,
         )
         flight.ident = ident
+        flight.job_id = self._job_prefix + key
         flight.digest = digest
         flight.inbox = f"{self._inbox}.{key}."
         flight.caller_probe = flight.inbox + "c"
@@ -514,7 +517,8 @@ class GatewayService:
             b',"resume":', m.encode(resume) if resume is not None else b"null",
             b',"capability":"', flight.capability.encode(),
             b'","request_id":"', flight.request_id.encode(),
-            b'","timeout_ms":', str(remaining_ms).encode(), b"}",
+            b'","timeout_ms":', str(remaining_ms).encode(),
+            b',"job_id":"', flight.job_id.encode(), b'"}',
         ))  # fmt: skip
         subject = self.subjects.node_infer(node_id)
         headers = flight.trace_headers
@@ -692,7 +696,7 @@ class GatewayService:
         self._release(flight, success=False if blame is Blame.NOW and fair else None)
         if node_id is not None and not node_reported:
             # Timed out, stalled or gone: make sure a slow node stops working for nobody.
-            self._cancel_on_node(node_id, flight.request_id)
+            self._cancel_on_node(node_id, flight.request_id, flight.job_id)
         flight.last_error = (code or error.code, kind or error.kind, error.message)
         if node_id is not None and flight.blame.record(node_id, blame, counted=fair):
             # Failed the same way on several nodes: the request, not the fleet.
@@ -790,8 +794,8 @@ class GatewayService:
             if not await self._dispatch(flight):
                 return
 
-    def _cancel_on_node(self, node_id: str, request_id: str) -> None:
-        body = m.encode(m.CancelNode(request_id=request_id))
+    def _cancel_on_node(self, node_id: str, request_id: str, job_id: str = "") -> None:
+        body = m.encode(m.CancelNode(request_id=request_id, job_id=job_id))
         self._spawn(self.nc.publish(self.subjects.node_cancel(node_id), body), "cancel")
 
     # -- finishing -----------------------------------------------------------------
@@ -921,14 +925,14 @@ class GatewayService:
         if flight is None or flight.done:
             return
         if flight.node_id is not None and flight.attempt_open:
-            self._cancel_on_node(flight.node_id, flight.request_id)
+            self._cancel_on_node(flight.node_id, flight.request_id, flight.job_id)
         await self._finish_error(flight, errors.Cancelled("cancelled by the caller"))
 
     async def _caller_gone(self, flight: Flight) -> None:
         if flight.done:
             return
         if flight.node_id is not None and flight.attempt_open:
-            self._cancel_on_node(flight.node_id, flight.request_id)
+            self._cancel_on_node(flight.node_id, flight.request_id, flight.job_id)
         self._release(flight, success=None)
         self._forget(flight, error="caller gone")
         self.stats.record_failure(flight.node_id, flight.request.tenant_id)
@@ -979,7 +983,7 @@ class GatewayService:
                 continue
             if now >= flight.deadline:
                 if flight.node_id and flight.attempt_open:
-                    self._cancel_on_node(flight.node_id, flight.request_id)
+                    self._cancel_on_node(flight.node_id, flight.request_id, flight.job_id)
                 timeout_s = flight.deadline - flight.started
                 await self._finish_error(flight, errors.Timeout(timeout_s))
                 continue

@@ -213,10 +213,10 @@ class Node:
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
-            request_id = m.cancel_decoder.decode(msg.data).request_id
+            cancel = m.cancel_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
-        task = self._jobs.get(request_id)
+        task = self._jobs.get(cancel.job_id or cancel.request_id)
         if task is not None:
             task.cancel()
 
@@ -242,7 +242,8 @@ class Node:
             why = "draining" if self.draining else "not ready (its engine is unreachable)"
             await self._error(msg.reply, errors.NodeDraining(f"{self.node_id} is {why}"))
             return
-        previous = self._jobs.pop(request_id, None)
+        key = dispatch.job_id or request_id  # what names the job here (two tenants may
+        previous = self._jobs.pop(key, None)  # share a request id; a job id is unique)
         if previous is not None:
             # A gateway re-dispatches a request id only after giving up on the earlier
             # dispatch (or another gateway took the request over): the newest one wins.
@@ -286,15 +287,15 @@ class Node:
                 },
             )
         task = asyncio.create_task(
-            self._run(job, request_id, dispatch.attempt, msg.reply, timeout_s, span),
-            name=f"job-{request_id}",
+            self._run(job, request_id, dispatch.attempt, msg.reply, timeout_s, span, key),
+            name=f"job-{key}",
         )
-        self._jobs[request_id] = task
-        task.add_done_callback(functools.partial(self._job_done, request_id))
+        self._jobs[key] = task
+        task.add_done_callback(functools.partial(self._job_done, key))
 
-    def _job_done(self, request_id: str, task: asyncio.Task[None]) -> None:
-        if self._jobs.get(request_id) is task:
-            del self._jobs[request_id]
+    def _job_done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._jobs.get(key) is task:
+            del self._jobs[key]
 
     async def _run(
         self,
@@ -304,13 +305,15 @@ class Node:
         reply: str,
         timeout_s: float,
         span: Any = None,
+        key: str = "",
     ) -> None:
+        key = key or request_id
         if span is None:
-            await self._serve(job, request_id, attempt, reply, timeout_s)
+            await self._serve(job, request_id, attempt, reply, timeout_s, key)
             return
         error, tokens = "cancelled", 0
         try:
-            error, tokens = await self._serve(job, request_id, attempt, reply, timeout_s)
+            error, tokens = await self._serve(job, request_id, attempt, reply, timeout_s, key)
         finally:
             span.set_attribute("fed.tokens", tokens)
             if self._ttft_ms is not None:
@@ -321,12 +324,19 @@ class Node:
                 span.end()
 
     async def _serve(
-        self, job: Job, request_id: str, attempt: int, reply: str, timeout_s: float
+        self,
+        job: Job,
+        request_id: str,
+        attempt: int,
+        reply: str,
+        timeout_s: float,
+        key: str = "",
     ) -> tuple[str, int]:
-        """Run one job and answer on ``reply``; returns ("" or the error text, tokens)."""
+        """Run one job and answer on ``reply``; returns ("" or the error text, tokens).
+        ``key`` names the job on this node (the dispatch's job id, else its request id)."""
         started = time.perf_counter()
         streaming = job.request.stream
-        gone = f"{self._gone_prefix}.{request_id}"
+        gone = f"{self._gone_prefix}.{key or request_id}"
         out = Output(job.resume_tokens)
         coalesce_s = self.stream_interval_s
         chunks = 0

@@ -241,3 +241,28 @@ async def test_one_client_two_calls_with_one_id_keep_their_own_answers(nats_url:
         inputs = sorted(d["request"]["input"] for d in node.work)
         assert inputs == ["a-one a-two a-three", "b-one b-two"]  # each ran once
         await node.stop()
+
+
+async def test_two_tenants_one_id_on_one_worker_both_run(nats_url: str) -> None:
+    """A real worker keys its jobs by the gateway's job id: two tenants' requests with
+    one request id on the same node both complete (no "newest dispatch wins" between
+    them), and a cancel stops only its own."""
+    from shared.client import FedClient
+    from worker.backends.synthetic import SyntheticBackend, SyntheticOptions, expected_text
+
+    async with federation(nats_url) as fed:
+        await fed.gateway(fast())
+        slow = SyntheticBackend(SyntheticOptions(token_interval_ms=30))
+        await fed.node("w1", slow, models={"m": ("generate",)})
+        await fed.seen("w1")
+        client = FedClient(await fed.client())
+
+        async def run(tenant: str, text: str) -> str:
+            async with client.stream(
+                "generate", text, request_id="same", tenant_id=tenant, model="m"
+            ) as s:
+                return "".join([c.text async for c in s])
+
+        a, b = await asyncio.gather(run("t1", "first prompt"), run("t2", "second prompt"))
+        assert a == expected_text("m", "first prompt")
+        assert b == expected_text("m", "second prompt")
