@@ -158,7 +158,7 @@ class HealthChecker:
             latency_p50_ms=lat.quantile(0.50),
             latency_p90_ms=lat.quantile(0.90),
             latency_p99_ms=lat.quantile(0.99),
-            tokens_per_s=st.samples.tokens_per_s,
+            tokens_per_s=st.samples.rate.per_s,
             consecutive_failures=st.failures,
             consecutive_successes=st.successes,
             last_check=now,
@@ -220,7 +220,7 @@ class HealthChecker:
                 slow = self._slow_tpot(st, tpot_ms) or slow
                 st.samples.tpot.add(now, tpot_ms)
         if tokens > 0 and latency_s > 0:
-            st.samples.add_rate(now, latency_s, tokens)
+            st.samples.rate.add(now, latency_s, tokens)
         before = st.status
         if slow:
             st.status = HealthState.DEGRADED

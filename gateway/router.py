@@ -148,8 +148,14 @@ class Router:
         size = 0
         for entries, hi, skip in buckets:
             end = len(entries)
-            if hi is not None and n:  # base + hi >= floor * n, with room for rounding
-                end = bisect.bisect_right(entries, (hi - floor * n + 1e-9, math.inf))
+            if hi is not None and n:  # in the band: -base <= hi - floor * n (+ rounding)
+                key = hi - floor * n + 1e-9
+                if end > _SMALL_BAND and entries[_SMALL_BAND][0] <= key:
+                    end = bisect.bisect_right(entries, (key, math.inf))
+                else:  # a small band: no need to search the whole list
+                    end = 0
+                    while end < len(entries) and end <= _SMALL_BAND and entries[end][0] <= key:
+                        end += 1
             ranges.append((entries, end, skip))
             size += end
         explorer = None
