@@ -12,7 +12,8 @@ nodes' time to first token distributed as:
 
 Each is measured for the default strategy and for ``least_latency``; with ``--before REV``
 the router of git revision REV runs on an identical fleet, call for call interleaved with
-the current one (same reports, same requests), so both figures come from the same run.
+the current one (same reports, same requests) for the first ``--before-calls`` routes, so
+both figures come from the same run (the old router scans ties: keep that number small).
 Also: the default strategy on 100- and 1,000-node fleets (``mix``), get_candidates() and
 apply_heartbeat. Prints a table, then as its last line one JSON object (microseconds);
 ``route_10000`` is the worst p99 over the distributions (the figure `make bench` checks).
@@ -135,9 +136,15 @@ def before_router(rev: str) -> RouterFactory:
 
 
 def bench_route(
-    dist: str, n: int, strategy: LoadBalanceStrategy, calls: int, before: RouterFactory | None
+    dist: str,
+    n: int,
+    strategy: LoadBalanceStrategy,
+    calls: int,
+    before: RouterFactory | None,
+    before_calls: int = 2000,
 ) -> dict[str, float]:
-    """route() p50/p99 with a health report before each call (and the old router's)."""
+    """route() p50/p99 with a health report before each call; the old router's, call for
+    call interleaved, over the first ``before_calls`` calls."""
     fleets = [Fleet(dist, n, strategy)]
     if before is not None:
         fleets.append(Fleet(dist, n, strategy, before))
@@ -151,6 +158,8 @@ def bench_route(
         for i in range(calls):
             node = pick.randrange(n)
             for fleet, out in zip(fleets, samples, strict=True):
+                if fleet is not fleets[0] and i >= before_calls:
+                    break
                 fleet.report(node)
                 route, r = fleet.router.route, fleet.requests[i % len(fleet.requests)]
                 t0 = time.perf_counter_ns()
@@ -159,8 +168,14 @@ def bench_route(
     finally:
         gc.enable()
     res = {"p50_us": _pct(samples[0], 0.5), "p99_us": _pct(samples[0], 0.99)}
-    if before is not None:
-        res |= {"before_p50_us": _pct(samples[1], 0.5), "before_p99_us": _pct(samples[1], 0.99)}
+    if before is not None:  # both routers over the same interleaved calls
+        paired = samples[0][: len(samples[1])]
+        res |= {
+            "before_p50_us": _pct(samples[1], 0.5),
+            "before_p99_us": _pct(samples[1], 0.99),
+            "interleaved_p50_us": _pct(paired, 0.5),
+            "interleaved_p99_us": _pct(paired, 0.99),
+        }
     return res
 
 
@@ -205,19 +220,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description="route() cost under live health reports")
     p.add_argument("--calls", type=int, default=20_000, help="routes per figure")
     p.add_argument("--before", metavar="REV", help="also run the router of this git revision")
+    p.add_argument(
+        "--before-calls", type=int, default=2000, help="routes of the old router per figure"
+    )
     args = p.parse_args()
     before = before_router(args.before) if args.before else None
     default = RouterConfig().strategy
     results: dict[str, Any] = {"default_strategy": default.value}
     head = f"{'fleet':>6} {'distribution':<8} {'strategy':<14} | {'p50 µs':>7} {'p99 µs':>8}"
-    print(head + (f" | {'before p50':>10} {'before p99':>10}" if before else ""))
+    if before:
+        head += f" | interleaved: {'p50':>7} {'p99':>8} | before {'p50':>8} {'p99':>8}"
+    print(head)
     worst = 0.0
     cases = [(100, "mix", default, None), (1_000, "mix", default, None)]
     for dist in DISTRIBUTIONS:
         for strategy in (default, LoadBalanceStrategy.LEAST_LATENCY):
             cases.append((10_000, dist, strategy, before))
     for n, dist, strategy, old in cases:
-        r = bench_route(dist, n, strategy, args.calls, old)
+        r = bench_route(dist, n, strategy, args.calls, old, args.before_calls)
         results[f"route_{n}_{dist}_{strategy.value}"] = r
         if n == 10_000 and strategy is default:
             worst = max(worst, r["p99_us"])
@@ -225,7 +245,8 @@ def main() -> None:
             results[f"route_{n}"] = r
         line = f"{n:>6} {dist:<8} {strategy.value:<14} | {r['p50_us']:>7.1f} {r['p99_us']:>8.1f}"
         if "before_p50_us" in r:
-            line += f" | {r['before_p50_us']:>10.1f} {r['before_p99_us']:>10.1f}"
+            line += f" | {'':>12} {r['interleaved_p50_us']:>7.1f} {r['interleaved_p99_us']:>8.1f}"
+            line += f" | {'':>6} {r['before_p50_us']:>8.1f} {r['before_p99_us']:>8.1f}"
         print(line, flush=True)
     results["route_10000"] = {"p99_us": worst}
     print(f"route() p99 at 10,000 nodes, worst distribution, {default.value}: {worst:.1f} µs")
