@@ -185,13 +185,13 @@ class CandidateIndex:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def selectable(self, node: NodeInfo, exclude: Collection[str]) -> bool:
-        """The cheap half of ``candidate``: not excluded, draining, full, open-circuit or
-        UNHEALTHY (policies and score not checked)."""
+    def available(self, node: NodeInfo, exclude: Collection[str]) -> bool:
+        """The cheapest checks of ``candidate``: not excluded, draining, full or behind an
+        open circuit (health, policies and score not checked)."""
         nid = node.node_id
-        if nid in exclude or node.draining or node.local_in_flight >= node.capacity:
-            return False
-        return self._admits(nid) and self.health_of(nid).status is not HealthState.UNHEALTHY
+        return not (
+            nid in exclude or node.draining or node.local_in_flight >= node.capacity
+        ) and self._admits(nid)
 
     def candidate(
         self,
@@ -202,7 +202,7 @@ class CandidateIndex:
         checked: bool = False,
     ) -> Candidate | None:
         """The scored candidate (``base`` from its ordering entry), or None when the node
-        is not selectable for this request (``checked``: ``selectable`` said yes)."""
+        is not selectable for this request (``checked``: ``available`` said yes)."""
         nid = node.node_id
         if not checked and (
             nid in exclude

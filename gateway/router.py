@@ -222,17 +222,17 @@ class Router:
     def _heads(
         self, buckets: list[Bucket], exclude: Collection[str]
     ) -> list[tuple[float, int, float, NodeInfo]]:
-        """The two best-placed selectable nodes as (-bound, seq, -base, node), best first
-        (cheap checks only; at most ``_SCAN`` nodes looked at per list)."""
+        """The two best-placed available nodes as (-bound, seq, -base, node), best first
+        (the cheapest checks only; at most ``_SCAN`` nodes looked at per list)."""
         index = self._index
-        n, selectable = index.n, index.selectable
+        n, available = index.n, index.available
         heads: list[tuple[float, int, float, NodeInfo]] = []
         for entries, hi, skip in buckets:
             for neg_base, seq, node in islice(entries, _SCAN):
                 key = (neg_base - hi) / n if hi is not None and n else -math.inf
                 if len(heads) >= 2 and key >= heads[1][0]:
                     break  # nothing further in this list places better
-                if (skip is None or node.region != skip) and selectable(node, exclude):
+                if (skip is None or node.region != skip) and available(node, exclude):
                     heads.append((key, seq, neg_base, node))
                     if len(heads) > 2:
                         heads.sort()
