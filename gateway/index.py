@@ -4,12 +4,12 @@
 policy variant key) seen in a request, maintained from catalog and health listeners, and
 answers two questions fast: "is this node selectable for this request, and with what
 score?" (``candidate``) and "which are the k best?" (``walk``, a bounded walk that stops
-when no later node can beat the k-th best; a tie cannot). ``explain`` and ``classify``
-are the full scans behind dry runs and the error of a failed route.
+when no later node can beat the k-th best; a tie cannot). The full scans behind dry
+runs and the error of a failed route are in gateway/explain.py.
 
 Totals are computed as (base + sum of the dynamic scores) / n on every path, where base
 is the sum of the static and variant scores in member order, so the walk's bound
-(base + sum of the dynamic upper bounds) / n is never below a total, and ``explain``
+(base + sum of the dynamic upper bounds) / n is never below a total, and the dry run
 gives bit for bit the totals ``walk`` compares.
 """
 
@@ -19,7 +19,7 @@ import heapq
 import math
 from collections.abc import Collection, Hashable
 
-from gateway.breaker import CircuitBreaker, CircuitState
+from gateway.breaker import CircuitBreaker
 from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.health import HealthChecker, HealthState, NodeHealth
 from gateway.ordering import Entry, Ordering
@@ -32,7 +32,6 @@ from gateway.policies import (
     build_candidate,
     synthetic_health,
 )
-from shared.errors import AllNodesUnhealthy, NoCapacity, Overloaded, PolicyViolation
 from shared.messages import InferRequest
 
 Bucket = tuple[list[Entry], float | None, str | None]
@@ -71,7 +70,8 @@ class CandidateIndex:
         # The members are snapshot here: mutate a composite before handing it over.
         members = policy.policies
         self.n = len(members)
-        self._dynamic = tuple(p.kind is PolicyKind.DYNAMIC for p in members)
+        self.dynamic = tuple(p.kind is PolicyKind.DYNAMIC for p in members)
+        """Per member: is it DYNAMIC (its score left out of base)?"""
         self._base_scorers = tuple(p.score for p in members if p.kind is not PolicyKind.DYNAMIC)
         self._dyn_scorers = tuple(p.score for p in members if p.kind is PolicyKind.DYNAMIC)
         self._checks = tuple(
@@ -100,13 +100,15 @@ class CandidateIndex:
                 h = self._synthetic[node_id] = synthetic_health(node_id)
         return h
 
-    def _base(self, node: NodeInfo, h: NodeHealth, request: InferRequest) -> float:
+    def base(self, node: NodeInfo, h: NodeHealth, request: InferRequest) -> float:
+        """Sum of the static and variant scores, in member order (-1e300 if not finite)."""
         c, base = build_candidate(node, h, request), 0.0
         for score in self._base_scorers:
             base += score(c, request)
         return base if math.isfinite(base) else -1e300
 
-    def _total(self, c: Candidate, base: float, request: InferRequest) -> float:
+    def total(self, c: Candidate, base: float, request: InferRequest) -> float:
+        """(base + sum of the dynamic scores) / n; 1.0 for an empty composite."""
         if not self.n:
             return 1.0
         dyn = 0.0
@@ -114,7 +116,8 @@ class CandidateIndex:
             dyn += score(c, request)
         return (base + dyn) / self.n
 
-    def _rejection(self, c: Candidate, request: InferRequest) -> str:
+    def rejection(self, c: Candidate, request: InferRequest) -> str:
+        """The first member's rejection reason, or "" when every member accepts."""
         for check in self._checks:
             ok, reason = check(c, request)
             if not ok:
@@ -142,7 +145,7 @@ class CandidateIndex:
             for node in self.catalog.nodes_for(request.capability, request.model):
                 h = self.health_of(node.node_id)
                 unknown = h.status is HealthState.UNKNOWN
-                items.append((node, self._base(node, h, request), unknown))
+                items.append((node, self.base(node, h, request), unknown))
                 self._memberships.setdefault(node.node_id, []).append(o)
             o.fill(items)
             self._orderings[key] = o
@@ -159,7 +162,7 @@ class CandidateIndex:
         h = self.health_of(node_id)
         unknown = h.status is HealthState.UNKNOWN
         for o in orderings:
-            base = self._base(node, h, o.template)
+            base = self.base(node, h, o.template)
             if not o.same(node, base, unknown):
                 o.put(node, base, unknown)
 
@@ -178,7 +181,7 @@ class CandidateIndex:
         for cap in node.capabilities:
             for o in self._by_cap.get(cap, ()):
                 if o.matches(node):
-                    o.put(node, self._base(node, h, o.template), h.status is HealthState.UNKNOWN)
+                    o.put(node, self.base(node, h, o.template), h.status is HealthState.UNKNOWN)
                     joined.append(o)
         if joined:
             self._memberships[nid] = joined
@@ -215,9 +218,9 @@ class CandidateIndex:
         if h.status is HealthState.UNHEALTHY:
             return None
         c = build_candidate(node, h, request)
-        if self._rejection(c, request):
+        if self.rejection(c, request):
             return None
-        total = self._total(c, base, request)
+        total = self.total(c, base, request)
         if not total >= self.min_score:
             return None
         c.scores.total = total
@@ -267,77 +270,3 @@ class CandidateIndex:
                     heapq.heapreplace(best, item)
         best.sort(key=lambda t: (-t[0], -t[1]))
         return [t[2] for t in best]
-
-    # -- full scans ---------------------------------------------------------------------
-
-    def classify(self, request: InferRequest, exclude: Collection[str]) -> Exception:
-        """Why nothing was selectable (the slow path, a full scan)."""
-        cap = request.capability
-        built, privacy_only, full = 0, True, False
-        for node in self.catalog.nodes_for(cap, request.model):
-            nid = node.node_id
-            h = self.health_of(nid)
-            if nid in exclude or not self.breaker.admits(nid) or h.status is HealthState.UNHEALTHY:
-                continue
-            built += 1
-            c = build_candidate(node, h, request)
-            rejected = self.policy.rejected_by(c, request)
-            if rejected or node.draining:
-                privacy_only = privacy_only and "privacy" in rejected
-                continue
-            privacy_only = False
-            total = self._total(c, self._base(node, h, request), request)
-            if total >= self.min_score and node.at_capacity:
-                full = True
-        if built == 0:
-            return NoCapacity(cap)
-        if full:
-            return Overloaded(f"All eligible nodes at capacity for capability: {cap}")
-        if privacy_only:
-            return PolicyViolation(cap)
-        return AllNodesUnhealthy(cap)
-
-    def explain(self, request: InferRequest) -> list[Candidate]:
-        """Every node for the request's capability/model, scored and explained, best
-        first (eligible ones first; ties by catalog order)."""
-        out: list[Candidate] = []
-        members = self.policy.policies
-        named = tuple(zip([p.name for p in members], self._dynamic, strict=True))
-        scorers = tuple(p.score for p in members)
-        n, min_score = self.n, self.min_score
-        for node in self.catalog.nodes_for(request.capability, request.model):
-            nid = node.node_id
-            h = self.health_of(nid)
-            c = build_candidate(node, h, request)
-            contributions: dict[str, float] = {}
-            base = dyn = 0.0
-            for (name, dynamic), score in zip(named, scorers, strict=True):
-                value = score(c, request)
-                contributions[name] = value
-                if dynamic:
-                    dyn += value
-                else:
-                    base += value
-            if not math.isfinite(base):
-                base = -1e300
-            c.contributions = contributions
-            c.scores.total = (base + dyn) / n if n else 1.0
-            reason = self._rejection(c, request)
-            if node.draining:
-                reason = "draining"
-            elif not self.breaker.admits(nid):
-                open_ = self.breaker.state(nid) is CircuitState.OPEN
-                reason = "circuit open" if open_ else "circuit half-open: probe busy"
-            elif h.status is HealthState.UNHEALTHY:
-                reason = "unhealthy"
-            elif reason:
-                pass
-            elif not c.scores.total >= min_score:
-                reason = f"score {c.scores.total:.3f} below min_score {min_score:g}"
-            elif node.at_capacity:
-                reason = "at capacity"
-            c.eligible = not reason
-            c.reason = reason
-            out.append(c)
-        out.sort(key=lambda c: (not c.eligible, -c.scores.total, c.node.seq))
-        return out

@@ -20,6 +20,7 @@ from itertools import islice
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import ModelCatalog, NodeInfo
 from gateway.clock import MONOTONIC, Clock
+from gateway.explain import classify, explain
 from gateway.health import HealthChecker, NodeHealth
 from gateway.index import Bucket, CandidateIndex
 from gateway.ordering import Entry, Ordering
@@ -112,7 +113,7 @@ class Router:
             if self.breaker.try_acquire(chosen.node_id):
                 return chosen
             top.remove(chosen)
-        raise index.classify(request, exclude)
+        raise classify(index, request, exclude)
 
     def spread_band(self, best: NodeInfo, health: NodeHealth) -> float:
         """How far below the score of ``best`` a POWER_OF_TWO candidate may be: what
@@ -246,4 +247,4 @@ class Router:
 
     def get_candidates(self, request: InferRequest) -> list[Candidate]:
         """Every node for the request's capability/model, scored and explained, best first."""
-        return self._index.explain(request)
+        return explain(self._index, request)
