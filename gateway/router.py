@@ -143,6 +143,8 @@ class Router:
                     ceiling, ref = upper, entries[0][2]
         if ref is None:
             return []
+        if ceiling == math.inf:  # a dynamic policy without bounds: no band to read
+            return self._walked(o, request, exclude, None)
         band = self.spread_band(ref, index.health_of(ref.node_id))
         floor = ceiling - band
         ranges: list[tuple[list[Entry], int, str | None]] = []
@@ -210,15 +212,25 @@ class Router:
                 c = index.candidate(node, -neg_base, request, exclude, node is not explorer)
                 if c is not None:
                     return [c]
-        # A sparse band, or policies rejected the pair: walk the best candidates.
-        ranked = index.walk(o, request, exclude, max(2, self.config.max_candidates), floor)
-        if len(ranked) < 2:
-            ranked = index.walk(o, request, exclude, 2)
-        if len(ranked) > 2:
-            i = int(random() * len(ranked))
-            j = int(random() * (len(ranked) - 1))
-            return [ranked[i], ranked[j + (j >= i)]]
-        return ranked
+        return self._walked(o, request, exclude, floor)  # sparse, or policies said no
+
+    def _walked(
+        self, o: Ordering, request: InferRequest, exclude: Collection[str], floor: float | None
+    ) -> list[Candidate]:
+        """The slow way: the ``max_candidates`` best walked, two of those scoring at least
+        ``floor`` (default: the band of the best) at random, else the best two."""
+        ranked = self._index.walk(o, request, exclude, max(2, self.config.max_candidates))
+        if not ranked:
+            return ranked
+        if floor is None:
+            floor = ranked[0].score - self.spread_band(ranked[0].node, ranked[0].health)
+        band = [c for c in ranked if c.score >= floor]
+        if len(band) < 2:
+            return ranked[:2]  # the best against the runner-up
+        random = self._rng.random
+        i = int(random() * len(band))
+        j = int(random() * (len(band) - 1))
+        return [band[i], band[j + (j >= i)]]
 
     def _heads(
         self, buckets: list[Bucket], exclude: Collection[str]

@@ -7,8 +7,10 @@ from collections import Counter, deque
 import pytest
 
 from gateway.health import HealthConfig, HealthState
+from gateway.policies import Candidate, CompositePolicy, HealthPolicy, LatencyPolicy, Policy
 from gateway.router import LoadBalanceStrategy, RouterConfig
 from shared.errors import AllNodesUnhealthy
+from shared.messages import InferRequest
 from tests.core.util import World, hb, req
 
 P2C = RouterConfig(strategy=LoadBalanceStrategy.POWER_OF_TWO, seed=11)
@@ -168,3 +170,22 @@ def test_a_long_generation_is_not_a_slow_node() -> None:
     assert w.health.get_cached_health("a").status is HealthState.HEALTHY  # type: ignore[union-attr]
     served = Traffic(w, 1).run(400)
     assert served["a"] > 100, served
+
+
+class _Unbounded(Policy):
+    """A dynamic policy that gives the index no bounds (the walk becomes a full scan)."""
+
+    name = "unbounded"
+
+    def score(self, c: Candidate, request: InferRequest) -> float:
+        return 0.5
+
+
+def test_a_policy_without_bounds_still_spreads_over_the_band() -> None:
+    policy = CompositePolicy([HealthPolicy(), LatencyPolicy(), _Unbounded()])
+    w = World(P2C, policy=policy)
+    node(w, "a", 0.2)
+    node(w, "b", 0.2)
+    node(w, "slow", 2.0)
+    served = Counter(w.router.route(req()).node_id for _ in range(400))
+    assert served["slow"] == 0 and served["a"] > 120 and served["b"] > 120, served
