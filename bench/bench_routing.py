@@ -1,6 +1,7 @@
 """Routing benchmark: route() under live health reports, for several latency distributions.
 
-Run: ``python -m bench.bench_routing [--calls N] [--before REV]`` (about 30 s). Fleets of
+Run: ``python -m bench.bench_routing [--calls N] [--repeat R] [--before REV]`` (about 40 s
+per repeat; a shared machine is noisy: ``--repeat 3`` shows the median of three). Fleets of
 10,000 nodes, 2,500 per capability, one health report between two routes, with the
 nodes' time to first token distributed as:
 
@@ -26,6 +27,7 @@ import argparse
 import gc
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -226,6 +228,9 @@ def main() -> None:
     p.add_argument(
         "--before-calls", type=int, default=2000, help="routes of the old router per figure"
     )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="runs per figure; the median of each is shown"
+    )
     args = p.parse_args()
     before = before_router(args.before) if args.before else None
     default = RouterConfig().strategy
@@ -235,12 +240,19 @@ def main() -> None:
         head += f" | interleaved: {'p50':>7} {'p99':>8} | before {'p50':>8} {'p99':>8}"
     print(head)
     worst = 0.0
-    cases = [(100, "mix", default, None), (1_000, "mix", default, None)]
+    cases: list[tuple[int, str, LoadBalanceStrategy, RouterFactory | None]] = [
+        (100, "mix", default, None),
+        (1_000, "mix", default, None),
+    ]
     for dist in DISTRIBUTIONS:
         for strategy in (default, LoadBalanceStrategy.LEAST_LATENCY):
             cases.append((10_000, dist, strategy, before))
     for n, dist, strategy, old in cases:
-        r = bench_route(dist, n, strategy, args.calls, old, args.before_calls)
+        runs = [
+            bench_route(dist, n, strategy, args.calls, old, args.before_calls)
+            for _ in range(args.repeat)
+        ]
+        r = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         results[f"route_{n}_{dist}_{strategy.value}"] = r
         if n == 10_000 and strategy is default:
             worst = max(worst, r["p99_us"])
