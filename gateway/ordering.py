@@ -9,7 +9,6 @@ health is still UNKNOWN (the ones a spreading strategy explores). Updates are tw
 from __future__ import annotations
 
 import bisect
-import random
 
 from gateway.catalog import NodeInfo
 from shared.messages import InferRequest
@@ -19,7 +18,7 @@ Entry = tuple[float, int, NodeInfo]
 
 
 class Bag:
-    """An unordered set of nodes with O(1) add, remove and uniform random choice."""
+    """An unordered set of nodes with O(1) add and remove; ``items`` for random picks."""
 
     __slots__ = ("_at", "items")
 
@@ -48,10 +47,6 @@ class Bag:
         if i < len(self.items):
             self.items[i] = last
             self._at[last.node_id] = i
-
-    def choice(self, rng: random.Random) -> NodeInfo:
-        """A uniformly random member (the bag must not be empty)."""
-        return self.items[rng.randrange(len(self.items))]
 
 
 class Ordering:
