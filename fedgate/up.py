@@ -14,7 +14,6 @@ everything if the foreground process disappears (even by SIGKILL).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -25,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedgate.cli import nats_config
-from fedgate.commands import gather_on
+from fedgate.gather import gather_on
+from fedgate.options import Invocation, Params, nats_config
 from shared.client import FedClient
 from shared.config import NatsConfig
 from shared.natsserver import NatsServer
@@ -68,6 +67,15 @@ def worker_specs(count: int) -> list[tuple[str, str, str, tuple[str, ...], str, 
         suffix = "" if i < len(DEMO_WORKERS) else f"-{i // len(DEMO_WORKERS) + 1}"
         specs.append((node + suffix, region, model, caps, privacy, cost))
     return specs
+
+
+def main(inv: Invocation) -> int:
+    """``fedgate up``: the foreground side, unless this is the supervisor it starts."""
+    if not inv.params["supervised"]:
+        return front(list(inv.argv))
+    from shared.runtime import run
+
+    return run(up(inv.params))
 
 
 def front(argv: list[str]) -> int:
@@ -164,41 +172,41 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def up(args: argparse.Namespace) -> int:
+async def up(params: Params) -> int:
     """The supervisor: run the federation until stopped; 0 after a clean stop."""
     stop = _stop_event()
     watchdog = asyncio.create_task(_watch_parent(stop))
     started = time.monotonic()
     server: NatsServer | None = None
-    cfg = nats_config(args)
+    cfg = nats_config(params)
     _say(f"fedgate up: starting a local federation (supervisor pid {os.getpid()})")
-    if args.url:
+    if params["url"]:  # --nats given: the user's server (FEDGATE_NATS_URL alone is not)
         _say(f"  • NATS        {cfg.url} (yours)")
     else:
         port = free_port()
-        data = Path(args.state_dir or state_dir()) / f"nats-{port}"
+        data = Path(params["state_dir"] or state_dir()) / f"nats-{port}"
         server = NatsServer(port=port, jetstream=True, data_dir=data).start()
         pid = server.proc.pid if server.proc else 0
         _say(f"  ✓ nats-server {server.url} (pid {pid}, JetStream, data {data})")
         cfg = NatsConfig(url=server.url)
     flags, secrets = child_nats(cfg)
     env = dict(os.environ, **secrets)
-    if args.log_level != "debug":
+    if params["log_level"] != "debug":
         env["FEDGATE_LOG_LEVEL"] = "warning"  # children's logs: problems only
-    common = flags + (["--config", args.config] if args.config else [])
+    common = flags + (["--config", params["config"]] if params["config"] else [])
     children = Children(common, env)
     gateway_id = "gw-1" if server is not None else f"gw-up-{os.getpid()}"
     try:
         http: list[str] = []
         http_port = 0
-        if args.http_port:
-            http_port = free_port(args.http_port)
+        if params["http_port"]:
+            http_port = free_port(params["http_port"])
             http = ["--http-port", str(http_port)]
         pid = children.start("gateway", "gateway", "--gateway-id", gateway_id, *http)
         _say(f"  • gateway     {gateway_id} (pid {pid})")
         if http_port:
             _say(f"  • HTTP        http://127.0.0.1:{http_port}/v1 (OpenAI-compatible)")
-        specs = worker_specs(args.workers)
+        specs = worker_specs(params["workers"])
         for node, region, model, caps, privacy, cost in specs:
             cap_flags = [x for cap in caps for x in ("--capability", cap)]
             pid = children.start(
@@ -210,7 +218,7 @@ async def up(args: argparse.Namespace) -> int:
             )
             _say(f"  • worker      {node} ({region}, {model}: {','.join(caps)}) (pid {pid})")
         expected = {s[0] for s in specs}
-        if args.llm:
+        if params["llm"]:
             gguf = _smollm2()
             pid = children.start(
                 LLM_NODE,
@@ -226,8 +234,8 @@ async def up(args: argparse.Namespace) -> int:
             if not ready:
                 return 0  # stopped during start-up
             _say(f"  ✓ ready in {time.monotonic() - started:.1f}s")
-            _banner(cfg.url, http_port, args.llm)
-            if not args.no_probe:
+            _banner(cfg.url, http_port, params["llm"])
+            if not params["no_probe"]:
                 await _probe(client)
         _say(f"serving on {cfg.url}; press Ctrl-C to stop")
         while not stop.is_set():
@@ -240,7 +248,7 @@ async def up(args: argparse.Namespace) -> int:
         return 0
     finally:
         _say("stopping: workers drain, then the gateway, then NATS ...")
-        children.stop({s[0] for s in worker_specs(args.workers)})
+        children.stop({s[0] for s in worker_specs(params["workers"])})
         children.stop()
         if server is not None:
             server.stop()

@@ -41,9 +41,7 @@ async def canned_gateways(url: str, case: str) -> AsyncIterator[None]:
 
     async def answer(msg: Msg) -> None:
         for reply in recorded["replies"]:
-            await nc.publish(
-                msg.reply, reply["data"].encode(), headers=reply["headers"] or None
-            )
+            await nc.publish(msg.reply, reply["data"].encode(), headers=reply["headers"] or None)
 
     try:
         await nc.subscribe(recorded["subject"], cb=answer)

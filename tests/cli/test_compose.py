@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fedgate.cli import make_parser
+from fedgate.cli import parse
 
 yaml = pytest.importorskip("yaml")  # PyYAML, from the dev extras
 
@@ -25,17 +25,17 @@ def fedgate_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_fedgate_command_parses(compose: dict[str, Any]) -> None:
     services = fedgate_services(compose)
-    roles = [make_parser().parse_args(s["command"]).command for s in services.values()]
+    roles = [parse(s["command"]).command for s in services.values()]
     assert roles.count("gateway") == 2
     assert roles.count("worker") >= 2
 
 
 def test_workers_span_two_regions_and_gateways_share_the_queue(compose: dict[str, Any]) -> None:
-    parsed = [make_parser().parse_args(s["command"]) for s in fedgate_services(compose).values()]
-    assert len({a.region for a in parsed if a.command == "worker"}) == 2
-    gateway_ids = [a.gateway_id for a in parsed if a.command == "gateway"]
+    parsed = [parse(s["command"]) for s in fedgate_services(compose).values()]
+    assert len({a.params["region"] for a in parsed if a.command == "worker"}) == 2
+    gateway_ids = [a.params["gateway_id"] for a in parsed if a.command == "gateway"]
     assert len(set(gateway_ids)) == len(gateway_ids)  # distinct ids, one queue group
-    assert all(a.public_root is None for a in parsed)  # same subjects everywhere
+    assert all(a.params["public_root"] is None for a in parsed)  # same subjects everywhere
 
 
 def test_nats_has_jetstream_and_services_reach_it(compose: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The argument parser: every subcommand has help with examples; flags map to config."""
+"""The command line (click): every subcommand has help with examples; flags map to config."""
 
 from __future__ import annotations
 
@@ -7,31 +7,67 @@ import sys
 
 import pytest
 
-from fedgate.cli import make_parser
+from fedgate.cli import main, parse
 
 COMMANDS = ["up", "gateway", "worker", "infer", "nodes", "stats", "route", "top", "bench"]
+
+
+def help_of(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main([*argv, "--help"]) == 0
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_of_every_subcommand_shows_an_example(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        make_parser().parse_args([command, "--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
+    out = help_of(command, capsys=capsys)
     assert "examples:" in out
     assert f"fedgate {command}" in out
     assert "--nats URL" in out
     assert "flags > FEDGATE_* environment variables > --config TOML file > defaults" in out
+    assert "NATS connection (file table [nats], env FEDGATE_NATS_*):" in out
+
+
+def test_help_groups_options_and_shows_defaults_units_env_and_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = help_of("gateway", capsys=capsys)
+    sections = [line for line in out.splitlines() if line.endswith(":") and not line[0].isspace()]
+    assert sections[:3] == [
+        "Gateway (file table [gateway], env FEDGATE_GATEWAY_*):",
+        "NATS connection (file table [nats], env FEDGATE_NATS_*):",
+        "Configuration and logging:",
+    ]
+    text = " ".join(out.split())  # help wraps: one long line to search
+    assert (
+        "--request-timeout S Deadline of a request that gives no timeout_ms. [default: 30 s; "
+        "0<x<=86400; env FEDGATE_GATEWAY_REQUEST_TIMEOUT_S; key gateway.request_timeout_s]"
+    ) in text  # the field's docstring, default and unit, Meta bounds, env var, TOML key
+    assert "--decisions / --no-decisions" in out
+    assert "--strategy [round_robin|" in out
+    worker = help_of("worker", capsys=capsys)
+    assert "Synthetic backend:" in worker and "--ttft-ms" in worker  # the registry's own
+    assert "--label K=V" in worker and "--model MODEL" in worker
 
 
 def test_python_dash_m_fedgate_runs_the_cli() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedgate", "--help"], capture_output=True, text=True, timeout=30
+    for module in ("fedgate", "fedgate.cli"):
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "fedgate up" in proc.stdout
+
+
+def test_usage_errors_exit_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gateway", "--max-retries", "99"]) == 2
+    assert "Invalid value for '--max-retries': 99 is not in the range 0<=x<=20" in (
+        capsys.readouterr().err
     )
-    assert proc.returncode == 0
-    assert "fedgate up" in proc.stdout
+    assert main(["nodes", "--no-such-flag"]) == 2
+    assert main(["worker", "--label", "no-equals-sign"]) == 2
+    assert main([]) == 2  # no command: the help, as a usage error
 
 
 def test_every_command_takes_nats_auth_options() -> None:
@@ -41,29 +77,66 @@ def test_every_command_takes_nats_auth_options() -> None:
         "--tls-cert", "cert.pem", "--tls-key", "key.pem",
     ]  # fmt: skip
     for command in (["nodes"], ["stats"], ["top"], ["route", "generate"], ["gateway"]):
-        args = make_parser().parse_args([*command, *auth])
-        assert (args.url, args.user, args.creds_file, args.nkey_seed, args.tls_key) == (
+        p = parse([*command, *auth]).params
+        assert (p["url"], p["user"], p["creds_file"], p["nkey_seed"], p["tls_key"]) == (
             "nats://a:4222,nats://b:4222", "u", "c.creds", "seed.nk", "key.pem",
         )  # fmt: skip
 
 
 def test_gateway_maps_http_and_metrics_ports() -> None:
-    from fedgate.commands import gateway_config
+    from fedgate.options import gateway_config
 
-    args = make_parser().parse_args(
+    inv = parse(
         ["gateway", "--http-port", "8080", "--metrics-port", "9464", "--strategy", "round_robin"]
     )
-    cfg = gateway_config(args)
+    cfg = gateway_config(inv.params)
     assert (cfg.http_port, cfg.metrics_port, cfg.strategy) == (8080, 9464, "round_robin")
+    assert gateway_config(parse(["gateway", "--no-decisions"]).params).decisions is False
+    assert gateway_config(parse(["gateway", "--access-log"]).params).access_log is True
 
 
 def test_worker_takes_the_backend_registry_flags() -> None:
-    args = make_parser().parse_args(["worker", "--backend", "synthetic", "--ttft-ms", "5"])
-    assert args.backend == "synthetic"
-    assert args.ttft_ms == 5.0
+    from fedgate.backends import backend_namespace
+    from worker.backends import registry
+    from worker.backends.synthetic import SyntheticBackend
+
+    inv = parse(["worker", "--backend", "synthetic", "--ttft-ms", "5", "--hang"])
+    assert (inv.params["backend"], inv.params["ttft_ms"], inv.params["hang"]) == (
+        "synthetic", 5.0, True,
+    )  # fmt: skip
+    assert isinstance(registry.create(backend_namespace(inv.params)), SyntheticBackend)
+    with pytest.raises(ValueError, match="--upstream"):
+        registry.create(backend_namespace(parse(["worker", "--backend", "openai"]).params))
 
 
-def test_log_level_is_accepted_after_the_subcommand() -> None:
-    args = make_parser().parse_args(["worker", "--log-level", "debug"])
-    assert args.log_level == "debug"
-    assert make_parser().parse_args(["worker"]).log_level in {"debug", "info", "warning", "error"}
+def test_log_level_is_accepted_before_and_after_the_subcommand() -> None:
+    assert parse(["worker", "--log-level", "debug"]).params["log_level"] == "debug"
+    assert parse(["--log-level", "warning", "worker"]).params["log_level"] == "warning"
+    assert (
+        parse(["--log-level", "warning", "worker", "--log-level", "error"]).params["log_level"]
+        == "error"
+    )
+    assert parse(["worker"]).params["log_level"] in {"debug", "info", "warning", "error"}
+
+
+def test_positionals_and_request_flags() -> None:
+    inv = parse(["infer", "generate", "hi there", "--stream", "--allowed-region", "eu-west",
+                 "--allowed-region", "eu-north", "--tenant", "t1", "--timeout", "5"])  # fmt: skip
+    assert inv.command == "infer"
+    p = inv.params
+    assert (p["capability"], p["text"], p["stream"], p["tenant_id"]) == (
+        "generate", "hi there", True, "t1",
+    )  # fmt: skip
+    assert p["allowed_regions"] == ("eu-west", "eu-north") and p["timeout"] == 5.0
+    route = parse(["route", "embed"]).params
+    assert (route["capability"], route["text"], route["json"]) == ("embed", "", False)
+    assert parse(["bench"]).params["which"] == "all"
+    assert parse(["top", "--once", "--tab", "health"]).params["tab"] == "health"
+
+
+def test_up_keeps_its_argv_and_its_supervised_flag() -> None:
+    inv = parse(["up", "--workers", "2", "--no-probe"])
+    assert inv.argv == ("up", "--workers", "2", "--no-probe")
+    p = inv.params
+    assert (p["workers"], p["no_probe"], p["supervised"], p["http_port"]) == (2, True, False, 8080)
+    assert p["url"] is None  # no --nats: up starts its own server

@@ -1,4 +1,4 @@
-"""``fedgate top`` on a real terminal (a pseudo-terminal): draws, switches tabs, quits."""
+"""``fedgate top`` (textual) on a real terminal, a pseudo-terminal: draws, switches tabs, quits."""
 
 from __future__ import annotations
 

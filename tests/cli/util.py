@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from fedgate.commands import gather_on
+from fedgate.gather import gather_on
 from shared.subjects import Subjects
 from tests.helpers import connect, eventually
 

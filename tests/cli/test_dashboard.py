@@ -1,11 +1,13 @@
-"""The dashboard's pure parts: tabs, title, panels and keys (no terminal, no server)."""
+"""The dashboard's pure parts: tabs, title, merged views and panels (no terminal, no server)."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
-from fedgate.panels import MAX_HISTORY, Dashboard, Tab, ansi, plain, truncate
-from fedgate.top import _handle_key
+from rich.console import Console
+
+from fedgate.dashboard import MAX_HISTORY, Dashboard, Tab, truncate
 
 
 def node(node_id: str, health: str = "healthy", **kw: Any) -> dict[str, Any]:
@@ -27,6 +29,13 @@ def stats(gateway: str, total: int, ok: int, **kw: Any) -> dict[str, Any]:
     return base | kw
 
 
+def text(d: Dashboard, width: int = 120, tabs: list[Tab] | None = None) -> str:
+    """The ``--once`` frame as plain text."""
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(d.frame(tabs))
+    return out.getvalue()
+
+
 def test_tabs_follow_the_reference() -> None:
     assert [t.title for t in Tab] == [
         "Catalog [1]", "Health [2]", "Routing [3]", "Circuits [4]", "Stats [5]",
@@ -34,11 +43,6 @@ def test_tabs_follow_the_reference() -> None:
     ]  # fmt: skip
     assert Tab.from_index(3) is Tab.CIRCUITS
     assert Tab.from_index(7) is Tab.HELP
-    d = Dashboard()
-    d.next_tab(-1)
-    assert d.tab is Tab.HELP
-    d.next_tab()
-    assert d.tab is Tab.CATALOG
 
 
 def test_truncate_as_the_reference() -> None:
@@ -48,17 +52,19 @@ def test_truncate_as_the_reference() -> None:
 
 
 def test_empty_dashboard_shows_every_panel_with_its_empty_text() -> None:
-    text = "\n".join(Dashboard().frame_all(100))
-    assert "Federation Gateway v1.0 │ 0/0 nodes healthy │ 100.0% success" in text
+    frame = text(Dashboard(), 100)
+    assert "Federation Gateway v1.0 │ 0/0 nodes healthy │ 100.0% success" in frame
     for title in ("MODEL CATALOG", "NODE HEALTH", "ROUTING DECISIONS", "CIRCUIT BREAKERS",
                   "GATEWAY STATS", "ACTIVE POLICIES"):  # fmt: skip
-        assert title in text
-    assert "No models registered" in text
-    assert "No nodes registered for health monitoring." in text
-    assert "No routing decisions recorded yet." in text
-    assert "No circuit breakers active." in text
-    assert "Total Requests:" in text
-    assert "health" in text and "latency" in text
+        assert f"┌─ {title} " in frame
+    assert "No models registered" in frame
+    assert "No nodes registered for health monitoring." in frame
+    assert "No routing decisions recorded yet." in frame
+    assert "No circuit breakers active." in frame
+    assert "Total Requests:" in frame
+    assert "No gateway reported its policies." in frame  # read over NATS only, no defaults
+    assert "Keyboard Shortcuts" not in frame  # the help tab is not a panel of the frame
+    assert all(len(line) <= 100 for line in frame.splitlines())
 
 
 def test_title_merges_every_gateway_view() -> None:
@@ -76,13 +82,16 @@ def test_title_merges_every_gateway_view() -> None:
     assert (a["health"], a["latency_p99_ms"]) == ("degraded", 80.0)
     d.update([], [stats("gw-1", 20, 19), stats("gw-2", 20, 20)], now=3.0)
     assert d.rate_per_s == 10.0
+    d.update([{"error": "internal", "message": "x"}], [{"error": "internal"}], now=4.0)
+    assert (d.nodes_replies, d.stats_replies) == ([], [])  # error replies are not views
 
 
-def test_panels_show_nodes_decisions_and_circuits() -> None:
+def test_panels_show_nodes_decisions_circuits_and_policies() -> None:
     d = Dashboard()
+    policies = [{"name": "health", "weight": 2.0}, {"name": "latency", "weight": 1.0}]
     d.update(
         [{"gateway": "gw-1", "nodes": [node("gpu-1"), node("gpu-2", "unhealthy", circuit="open")]}],
-        [stats("gw-1", 4, 4)],
+        [stats("gw-1", 4, 4, policies=policies, strategy="power_of_two")],
         now=1.0,
     )
     for i in range(MAX_HISTORY + 5):
@@ -91,29 +100,29 @@ def test_panels_show_nodes_decisions_and_circuits() -> None:
              "attempt": 1, "score": 1.234, "reason": "least_latency", "outcome": "ok"}
         )  # fmt: skip
     assert len(d.decisions) == MAX_HISTORY
-    text = "\n".join(d.frame_all(120))
-    assert "llama-3-8b" in text and "code, generate" in text
-    assert "12ms" in text and "40ms" in text
-    assert "req-104" in text and "req-5 " not in text  # newest first, 20 rows at most
-    assert "1.23" in text
-    assert "open" in text
+    frame = text(d, 120)
+    assert "llama-3-8b" in frame and "code, generate" in frame
+    assert "12ms" in frame and "40ms" in frame
+    assert "req-104" in frame and "req-5 " not in frame  # newest first, 20 rows at most
+    assert "req-84 " not in frame and "req-85 " in frame
+    assert "1.23" in frame
+    assert "open" in frame
+    assert "Strongly penalize unhealthy nodes" in frame and "2.0" in frame
+    assert "Load balancing: power_of_two" in frame
 
 
-def test_interactive_frame_fits_the_screen_and_colours_states() -> None:
-    d = Dashboard(tab=Tab.HEALTH)
-    d.update([{"gateway": "g", "nodes": [node("n1")]}], [stats("g", 1, 1)], now=1.0)
-    lines = d.frame(100, 30, ansi)
-    assert len(lines) == 30
-    assert "\x1b[32mhealthy" in "\n".join(lines)
-    assert plain("x", "red") == "x"
-
-
-def test_keys_switch_tabs_and_quit() -> None:
+def test_states_are_coloured_on_a_terminal() -> None:
     d = Dashboard()
-    assert _handle_key(d, "3") is None and d.tab is Tab.ROUTING
-    assert _handle_key(d, "\t") is None and d.tab is Tab.CIRCUITS
-    assert _handle_key(d, "\x1b[Z") is None and d.tab is Tab.ROUTING
-    assert _handle_key(d, "?") is None and d.tab is Tab.HELP
-    assert _handle_key(d, "r") == "refresh"
-    for key in ("q", "\x1b", "\x03"):
-        assert _handle_key(d, key) == "quit"
+    d.update([{"gateway": "g", "nodes": [node("n1"), node("n2", "unhealthy")]}], [], now=1.0)
+    out = io.StringIO()
+    Console(file=out, width=100, force_terminal=True, color_system="standard").print(
+        d.frame([Tab.HEALTH])
+    )
+    assert "\x1b[32mhealthy" in out.getvalue()
+    assert "\x1b[31munhealthy" in out.getvalue()
+
+
+def test_help_panel_lists_the_keys() -> None:
+    title, _ = Dashboard().panel(Tab.HELP)
+    assert title == "Help"
+    assert "Keyboard Shortcuts" in text(Dashboard(), 100, [Tab.HELP])

@@ -1,0 +1,187 @@
+"""The tables of ``fedgate nodes``, ``stats`` and ``route``, drawn with rich.
+
+Pure: gateway replies (the dicts ``fed.gateway.*`` answer) in, rich renderables out.
+States are coloured (healthy green, degraded yellow, unhealthy red ...) on a terminal;
+piped output has no colour and is as wide as the table needs (see ``console``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {
+    "healthy": "green",
+    "degraded": "yellow",
+    "unhealthy": "red",
+    "unknown": "dim",
+    "closed": "green",
+    "half_open": "yellow",
+    "open": "red",
+    "ready": "green",
+    "draining": "yellow",
+}
+"""Colour of a health, circuit or node state."""
+
+SCORE_KEYS = ("health", "latency", "locality", "cost", "load")
+"""The score components ``fedgate route`` shows, in order."""
+
+
+def fmt(value: Any) -> str:
+    """A cell: ``-`` for None, floats with 2 decimals below 10 and 1 above."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+def state(text: Any) -> Text:
+    """A state word in its colour."""
+    return Text(str(text), style=STATE_STYLE.get(str(text), ""))
+
+
+def table(headers: Sequence[str], numeric: Sequence[str] = ()) -> Table:
+    """A borderless table with a rule under its bold header; ``numeric`` columns right."""
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for header in headers:
+        t.add_column(header, justify="right" if header in numeric else "left")
+    return t
+
+
+def nodes_table(replies: list[dict[str, Any]]) -> RenderableType:
+    """``fedgate nodes``: one row per node, per gateway that sees it."""
+    t = table(
+        ["GATEWAY", "NODE", "REGION", "MODELS", "CAPABILITIES", "HEALTH", "P50 MS", "P99 MS",
+         "CIRCUIT", "LOAD", "PRIVACY", "HB AGE MS"],
+        numeric=["P50 MS", "P99 MS", "LOAD", "HB AGE MS"],
+    )  # fmt: skip
+    for reply in replies:
+        for n in reply.get("nodes", []):
+            age = n["heartbeat_age_ms"]
+            t.add_row(
+                fmt(reply.get("gateway")),
+                n["node_id"],
+                n["region"],
+                ",".join(md["model"] for md in n["models"]),
+                ",".join(sorted({c for md in n["models"] for c in md["capabilities"]})),
+                state(n["health"]),
+                fmt(n["latency_p50_ms"]),
+                fmt(n["latency_p99_ms"]),
+                state(n["circuit"]),
+                f"{n['in_flight']}/{n['capacity']}",
+                n["privacy"],
+                fmt(age and round(age)),
+            )
+    if not t.row_count:
+        return Text("no nodes: start one with `fedgate worker --node-id NAME --model M`")
+    return t
+
+
+def stats_table(replies: list[dict[str, Any]]) -> RenderableType:
+    """``fedgate stats``: one row per gateway."""
+    headers = ["GATEWAY", "TOTAL", "OK", "FAILED", "TOKENS", "STREAMS", "IN FLIGHT", "QUEUED",
+               "AVG MS", "P50 MS", "P99 MS", "RETRIES", "FAILOVERS", "HEALTHY"]  # fmt: skip
+    t = table(headers, numeric=headers[1:])
+    for s in replies:
+        if "error" in s:
+            continue
+        t.add_row(
+            *map(fmt, [s.get("gateway"), s["total_requests"], s["successful_requests"]]),
+            Text(fmt(s["failed_requests"]), style="red" if s["failed_requests"] else ""),
+            *map(fmt, [s["total_tokens"], s["active_streams"], s.get("in_flight")]),
+            *map(fmt, [s.get("queued"), s["avg_latency_ms"], s["p50_latency_ms"]]),
+            *map(fmt, [s["p99_latency_ms"], s.get("retries"), s.get("failovers")]),
+            f"{s.get('healthy_nodes')}/{s.get('nodes')}",
+        )
+    errors = [_error_line(s) for s in replies if "error" in s]
+    return Group(t, *errors) if errors else t
+
+
+def route_table(replies: list[dict[str, Any]]) -> RenderableType:
+    """``fedgate route``: every candidate, its score breakdown and why it won or lost."""
+    parts: list[RenderableType] = []
+    for i, reply in enumerate(replies):
+        if i:
+            parts.append(Text())
+        if "error" in reply:
+            parts.append(_error_line(reply))
+            continue
+        chosen = reply.get("chosen")
+        parts.append(
+            Text.assemble(
+                "gateway ",
+                (str(reply.get("gateway")), "bold"),
+                ": chosen ",
+                (chosen or "none", "green" if chosen else "red"),
+            )
+        )
+        candidates = reply.get("candidates", [])
+        if not candidates:
+            parts.append(Text("  no candidates"))
+            continue
+        best = max((c["score"] for c in candidates if c["eligible"]), default=None)
+        heads = [k.upper() for k in SCORE_KEYS]
+        t = table(["NODE", "REGION", "ELIGIBLE", "SCORE", *heads, "WHY"], ["SCORE", *heads])
+        for c in candidates:
+            why = verdict(c, chosen, best)
+            style = "green" if why.startswith("chosen") else "red" if not c["eligible"] else ""
+            t.add_row(
+                c["node_id"],
+                fmt(c.get("region")),
+                "yes" if c["eligible"] else "no",
+                fmt(c.get("score")),
+                *(fmt(c.get("scores", {}).get(k)) for k in SCORE_KEYS),
+                Text(why, style=style),
+            )
+        parts.append(Text())
+        parts.append(t)
+    return Group(*parts)
+
+
+def verdict(candidate: dict[str, Any], chosen: str | None, best: float | None) -> str:
+    """Why a candidate won or lost, in a few words."""
+    if not candidate["eligible"]:
+        return f"rejected: {candidate.get('reason') or 'not eligible'}"
+    reason = candidate.get("reason") or ""
+    if candidate["node_id"] == chosen:
+        return "chosen" + (f": {reason}" if reason else " (best score)")
+    if best is not None and candidate["score"] < best:
+        return f"lost: score {candidate['score']:.2f} < best {best:.2f}"
+    return "lost: tie broken by the strategy" if not reason else f"lost: {reason}"
+
+
+def _error_line(reply: dict[str, Any]) -> Text:
+    return Text.assemble(
+        f"gateway {reply.get('gateway') or ''}".rstrip() + ": ",
+        (f"{reply['error']}: {reply['message']}", "red"),
+    )
+
+
+def console(file: TextIO | None = None, width: int | None = None) -> Console:
+    """A console on ``file`` (stdout): the terminal's, or without colour when piped."""
+    return Console(file=file or sys.stdout, width=width, highlight=False)
+
+
+def show(renderable: RenderableType, file: TextIO | None = None) -> None:
+    """Print ``renderable``: fitted to a terminal; at its natural width otherwise.
+
+    Piped output is for grep and awk: a row is never folded over two lines, and lines
+    carry no trailing blanks.
+    """
+    out = console(file)
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    natural = Measurement.get(out, out.options.update(width=10_000), renderable).maximum
+    out = console(file, width=max(natural, 80))
+    with out.capture() as captured:
+        out.print(renderable)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
