@@ -54,6 +54,7 @@ bench: $(STAMP)
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(DEVSTAMP)
 	$(BIN)/mypy

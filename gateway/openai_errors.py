@@ -26,6 +26,7 @@ _TYPES = {
     409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    499: "server_error",  # cancelled: not a flaw of the request (docs/llm.md's table)
 }
 _encoder = msgspec.json.Encoder()
 
