@@ -12,10 +12,11 @@ nodes' time to first token distributed as:
   requests with a region, a fifth with a high cost tolerance (the older benchmark).
 
 Each is measured for the default strategy and for ``least_latency``; with ``--before REV``
-the router of git revision REV runs on an identical fleet, call for call interleaved with
-the current one (same reports, same requests) for the first ``--before-calls`` routes, so
-both figures come from the same run (the old router scans ties: keep that number small);
-the plain figures are then the current router's over the remaining calls, alone.
+the router of git revision REV (with that revision's routing core, ``CORE``) runs on an
+identical fleet, call for call interleaved with the current one (same reports, same
+requests) for the first ``--before-calls`` routes, so both figures come from the same run
+(a router that scans ties is slow: keep that number small); the plain figures are then
+the current router's over the remaining calls, alone.
 Also: the default strategy on 100- and 1,000-node fleets (``mix``), get_candidates() and
 apply_heartbeat. Prints a table, then as its last line one JSON object (microseconds);
 ``route_10000`` is the worst p99 over the distributions (the figure `make bench` checks).
@@ -122,18 +123,36 @@ class Fleet:
         return out
 
 
+CORE = ("policies", "ordering", "strategies", "index", "explain", "router")
+"""The routing core's modules, dependencies first: ``before_router`` loads them all."""
+
+
 def before_router(rev: str) -> RouterFactory:
-    """The Router class of gateway/router.py at git revision ``rev``."""
-    src = subprocess.run(
-        ["git", "show", f"{rev}:gateway/router.py"], capture_output=True, text=True, check=True
-    ).stdout
-    mod = types.ModuleType("bench_before_router")
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, f"{rev}:gateway/router.py", "exec"), mod.__dict__)
+    """The Router class of git revision ``rev``, with that revision's routing core (the
+    modules of ``CORE`` it has; catalog, health and breaker are the current ones)."""
+    names = [f"gateway.{m}" for m in CORE]
+    saved = {name: sys.modules.get(name) for name in names}
+    try:
+        for name in names:
+            path = name.replace(".", "/") + ".py"
+            got = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+            if got.returncode:
+                continue  # not in that revision (the old router does not import it)
+            mod = types.ModuleType(name)
+            sys.modules[name] = mod  # the old modules import each other by these names
+            exec(compile(got.stdout, f"{rev}:{path}", "exec"), mod.__dict__)
+        old = sys.modules["gateway.router"]
+    finally:
+        for name, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
 
     def make(catalog: Any, health: Any, breaker: Any, config: RouterConfig) -> Any:
-        strategy = mod.LoadBalanceStrategy[config.strategy.name]
-        return mod.Router(catalog, health, breaker, mod.RouterConfig(strategy=strategy))
+        strategy = old.LoadBalanceStrategy[config.strategy.name]
+        cfg = old.RouterConfig(strategy=strategy, seed=config.seed)
+        return old.Router(catalog, health, breaker, cfg)
 
     return make
 

@@ -79,6 +79,13 @@ class CandidateIndex:
         )
         self._variants = tuple(p.variant for p in members if p.kind is PolicyKind.VARIANT)
         self._bounds = tuple(p.bounds for p in members if p.kind is PolicyKind.DYNAMIC)
+        self._extras_by_shape = all(
+            p.region_bounds or type(p).bounds is Policy.bounds
+            for p in members
+            if p.kind is PolicyKind.DYNAMIC
+        )
+        """Do the dynamic bounds depend on the request only through its region being set?"""
+        self._extras: dict[bool, tuple[float | None, float | None]] = {}
         self.ms_worth = sum(
             p.weight / (p.max_latency_s * 1000.0)
             for p in members
@@ -124,6 +131,20 @@ class CandidateIndex:
                 return reason or "rejected"
         return ""
 
+    def upper_extras(self, request: InferRequest) -> tuple[float | None, float | None]:
+        """The most the dynamic members add for a node in the request's region, and for
+        one outside it (None: unbounded); computed once per shape when they allow it."""
+        if not self._extras_by_shape:
+            return self._upper_extra(request, True), self._upper_extra(request, False)
+        shape = request.qos.region is None
+        extras = self._extras.get(shape)
+        if extras is None:
+            extras = self._extras[shape] = (
+                self._upper_extra(request, True),
+                self._upper_extra(request, False),
+            )
+        return extras
+
     def _upper_extra(self, request: InferRequest, same_region: bool) -> float | None:
         hi = 0.0
         for bounds in self._bounds:
@@ -137,7 +158,7 @@ class CandidateIndex:
 
     def ordering(self, request: InferRequest) -> Ordering:
         """The request's ordering (built on first use, then kept up to date)."""
-        key = (request.capability, request.model, tuple(v(request) for v in self._variants))
+        key = (request.capability, request.model, tuple([v(request) for v in self._variants]))
         o = self._orderings.get(key)
         if o is None:
             o = Ordering(request.capability, request.model, request)
@@ -218,9 +239,17 @@ class CandidateIndex:
         if h.status is HealthState.UNHEALTHY:
             return None
         c = build_candidate(node, h, request)
-        if self.rejection(c, request):
-            return None
-        total = self.total(c, base, request)
+        for check in self._checks:  # self.rejection and self.total, inlined (hot path)
+            if not check(c, request)[0]:
+                return None
+        n = self.n
+        if n:
+            dyn = 0.0
+            for score in self._dyn_scorers:
+                dyn += score(c, request)
+            total = (base + dyn) / n
+        else:
+            total = 1.0
         if not total >= self.min_score:
             return None
         c.scores.total = total
@@ -229,12 +258,10 @@ class CandidateIndex:
     def buckets(self, o: Ordering, request: InferRequest) -> list[Bucket]:
         """What to walk: the request region's nodes first, then the others."""
         region = request.qos.region
+        same, other = self.upper_extras(request)
         if region is not None and region in o.by_region:
-            return [
-                (o.by_region[region], self._upper_extra(request, True), None),
-                (o.entries, self._upper_extra(request, False), region),
-            ]
-        return [(o.entries, self._upper_extra(request, False), None)]
+            return [(o.by_region[region], same, None), (o.entries, other, region)]
+        return [(o.entries, other, None)]
 
     def walk(
         self,

@@ -141,6 +141,9 @@ class Policy:
     name = "policy"
     kind = PolicyKind.DYNAMIC
     weight = 1.0
+    region_bounds = False
+    """True when ``bounds()`` reads nothing of the request but whether ``qos.region`` is
+    set (the index then computes them once per shape, not per request)."""
 
     def score(self, c: Candidate, request: InferRequest) -> float:
         """Score of the candidate (higher is better)."""
@@ -236,7 +239,7 @@ class PrivacyPolicy(Policy):
 class LocalityPolicy(Policy):
     """Prefers nodes in the caller's region (qos.region)."""
 
-    name, kind = "locality", PolicyKind.DYNAMIC
+    name, kind, region_bounds = "locality", PolicyKind.DYNAMIC, True
 
     def __init__(
         self, weight: float = 1.0, same_region_boost: float = 0.3, cross_region_penalty: float = 0.1
@@ -291,7 +294,7 @@ class CostPolicy(Policy):
 class LoadPolicy(Policy):
     """Prefers idle nodes: (1 - load) x weight, load = in-flight / capacity."""
 
-    name, kind = "load", PolicyKind.DYNAMIC
+    name, kind, region_bounds = "load", PolicyKind.DYNAMIC, True
 
     def __init__(self, weight: float = 1.0) -> None:
         self.weight = weight

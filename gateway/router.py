@@ -22,8 +22,8 @@ from gateway.catalog import ModelCatalog, NodeInfo
 from gateway.clock import MONOTONIC, Clock
 from gateway.explain import classify, explain
 from gateway.health import HealthChecker, NodeHealth
-from gateway.index import Bucket, CandidateIndex
-from gateway.ordering import Entry, Ordering
+from gateway.index import CandidateIndex
+from gateway.ordering import Bag, Entry, Ordering
 from gateway.policies import Candidate, CompositePolicy, Policy
 from gateway.strategies import Chooser, LoadBalanceStrategy
 from shared.messages import InferRequest
@@ -36,6 +36,8 @@ _DRAWS = 6
 """Random draws into a band before walking it instead (a sparse band)."""
 _SCAN = 32
 """Most nodes looked at per list for the heads of a small band."""
+_NO_ENTRIES: list[Entry] = []
+"""The second list when there is only one (never written)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,16 @@ class RouterConfig:
     many of this gateway's requests in flight (a new node's bounded share)."""
 
 
+def _band_end(entries: list[Entry], key: float) -> int:
+    """How many entries have -base <= ``key`` (a bisect only past ``_SMALL_BAND``)."""
+    if len(entries) > _SMALL_BAND and entries[_SMALL_BAND][0] <= key:
+        return bisect.bisect_right(entries, (key, math.inf))
+    end = 0  # a small band: no need to search the whole list
+    while end < len(entries) and end <= _SMALL_BAND and entries[end][0] <= key:
+        end += 1
+    return end
+
+
 class Router:
     """Routes requests to nodes (see module docstring and docs/routing.md)."""
 
@@ -80,6 +92,8 @@ class Router:
         self._clock = clock
         self._chooser = Chooser(self.config.seed)
         self._rng = self._chooser.rng
+        self._random = self._rng.random
+        self._admits = breaker.admits
         self._index = CandidateIndex(catalog, health, breaker, policy, self.config.min_score)
 
     @property
@@ -109,7 +123,7 @@ class Router:
         else:
             top = index.walk(o, request, exclude, max(1, self.config.max_candidates))
         while top:
-            chosen = self._chooser.pick(strategy, top, request)
+            chosen = top[0] if len(top) == 1 else self._chooser.pick(strategy, top, request)
             if self.breaker.try_acquire(chosen.node_id):
                 return chosen
             top.remove(chosen)
@@ -131,57 +145,56 @@ class Router:
         band has a single selectable member, it and the runner-up, in this order.
 
         A band of more than two is drawn by index, and only the winner of the draw is
-        scored (unless it fails a check); a smaller or sparse band is walked."""
-        index, n, rng = self._index, self._index.n, self._rng
-        random = rng.random
-        buckets = index.buckets(o, request)
-        ceiling, ref = -math.inf, None  # the best bound of any node, and that node
-        for entries, hi, _ in buckets:
-            if entries:
-                upper = (hi - entries[0][0]) / n if hi is not None and n else math.inf
-                if upper > ceiling:
-                    ceiling, ref = upper, entries[0][2]
-        if ref is None:
+        scored (unless it fails a check); a smaller or sparse band is walked.
+
+        The lists read are the request region's (``first``; ``hi1`` the most the dynamic
+        policies add there) then the whole ordering skipping that region (``second``,
+        ``hi2``), or the whole ordering alone (``second`` empty)."""
+        index, n = self._index, self._index.n
+        region = request.qos.region
+        same, other = index.upper_extras(request)
+        bag: Bag | None
+        if region is not None and (regional := o.by_region.get(region)) is not None:
+            first, hi1, second, hi2 = regional, same, o.entries, other
+            bag = o.unknown_by_region.get(region)
+        else:
+            first, hi1, second, hi2 = o.entries, other, _NO_ENTRIES, 0.0
+            bag = o.unknown
+        if not first:
             return []
-        if ceiling == math.inf:  # a dynamic policy without bounds: no band to read
-            return self._walked(o, request, exclude, None)
+        if not n or hi1 is None or hi2 is None:
+            return self._walked(o, request, exclude, None)  # no bounds: no band to read
+        ceiling, ref = (hi1 - first[0][0]) / n, first[0][2]  # the best bound, and its node
+        if second:
+            upper = (hi2 - second[0][0]) / n
+            if upper > ceiling:
+                ceiling, ref = upper, second[0][2]
         band = self.spread_band(ref, index.health_of(ref.node_id))
         floor = ceiling - band
-        ranges: list[tuple[list[Entry], int, str | None]] = []
-        size = 0
-        for entries, hi, skip in buckets:
-            end = len(entries)
-            if hi is not None and n:  # in the band: -base <= hi - floor * n (+ rounding)
-                key = hi - floor * n + 1e-9
-                if end > _SMALL_BAND and entries[_SMALL_BAND][0] <= key:
-                    end = bisect.bisect_right(entries, (key, math.inf))
-                else:  # a small band: no need to search the whole list
-                    end = 0
-                    while end < len(entries) and end <= _SMALL_BAND and entries[end][0] <= key:
-                        end += 1
-            ranges.append((entries, end, skip))
-            size += end
+        floor_n = floor * n
+        end1 = _band_end(first, hi1 - floor_n + 1e-9)
+        size = end1 + _band_end(second, hi2 - floor_n + 1e-9)
+        random = self._random
         explorer = None
-        region = request.qos.region
-        bag = o.unknown_by_region.get(region) if region in o.by_region else o.unknown
-        unknown = bag.items if bag is not None else ()
-        if unknown and random() * (size + len(unknown)) >= size:
-            node = unknown[int(random() * len(unknown))]
-            if node.local_in_flight < self.config.explore_max_in_flight:
-                explorer = node
+        if bag is not None and bag.items:
+            unknown = bag.items
+            if random() * (size + len(unknown)) >= size:
+                node = unknown[int(random() * len(unknown))]
+                if node.local_in_flight < self.config.explore_max_in_flight:
+                    explorer = node
         if size > _SMALL_BAND:
             pool: list[tuple[NodeInfo, float]] = []
             if explorer is not None:
                 pool.append((explorer, o.keys[explorer.node_id][0][0]))
             for _ in range(_DRAWS):
                 i = int(random() * size)
-                for bucket in ranges:
-                    if i < bucket[1]:
-                        break
-                    i -= bucket[1]
-                entries, _, skip = bucket
-                neg_base, _, node = entries[i]
-                if (skip is None or node.region != skip) and (not pool or node is not pool[0][0]):
+                if i < end1:
+                    neg_base, _, node = first[i]
+                else:  # the band's part outside the region
+                    neg_base, _, node = second[i - end1]
+                    if node.region == region:
+                        continue
+                if not pool or node is not pool[0][0]:
                     pool.append((node, neg_base))
                     if len(pool) == 2:
                         break
@@ -195,7 +208,7 @@ class Router:
                     if c is not None:
                         return [c]
         if size <= _SMALL_BAND:  # the heads of the lists: the band and the runner-up
-            heads = self._heads(buckets, exclude)
+            heads = self._heads(first, hi1, second, hi2, region, exclude)
             if explorer is not None:  # explored as if near-best
                 others = [h for h in heads if h[3] is not explorer]
                 pair = [(-ceiling, 0, o.keys[explorer.node_id][0][0], explorer), *others[:1]]
@@ -233,23 +246,41 @@ class Router:
         return [band[i], band[j + (j >= i)]]
 
     def _heads(
-        self, buckets: list[Bucket], exclude: Collection[str]
+        self,
+        first: list[Entry],
+        hi1: float,
+        second: list[Entry],
+        hi2: float,
+        region: str | None,
+        exclude: Collection[str],
     ) -> list[tuple[float, int, float, NodeInfo]]:
         """The two best-placed available nodes as (-bound, seq, -base, node), best first
-        (the cheapest checks only; at most ``_SCAN`` nodes looked at per list)."""
-        index = self._index
-        n, available = index.n, index.available
+        (the cheapest checks only; at most ``_SCAN`` nodes looked at per list; ``region``
+        skipped in ``second``)."""
+        n, admits = self._index.n, self._admits
         heads: list[tuple[float, int, float, NodeInfo]] = []
-        for entries, hi, skip in buckets:
-            for neg_base, seq, node in islice(entries, _SCAN):
-                key = (neg_base - hi) / n if hi is not None and n else -math.inf
-                if len(heads) >= 2 and key >= heads[1][0]:
-                    break  # nothing further in this list places better
-                if (skip is None or node.region != skip) and available(node, exclude):
-                    heads.append((key, seq, neg_base, node))
-                    if len(heads) > 2:
-                        heads.sort()
-                        heads.pop()
+        for neg_base, seq, node in islice(first, _SCAN):  # bounds ascend: the first two
+            nid = node.node_id  # index.available, inlined (hot path)
+            if not (
+                nid in exclude or node.draining or node.local_in_flight >= node.capacity
+            ) and admits(nid):
+                heads.append(((neg_base - hi1) / n, seq, neg_base, node))
+                if len(heads) == 2:
+                    break
+        for neg_base, seq, node in islice(second, _SCAN):
+            key = (neg_base - hi2) / n
+            if len(heads) >= 2 and key >= heads[1][0]:
+                break  # nothing further in this list places better
+            nid = node.node_id
+            if (
+                node.region != region
+                and not (nid in exclude or node.draining or node.local_in_flight >= node.capacity)
+                and admits(nid)
+            ):
+                heads.append((key, seq, neg_base, node))
+                if len(heads) > 2:
+                    heads.sort()
+                    heads.pop()
         heads.sort()
         return heads
 
