@@ -74,3 +74,26 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# -- bench/peers: fedgate side by side with sglang-router and LiteLLM (issues 13, 14) --
+# Each peer and the load generator (aiperf) gets a venv of its own under PEERS_DIR, built
+# once, never by `make test` (LiteLLM alone pulls in hundreds of MB).
+PEERS_DIR ?= $(HOME)/.cache/fedgate-peers
+PEERS_ARGS ?=
+
+.PHONY: peers-setup bench-peers
+
+$(PEERS_DIR)/%/.installed:
+	$(PYTHON) -m venv $(PEERS_DIR)/$*
+	$(PEERS_DIR)/$*/bin/python -m pip install -q --upgrade pip
+	$(PEERS_DIR)/$*/bin/python -m pip install -q $(PEERS_PKG_$*)
+	@touch $@
+
+PEERS_PKG_sglang  := 'sglang-router==0.3.2'
+PEERS_PKG_litellm := 'litellm[proxy]>=1.108,<1.111'
+PEERS_PKG_aiperf  := 'aiperf==0.13.0'
+
+peers-setup: $(PEERS_DIR)/sglang/.installed $(PEERS_DIR)/litellm/.installed $(PEERS_DIR)/aiperf/.installed
+
+bench-peers: $(STAMP) peers-setup
+	$(BIN)/python -m bench.peers $(PEERS_ARGS)

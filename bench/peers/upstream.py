@@ -250,7 +250,7 @@ class Upstream:
                 assert request.transport is not None
                 request.transport.close()  # no terminating chunk: the reply is cut short
                 return resp
-            word = self._word(i) if i == 0 else " " + self._word(i)
+            word = " " + self._word(i)  # a leading space: a resumed answer stays word-split
             if chat:
                 delta = (
                     b'{"role":"assistant","content":"%s"},"finish_reason":null' % word.encode()
