@@ -96,4 +96,4 @@ PEERS_PKG_aiperf  := 'aiperf==0.13.0'
 peers-setup: $(PEERS_DIR)/sglang/.installed $(PEERS_DIR)/litellm/.installed $(PEERS_DIR)/aiperf/.installed
 
 bench-peers: $(STAMP) peers-setup
-	$(BIN)/python -m bench.peers $(PEERS_ARGS)
+	FEDGATE_PEERS_DIR=$(PEERS_DIR) $(BIN)/python -m bench.peers $(PEERS_ARGS)

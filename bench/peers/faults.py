@@ -8,7 +8,8 @@ turn, upstream 0 at fault:
   third of the requests, so mid-run with streams open whatever the router's speed); it is
   restarted on the same port after the scenario;
 - ``errors``: upstream 0 answers ``500`` to every completion;
-- ``cut``: upstream 0 drops the connection of every stream after 8 words.
+- ``cut``: upstream 0 drops the connection of every stream after 8 words (or half the
+  answer, if shorter).
 
 Counted per router and scenario: client-visible errors (nothing usable), truncated
 replies (words then a cut, an error event or too few words), and requests that were ok.
@@ -31,13 +32,13 @@ SCENARIOS = ("kill", "errors", "cut")
 CUT_AFTER = 8
 
 
-def _arm(fleet: Fleet, scenario: str, requests: int) -> None:
+def _arm(fleet: Fleet, scenario: str, requests: int, osl: int) -> None:
     if scenario == "kill":
         fleet.set_faults(0, die_after=max(1, requests // (3 * len(fleet.urls))))
     elif scenario == "errors":
         fleet.set_faults(0, fail_rate=1.0)
     elif scenario == "cut":
-        fleet.set_faults(0, cut_rate=1.0, cut_after=CUT_AFTER)
+        fleet.set_faults(0, cut_rate=1.0, cut_after=min(CUT_AFTER, osl // 2))
     else:
         raise ValueError(f"unknown fault scenario {scenario!r}")
 
@@ -70,7 +71,7 @@ def fault_rounds(
             _recover(fleet, pace)
             if between is not None:
                 between()
-            _arm(fleet, scenario, requests)
+            _arm(fleet, scenario, requests, osl)
             convs = conversations(requests, 16, osl)
             outcomes, wall = asyncio.run(
                 client.closed_loop(router.urls, API_KEY, MODEL, convs, concurrency, timeout_s=60)
