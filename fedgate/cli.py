@@ -74,7 +74,7 @@ class Run:
     dry: bool = False
 
 
-def _log_level_option(**extra: Any) -> Callable[[F], F]:
+def _log_level_option() -> Callable[[F], F]:
     return click.option(
         "--log-level",
         type=click.Choice(LOG_LEVELS),
@@ -84,7 +84,6 @@ def _log_level_option(**extra: Any) -> Callable[[F], F]:
         help="Log level.",
         default_text="info",
         env="FEDGATE_LOG_LEVEL",
-        **extra,
     )
 
 
@@ -181,6 +180,7 @@ def _command(
 def _dispatch(
     ctx: click.Context, name: str, params: dict[str, Any], impl: Callable[[Invocation], int]
 ) -> Any:
+    """Run ``impl`` with logging set up; with ``Run.dry``, return the Invocation instead."""
     run = ctx.find_object(Run) or Run(())
     parent = ctx.parent.params if ctx.parent else {}
     level = params.get("log_level") or parent.get("log_level")
