@@ -194,7 +194,7 @@ class KeyValue(click.ParamType[tuple[str, str]]):
 def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"labels must be KEY=VALUE, got {text!r}")
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value.strip()
 
 
