@@ -408,3 +408,22 @@ def test_token_level_embeddings_are_mean_pooled() -> None:
 
     assert pooled([[1.0, 2.0], [3.0, 4.0]]) == [2.0, 3.0]
     assert pooled([0.5, 1]) == [0.5, 1.0]
+
+
+async def test_a_chat_only_upstream_gets_plain_prompts_as_chat(
+    upstream: Upstream, backend: OpenAIBackend
+) -> None:
+    """No /v1/completions (a hosted chat model): the first plain prompt falls back to
+    chat, and later ones go there at once (canaries and plain callers keep working)."""
+
+    async def chat_only(path: str, body: dict[str, Any]) -> Any:
+        if path.endswith("/v1/completions"):
+            return error(404, "Not Found")
+        return [delta("pong"), delta(finish="stop")]
+
+    upstream.script = chat_only
+    assert text(await collect(backend, job(max_tokens=1, input="ping"))) == "pong"
+    assert text(await collect(backend, job(max_tokens=1, input="again"))) == "pong"
+    paths = [p for p, _ in upstream.requests]
+    assert paths == ["/v1/completions", "/v1/chat/completions", "/v1/chat/completions"]
+    assert upstream.requests[1][1]["messages"] == [{"role": "user", "content": "ping"}]

@@ -55,9 +55,19 @@ class Job:
 
     @property
     def max_tokens(self) -> int:
-        """The whole output's token budget (resumed part included); default 10."""
-        value = self.request.params.get("max_tokens", 10)
-        return value if isinstance(value, int) and value > 0 else 10
+        """The whole output's token budget (resumed part included); default 10.
+
+        Raises ``BadRequest`` when ``params.max_tokens`` (or ``max_completion_tokens``)
+        is given but is not an integer of at least 1: a budget is never replaced in
+        silence."""
+        params = self.request.params
+        key = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"
+        value = params.get(key)
+        if value is None:
+            return 10
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise errors.BadRequest(f"params.{key} must be an integer >= 1, got {value!r}")
+        return value
 
 
 def chat_from(request: InferRequest) -> InferRequest:

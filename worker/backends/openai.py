@@ -134,6 +134,8 @@ class OpenAIBackend:
         self._ready = True
         self._checked_at = -1e9
         self._active = 0
+        self._chat_only = False
+        """Set when the upstream has no /v1/completions: plain prompts go to chat."""
         self.upstream_models: tuple[str, ...] = ()
 
     # -- lifecycle and readiness --------------------------------------------------
@@ -246,18 +248,30 @@ class OpenAIBackend:
             "max_completion_tokens" if "max_completion_tokens" in job.params else "max_tokens"
         )
         body[budget_key] = remaining
-        messages = chat_messages(job, self.options.plain_as_chat)
+        messages = chat_messages(job, self.options.plain_as_chat or self._chat_only)
         if messages is None:
-            path, chat = "/completions", False
             body["prompt"] = job.prompt + job.resume_text
-        else:
-            path, chat = "/chat/completions", True
-            if job.resume_text:
-                messages.append({"role": "assistant", "content": job.resume_text})
-                body["continue_final_message"] = True
-                body["add_generation_prompt"] = False
-            body["messages"] = messages
-        async for piece in self._events(path, body, chat, job.resume_tokens):
+            produced = False
+            try:
+                async for piece in self._events("/completions", body, False, job.resume_tokens):
+                    produced = True
+                    yield piece
+                return
+            except errors.NodeUnavailable as exc:
+                if produced or not isinstance(exc.__cause__, openai.NotFoundError):
+                    raise
+            # A chat-only server (no /v1/completions, e.g. a hosted chat model): send
+            # plain prompts as one user message from now on, as --plain-as-chat does.
+            log.warning("%s has no /v1/completions: plain prompts go to chat", self.base_url)
+            self._chat_only = True
+            del body["prompt"]
+            messages = chat_messages(job, True) or []
+        if job.resume_text:
+            messages.append({"role": "assistant", "content": job.resume_text})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        body["messages"] = messages
+        async for piece in self._events("/chat/completions", body, True, job.resume_tokens):
             yield piece
 
     async def _events(

@@ -15,6 +15,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from shared.errors import BadRequest
 from worker.backends.base import BackendError, Job, Piece
 
 _WORDS = (
@@ -58,6 +59,20 @@ def embedding_of(model: str, text: str, dim: int) -> list[float]:
     return [round(v / 2**32 * 2 - 1, 6) for v in values]
 
 
+def refuse_unsupported(params: dict[str, object]) -> None:
+    """Raise ``BadRequest`` naming the first parameter synthetic words cannot honour."""
+    if params.get("tools"):
+        raise BadRequest("the synthetic backend makes no tool calls: `tools` is not supported")
+    fmt = params.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        raise BadRequest("the synthetic backend writes words, not JSON: `response_format`")
+    if params.get("logprobs"):
+        raise BadRequest("the synthetic backend has no log-probabilities: `logprobs`")
+    n = params.get("n")
+    if n is not None and n != 1:
+        raise BadRequest("`n` must be 1 (one choice per request)")
+
+
 class SyntheticBackend:
     """Produces deterministic words; honours ``max_tokens``, ``seed`` and resume."""
 
@@ -66,7 +81,14 @@ class SyntheticBackend:
         self._random = random.Random()
 
     async def stream(self, job: Job) -> AsyncIterator[Piece]:
-        """Yield one token per piece, starting after the resumed part."""
+        """Yield one token per piece, starting after the resumed part.
+
+        Raises ``BadRequest`` for what synthetic words cannot honour (tools, a JSON
+        ``response_format``, ``logprobs``, ``n`` > 1, a bad ``max_tokens``): nothing is
+        dropped in silence. Sampling parameters are accepted and have no effect (the
+        words are a function of model, prompt and ``seed``)."""
+        refuse_unsupported(job.params)
+        budget = job.max_tokens
         opts = self.options
         if opts.hang:
             await asyncio.Event().wait()
@@ -81,7 +103,7 @@ class SyntheticBackend:
         seed = job.params.get("seed")
         interval = opts.token_interval_ms / 1000
         produced = 0
-        for index in range(job.resume_tokens, job.max_tokens):
+        for index in range(job.resume_tokens, budget):
             if opts.fail_after_tokens and produced >= opts.fail_after_tokens:
                 raise BackendError("injected mid-stream failure")
             if interval and produced:
