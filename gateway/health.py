@@ -333,8 +333,9 @@ class HealthChecker:
 
         Due: UNHEALTHY nodes; nodes whose p50 is over ``latency_limit_s``; UNKNOWN and
         DEGRADED nodes with no outcome for ``check_interval_s`` (traffic is not proving
-        them; a new node first gets its share of real traffic, exploration's job); nodes with no latency sample for ``idle_probe_s`` (never measured, or
-        idle). Also ages every node's samples out (call it periodically)."""
+        them; a new node first gets its share of real traffic, exploration's job); nodes
+        with no latency sample for ``idle_probe_s`` (never measured, or idle). Also ages
+        every node's samples out (call it periodically)."""
         cfg = self.config
         now = self._clock()
         interval, idle = cfg.check_interval_s, cfg.idle_probe_s
@@ -348,10 +349,7 @@ class HealthChecker:
             if (
                 status is HealthState.UNHEALTHY
                 or self._over_limit(st)
-                or (
-                    status is not HealthState.HEALTHY
-                    and now - st.last_outcome >= interval
-                )
+                or (status is not HealthState.HEALTHY and now - st.last_outcome >= interval)
                 or (idle and now - st.samples.lat.last_at >= idle)
             ):
                 st.last_probe = now
