@@ -33,8 +33,10 @@ from shared.subjects import Subjects
 
 DEMO_WORKERS = [
     # node id, region, model, capabilities, privacy, cost
-    ("us-west-1", "us-west", "llama-3-8b", ("generate", "code"), "internal", "0.6"),
-    ("eu-west-1", "eu-west", "llama-3-8b", ("generate", "code"), "confidential", "0.4"),
+    # The two llama-3-8b nodes cost the same: the demo shows traffic spreading over them
+    # (a cost difference deliberately skews traffic toward the cheaper one).
+    ("us-west-1", "us-west", "llama-3-8b", ("generate", "code"), "internal", "0.5"),
+    ("eu-west-1", "eu-west", "llama-3-8b", ("generate", "code"), "confidential", "0.5"),
     ("us-west-embed", "us-west", "bge-small", ("embed",), "internal", "0.2"),
     ("eu-west-embed", "eu-west", "bge-small", ("embed",), "confidential", "0.2"),
 ]
