@@ -69,6 +69,9 @@ ENVELOPE_BYTES = 4096
 DEFAULT_BUSY_S = 0.05
 """How long a node that answered ``429`` without ``Retry-After`` is left alone."""
 
+QUEUE_FULL_RETRY_AFTER_S = 1.0
+"""``Retry-After`` of a ``429`` answered because the capacity queue is full."""
+
 BUSY_BACKOFF_S = 0.1
 """First wait for busy nodes (doubling per busy answer, at most ``retry_backoff_max_s``)."""
 
@@ -344,9 +347,19 @@ class GatewayService:
         Only the same caller resending the same bytes (``Fed-Ack``: its ack or what we
         relayed was lost) takes the request over, on its new reply subject, with a replay
         of the chunks it may have missed. Anything else is ``409 duplicate``: another
-        caller's prompt never runs as, nor receives, this one.
+        caller's prompt never runs as, nor receives, this one. The reply subject that lost
+        the request gets a ``409 duplicate`` terminal: whoever still listens there is told
+        where the answer went, and nobody waits for nothing.
         """
         if msg.headers and h.ACK in msg.headers and digest == held.digest:
+            if held.reply != reply:
+                moved = errors.Duplicate(
+                    f"request_id {held.request_id} was resent with the same body: "
+                    "the answer goes to the resending caller"
+                )
+                hdrs = moved.headers()
+                hdrs[h.REQUEST_ID] = held.request_id
+                await self._publish_reply(held.reply, b"", hdrs)
             held.reply = reply
             await self._ack(held)
             for item in held.chunk_log:  # exactly the bytes relayed, seq 1, 2, ...
@@ -474,10 +487,22 @@ class GatewayService:
                 flight.queued_at = self.clock()
                 self._waiting.append(flight)
                 return False
+            if exc.retry_after_s is None:  # the queue is full: a hint for backing off
+                exc.retry_after_s = QUEUE_FULL_RETRY_AFTER_S
             await self._finish_error(flight, exc)
             return True
-        if isinstance(exc, errors.NoCapacity) and self.catalog.nodes_for(
-            flight.capability, flight.request.model
+        model = flight.request.model
+        if (
+            isinstance(exc, errors.NoCapacity)
+            and model
+            and not self.catalog.nodes_for(flight.capability, model)
+        ):
+            exc = errors.NoCapacity(
+                flight.capability,
+                f"No nodes available for capability: {flight.capability} with model {model!r}",
+            )
+        elif isinstance(exc, errors.NoCapacity) and self.catalog.nodes_for(
+            flight.capability, model
         ):
             # The core keeps the reference's split (skipped nodes count as none); on the
             # wire, nodes that exist but are unhealthy or circuit-open are a 503.

@@ -17,6 +17,7 @@ from gateway.service import GatewayService
 from tests.helpers import Federation, eventually, federation
 from tests.integration.test_protocol import fast
 from tests.rawnode import RawNode, echo, error, result
+from worker.backends.synthetic import SyntheticBackend, SyntheticOptions
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -275,3 +276,41 @@ async def test_tokens_after_failover_count_what_the_caller_received(nats_url: st
         assert got[-1].headers["Fed-Served-By"] == "b"
         assert int(got[-1].headers["Fed-Tokens"]) == sum(c["tokens"] for c in chunks) == 12
         assert len(first.work) == 1
+
+
+async def test_a_full_queue_answers_429_with_retry_after(nats_url: str) -> None:
+    async with federation(nats_url) as fed:
+        await fed.gateway(fast(max_queue=0))
+        slow = SyntheticBackend(SyntheticOptions(token_interval_ms=50))
+        await fed.node("n1", slow, capacity=1, models={"m": ("generate",)})
+        await fed.seen("n1")
+        nc = await fed.client()
+        hold = await collect_start(nc, {"input": "x", "stream": True, "params": {"max_tokens": 50}})
+        msg = await request(nc, {"input": "y"})
+        assert kind(msg) == "overloaded", msg.headers
+        assert msg.headers["Retry-After"] == "1"
+        await hold.unsubscribe()
+
+
+async def collect_start(nc: Client, body: dict[str, Any]) -> Any:
+    """Start a stream and wait for its first chunk (it then holds its node's slot)."""
+    inbox = nc.new_inbox()
+    first = asyncio.Event()
+
+    async def on_msg(msg: Any) -> None:
+        first.set()
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    await nc.publish("infer.generate", json.dumps(body).encode(), reply=inbox)
+    await asyncio.wait_for(first.wait(), 5)
+    return sub
+
+
+async def test_no_node_for_the_model_names_the_model(nats_url: str) -> None:
+    async with federation(nats_url) as fed:
+        await fed.gateway(fast())
+        await nodes(fed, n1=echo)
+        nc = await fed.client()
+        msg = await request(nc, {"input": "x", "model": "twin"})
+        assert kind(msg) == "no_capacity"
+        assert "twin" in msg.headers["Nats-Service-Error"]

@@ -266,3 +266,24 @@ async def test_two_tenants_one_id_on_one_worker_both_run(nats_url: str) -> None:
         a, b = await asyncio.gather(run("t1", "first prompt"), run("t2", "second prompt"))
         assert a == expected_text("m", "first prompt")
         assert b == expected_text("m", "second prompt")
+
+
+async def test_the_subject_that_lost_a_resent_request_gets_a_409(nats_url: str) -> None:
+    """Same tenant, same id, same bytes from a second reply subject (a resend): the
+    request moves there, and the first subject is told so (409) instead of hanging."""
+    async with federation(nats_url) as fed:
+        await fed.gateway(fast())
+        node = await RawNode(await fed.client(), "n1", slow_echo).start()
+        await fed.seen("n1")
+        nc = await fed.client()
+        body = {"input": "one two three four five six", "request_id": "R", "stream": True}
+        first = Caller(nc, body, ack=True)
+        await first.send()
+        await asyncio.wait_for(first.acked.wait(), 5)
+        second = Caller(nc, body, ack=True)
+        await second.send()
+        await asyncio.wait_for(asyncio.gather(first.done.wait(), second.done.wait()), 10)
+        assert first.error == "duplicate" and first.ends == 1
+        assert second.error is None and second.text.split() == body["input"].split()
+        assert len(node.work) == 1  # the prompt ran once
+        await node.stop()
