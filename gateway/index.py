@@ -158,7 +158,12 @@ class CandidateIndex:
 
     def ordering(self, request: InferRequest) -> Ordering:
         """The request's ordering (built on first use, then kept up to date)."""
-        key = (request.capability, request.model, tuple([v(request) for v in self._variants]))
+        variants = self._variants
+        if len(variants) == 1:  # the default policy's (cost)
+            vkey: tuple[Hashable, ...] = (variants[0](request),)
+        else:
+            vkey = tuple([v(request) for v in variants])
+        key = (request.capability, request.model, vkey)
         o = self._orderings.get(key)
         if o is None:
             o = Ordering(request.capability, request.model, request)
@@ -224,9 +229,11 @@ class CandidateIndex:
         request: InferRequest,
         exclude: Collection[str],
         checked: bool = False,
+        health: NodeHealth | None = None,
     ) -> Candidate | None:
         """The scored candidate (``base`` from its ordering entry), or None when the node
-        is not selectable for this request (``checked``: ``available`` said yes)."""
+        is not selectable for this request (``checked``: ``available`` said yes;
+        ``health``: its current snapshot, when the caller has it)."""
         nid = node.node_id
         if not checked and (
             nid in exclude
@@ -235,7 +242,7 @@ class CandidateIndex:
             or not self._admits(nid)
         ):
             return None
-        h = self.health_of(nid)
+        h = health or self._cached(nid) or self.health_of(nid)
         if h.status is HealthState.UNHEALTHY:
             return None
         c = build_candidate(node, h, request)

@@ -229,7 +229,7 @@ class PrivacyPolicy(Policy):
     def is_eligible(self, c: Candidate, request: InferRequest) -> tuple[bool, str]:
         """node.privacy >= qos.privacy and node.region in qos.allowed_regions (if given)."""
         node, qos = c.node, request.qos
-        if node.privacy.rank < qos.privacy.rank:
+        if node.privacy is not qos.privacy and node.privacy.rank < qos.privacy.rank:
             return False, f"privacy: node serves up to {node.privacy}, request needs {qos.privacy}"
         if qos.allowed_regions is not None and node.region not in qos.allowed_regions:
             return False, f"privacy: region {node.region} not in allowed_regions"
@@ -254,7 +254,9 @@ class LocalityPolicy(Policy):
 
     def score(self, c: Candidate, request: InferRequest) -> float:
         """(0.5 + locality x boost - penalty if cross-region) x weight; 0.65 with no region."""
-        return self._value(c.scores.locality)
+        locality = c.scores.locality  # self._value(locality), inlined (hot path)
+        penalty = self.cross_region_penalty if locality <= 0.0 else 0.0
+        return (0.5 + locality * self.same_region_boost - penalty) * self.weight
 
     def bounds(self, request: InferRequest, same_region: bool) -> tuple[float, float] | None:
         """Exact per bucket: same region, other region, or neutral when no region is given."""

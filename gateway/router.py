@@ -65,10 +65,11 @@ class RouterConfig:
 
 def _band_end(entries: list[Entry], key: float) -> int:
     """How many entries have -base <= ``key`` (a bisect only past ``_SMALL_BAND``)."""
-    if len(entries) > _SMALL_BAND and entries[_SMALL_BAND][0] <= key:
+    m = len(entries)
+    if m > _SMALL_BAND and entries[_SMALL_BAND][0] <= key:
         return bisect.bisect_right(entries, (key, math.inf))
     end = 0  # a small band: no need to search the whole list
-    while end < len(entries) and end <= _SMALL_BAND and entries[end][0] <= key:
+    while end < m and end < _SMALL_BAND and entries[end][0] <= key:
         end += 1
     return end
 
@@ -94,6 +95,7 @@ class Router:
         self._rng = self._chooser.rng
         self._random = self._rng.random
         self._admits = breaker.admits
+        self._cached_health = health.get_cached_health
         self._index = CandidateIndex(catalog, health, breaker, policy, self.config.min_score)
 
     @property
@@ -124,7 +126,7 @@ class Router:
             top = index.walk(o, request, exclude, max(1, self.config.max_candidates))
         while top:
             chosen = top[0] if len(top) == 1 else self._chooser.pick(strategy, top, request)
-            if self.breaker.try_acquire(chosen.node_id):
+            if self.breaker.try_acquire(chosen.node.node_id):
                 return chosen
             top.remove(chosen)
         raise classify(index, request, exclude)
@@ -169,7 +171,10 @@ class Router:
             upper = (hi2 - second[0][0]) / n
             if upper > ceiling:
                 ceiling, ref = upper, second[0][2]
-        band = self.spread_band(ref, index.health_of(ref.node_id))
+        cfg = self.config  # band = self.spread_band(ref, ref_health), inlined (hot path)
+        ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
+        tolerance_ms = (cfg.spread_tolerance + ref.load) * ref_health.latency_p50_ms
+        band = (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * index.ms_worth + 1e-9
         floor = ceiling - band
         floor_n = floor * n
         end1 = _band_end(first, hi1 - floor_n + 1e-9)
@@ -180,7 +185,7 @@ class Router:
             unknown = bag.items
             if random() * (size + len(unknown)) >= size:
                 node = unknown[int(random() * len(unknown))]
-                if node.local_in_flight < self.config.explore_max_in_flight:
+                if node.local_in_flight < cfg.explore_max_in_flight:
                     explorer = node
         if size > _SMALL_BAND:
             pool: list[tuple[NodeInfo, float]] = []
@@ -212,7 +217,7 @@ class Router:
             if explorer is not None:  # explored as if near-best
                 others = [h for h in heads if h[3] is not explorer]
                 pair = [(-ceiling, 0, o.keys[explorer.node_id][0][0], explorer), *others[:1]]
-            elif len(heads) == 2 and -heads[1][0] < ceiling - self.config.challenge * band:
+            elif len(heads) == 2 and -heads[1][0] < ceiling - cfg.challenge * band:
                 pair = heads[:1]  # the runner-up is too far behind to take load
             else:
                 pair = heads
@@ -222,7 +227,8 @@ class Router:
                 if pair[1][3].load < pair[0][3].load:
                     pair.reverse()
             for _, _, neg_base, node in pair:
-                c = index.candidate(node, -neg_base, request, exclude, node is not explorer)
+                h = ref_health if node is ref else None
+                c = index.candidate(node, -neg_base, request, exclude, node is not explorer, h)
                 if c is not None:
                     return [c]
         return self._walked(o, request, exclude, floor)  # sparse, or policies said no
