@@ -67,10 +67,11 @@ async def setup(fed: Federation) -> tuple[GatewayService, GatedBackend]:
         max_queue=MAX_QUEUE, first_chunk_timeout_s=600, request_timeout_s=600, probe_interval_s=60
     )
     backend = GatedBackend()
-    # Heartbeats every 1 s (expiry 3 s): the flood shares this process's event loop, and
-    # a node that misses heartbeats for it would be dropped (no_capacity), not overloaded.
+    # Heartbeats every 2 s (expiry 6 s): the flood shares this process's event loop, and
+    # a node that misses heartbeats for it (a loaded 2-core machine) would be dropped and
+    # its held requests moved (all_unhealthy), not overloaded.
     await fed.node(
-        "n1", backend, capacity=CAPACITY, models={"m": ("generate",)}, heartbeat_interval_s=1.0
+        "n1", backend, capacity=CAPACITY, models={"m": ("generate",)}, heartbeat_interval_s=2.0
     )
     await fed.seen("n1")
     return svc, backend
