@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,8 +143,12 @@ async def closed_loop(
     conversations: Iterable[Conversation],
     concurrency: int,
     timeout_s: float = 60.0,
+    on_done: Callable[[int], None] | None = None,
 ) -> tuple[list[Outcome], float]:
-    """Run every conversation on ``concurrency`` lanes; returns the outcomes and wall time."""
+    """Run every conversation on ``concurrency`` lanes; returns the outcomes and wall time.
+
+    ``on_done(n)`` is called after each request with the number finished so far (a fault
+    can be injected when a run is a third done, whatever the router's speed)."""
     queue = iter(conversations)
     targets = itertools.cycle(urls)
     outcomes: list[Outcome] = []
@@ -163,6 +167,8 @@ async def closed_loop(
                 )  # fmt: skip
                 outcome.turn = turn
                 outcomes.append(outcome)
+                if on_done is not None:
+                    on_done(len(outcomes))
                 history.append({"role": "assistant", "content": answer})
 
     started = time.perf_counter()

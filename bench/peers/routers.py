@@ -101,22 +101,32 @@ def ready_request(base: str, timeout_s: float = 2.0) -> bool:
 
 
 def start(
-    spec: str, owner: Procs, upstreams: Sequence[str], timeout_s: float = 90.0, capacity: int = 64
+    spec: str,
+    owner: Procs,
+    upstreams: Sequence[str],
+    timeout_s: float = 90.0,
+    capacity: int = 64,
+    gateway_args: Sequence[str] = (),
+    name: str | None = None,
 ) -> Router:
-    """Start router ``spec`` over ``upstreams`` and wait until it answers."""
+    """Start router ``spec`` over ``upstreams`` and wait until it answers.
+
+    ``capacity``: each fedgate worker's ``--capacity``; ``gateway_args``: more flags for
+    ``fedgate gateway``; ``name``: the router's name in the figures and logs (default
+    ``spec``)."""
     kind, _, policy = spec.partition(":")
     if kind == "direct":
-        return Router(spec, list(upstreams))
-    tag = spec.replace(":", "-")
+        return Router(name or spec, list(upstreams))
+    tag = (name or spec).replace(":", "-")
     if kind == "fedgate":
-        router = _fedgate(tag, owner, upstreams, policy or None, capacity)
+        router = _fedgate(tag, owner, upstreams, policy or None, capacity, gateway_args)
     elif kind == "sglang":
         router = _sglang(tag, owner, upstreams, policy or "cache_aware")
     elif kind == "litellm":
         router = _litellm(tag, owner, upstreams, policy or "simple-shuffle")
     else:
         raise ValueError(f"unknown router {spec!r} (one of {', '.join(ALL)})")
-    router.name = spec
+    router.name = name or spec
     try:
         wait_until(
             lambda: ready_request(router.urls[0]),
@@ -131,7 +141,12 @@ def start(
 
 
 def _fedgate(
-    tag: str, owner: Procs, upstreams: Sequence[str], strategy: str | None, capacity: int
+    tag: str,
+    owner: Procs,
+    upstreams: Sequence[str],
+    strategy: str | None,
+    capacity: int,
+    gateway_args: Sequence[str],
 ) -> Router:
     nats = NatsServer(data_dir=owner.log_dir / f"{tag}-nats")
     nats.start()
@@ -144,7 +159,7 @@ def _fedgate(
     owner.spawn(
         gw,
         [*fedgate, "gateway", "--nats", nats.url, "--config", str(config), "--http-port",
-         str(port), *strategy_args],
+         str(port), *strategy_args, *gateway_args],
     )  # fmt: skip
     names = [gw]
     for i, url in enumerate(upstreams):
