@@ -116,6 +116,7 @@ class _State:
         "last_outcome",
         "last_probe",
         "published_at",
+        "registered",
         "samples",
         "snapshot",
         "status",
@@ -130,6 +131,7 @@ class _State:
         self.samples = NodeSamples(config.window, config.sample_max_age_s)
         self.last_probe = -math.inf
         self.last_outcome = now
+        self.registered = now
         self.published_at = -math.inf
 
 
@@ -350,7 +352,7 @@ class HealthChecker:
                 status is HealthState.UNHEALTHY
                 or self._over_limit(st)
                 or (status is not HealthState.HEALTHY and now - st.last_outcome >= interval)
-                or (idle and now - st.samples.lat.last_at >= idle)
+                or (idle and now - max(st.samples.lat.last_at, st.registered) >= idle)
             ):
                 st.last_probe = now
                 due.append(node_id)
