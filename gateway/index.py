@@ -26,6 +26,7 @@ from gateway.ordering import Entry, Ordering
 from gateway.policies import (
     Candidate,
     CompositePolicy,
+    HealthPolicy,
     LatencyPolicy,
     Policy,
     PolicyKind,
@@ -77,6 +78,13 @@ class CandidateIndex:
         self._checks = tuple(
             p.is_eligible for p in members if type(p).is_eligible is not Policy.is_eligible
         )
+        self._hot_checks = tuple(
+            p.is_eligible
+            for p in members
+            if type(p).is_eligible not in (Policy.is_eligible, HealthPolicy.is_eligible)
+        )
+        """The checks ``candidate`` runs: HealthPolicy's (health score 0, i.e. UNHEALTHY)
+        is implied by its status test."""
         self._variants = tuple(p.variant for p in members if p.kind is PolicyKind.VARIANT)
         self._bounds = tuple(p.bounds for p in members if p.kind is PolicyKind.DYNAMIC)
         self._extras_by_shape = all(
@@ -246,7 +254,7 @@ class CandidateIndex:
         if h.status is HealthState.UNHEALTHY:
             return None
         c = build_candidate(node, h, request)
-        for check in self._checks:  # self.rejection and self.total, inlined (hot path)
+        for check in self._hot_checks:  # self.rejection and self.total, inlined (hot path)
             if not check(c, request)[0]:
                 return None
         n = self.n

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 from gateway.catalog import NodeInfo
 from gateway.health import HealthState, NodeHealth
@@ -46,9 +47,11 @@ def synthetic_health(node_id: str) -> NodeHealth:
     )
 
 
-@dataclass(slots=True)
-class Scores:
-    """Normalised inputs (0..1, higher is better) and the composite ``total``."""
+class Scores(msgspec.Struct, gc=False):
+    """Normalised inputs (0..1, higher is better) and the composite ``total``.
+
+    Scores and Candidate are msgspec Structs, not dataclasses: one of each is built per
+    route and per health report, and a Struct's __init__ (in C) costs a third."""
 
     latency: float = 0.5
     throughput: float = 0.5
@@ -60,8 +63,7 @@ class Scores:
     gpu: float = 0.5
 
 
-@dataclass(slots=True)
-class Candidate:
+class Candidate(msgspec.Struct):
     """One node considered for a request, with its scores, eligibility and reason."""
 
     node: NodeInfo
@@ -70,7 +72,7 @@ class Candidate:
     eligible: bool = True
     reason: str = ""
     """Why it was rejected ("" when eligible)."""
-    contributions: dict[str, float] = field(default_factory=dict)
+    contributions: dict[str, float] = msgspec.field(default_factory=dict)
     """Each policy's score (filled by ``Router.get_candidates`` only)."""
 
     @property

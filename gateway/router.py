@@ -63,17 +63,6 @@ class RouterConfig:
     many of this gateway's requests in flight (a new node's bounded share)."""
 
 
-def _band_end(entries: list[Entry], key: float) -> int:
-    """How many entries have -base <= ``key`` (a bisect only past ``_SMALL_BAND``)."""
-    m = len(entries)
-    if m > _SMALL_BAND and entries[_SMALL_BAND][0] <= key:
-        return bisect.bisect_right(entries, (key, math.inf))
-    end = 0  # a small band: no need to search the whole list
-    while end < m and end < _SMALL_BAND and entries[end][0] <= key:
-        end += 1
-    return end
-
-
 class Router:
     """Routes requests to nodes (see module docstring and docs/routing.md)."""
 
@@ -171,14 +160,25 @@ class Router:
             upper = (hi2 - second[0][0]) / n
             if upper > ceiling:
                 ceiling, ref = upper, second[0][2]
-        cfg = self.config  # band = self.spread_band(ref, ref_health), inlined (hot path)
+        # Inlined below (a call costs what a dozen lines do): self.spread_band, NodeInfo.load,
+        # _band_end, available (index.available).
+        cfg = self.config
         ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
-        tolerance_ms = (cfg.spread_tolerance + ref.load) * ref_health.latency_p50_ms
+        ref_load = max(ref.in_flight, ref.local_in_flight) / ref.capacity
+        tolerance_ms = (cfg.spread_tolerance + ref_load) * ref_health.latency_p50_ms
         band = (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * index.ms_worth + 1e-9
         floor = ceiling - band
         floor_n = floor * n
-        end1 = _band_end(first, hi1 - floor_n + 1e-9)
-        size = end1 + _band_end(second, hi2 - floor_n + 1e-9)
+        key, m = hi1 - floor_n + 1e-9, len(first)  # the band's ends: -base <= key
+        if m > _SMALL_BAND and first[_SMALL_BAND][0] <= key:
+            end1 = bisect.bisect_right(first, (key, math.inf))
+        else:  # a small band: the first two at most (sorted: the second is not before)
+            end1 = (first[0][0] <= key) + (m > 1 and first[1][0] <= key)
+        key, m = hi2 - floor_n + 1e-9, len(second)
+        if m > _SMALL_BAND and second[_SMALL_BAND][0] <= key:
+            size = end1 + bisect.bisect_right(second, (key, math.inf))
+        else:
+            size = end1 + (m > 0 and second[0][0] <= key) + (m > 1 and second[1][0] <= key)
         random = self._random
         explorer = None
         if bag is not None and bag.items:
@@ -206,7 +206,10 @@ class Router:
             if len(pool) == 2:
                 if random() < 0.5:
                     pool.reverse()  # the first of an equal-load pair wins: make it either
-                if pool[1][0].load < pool[0][0].load:
+                a, b = pool[0][0], pool[1][0]
+                if max(b.in_flight, b.local_in_flight) / b.capacity < (
+                    max(a.in_flight, a.local_in_flight) / a.capacity
+                ):
                     pool.reverse()
                 for node, neg_base in pool:
                     c = index.candidate(node, -neg_base, request, exclude)
@@ -224,7 +227,10 @@ class Router:
             if len(pair) == 2:
                 if -pair[1][0] >= floor and random() < 0.5:
                     pair.reverse()  # both near-best: on equal load, either
-                if pair[1][3].load < pair[0][3].load:
+                a, b = pair[0][3], pair[1][3]
+                if max(b.in_flight, b.local_in_flight) / b.capacity < (
+                    max(a.in_flight, a.local_in_flight) / a.capacity
+                ):
                     pair.reverse()
             for _, _, neg_base, node in pair:
                 h = ref_health if node is ref else None
@@ -266,7 +272,7 @@ class Router:
         n, admits = self._index.n, self._admits
         heads: list[tuple[float, int, float, NodeInfo]] = []
         for neg_base, seq, node in islice(first, _SCAN):  # bounds ascend: the first two
-            nid = node.node_id  # index.available, inlined (hot path)
+            nid = node.node_id
             if not (
                 nid in exclude or node.draining or node.local_in_flight >= node.capacity
             ) and admits(nid):
