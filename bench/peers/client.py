@@ -121,6 +121,8 @@ async def stream_chat(
         out.detail = out.detail or f"{type(exc).__name__}: {exc}"[:160]
     answer = "".join(text)
     out.words = len(answer.split())
+    if not (done or out.detail):
+        out.detail = "stream ended without [DONE]"
     if finished and done and out.words >= min_words and not out.detail:
         out.status = "ok"
     elif out.words:

@@ -3,7 +3,8 @@
 A thread reads ``/proc/<pid>/stat`` and ``/proc/<pid>/status`` of each part's processes
 every ``interval_s`` (a few reads: negligible next to the load), with wall-clock stamps,
 so the CPU spent between two instants (aiperf's own start and end of its profiling phase,
-which excludes its ~10 s start-up) is interpolated from the samples around them.
+which excludes its ~10 s start-up) is interpolated from the samples around them. A
+process that exits (a killed node) keeps its last sampled CPU time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 from typing import Self
 
+from bench.common import cpu_seconds
 from bench.peers.procs import cpu_of, rss_of
 
 
@@ -25,11 +27,22 @@ class Meter:
         self.stamps: list[float] = []
         self.cpu: list[dict[str, float]] = []
         self.rss: list[dict[str, int]] = []
+        self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="meter", daemon=True)
 
+    def _cpu(self, pid: int) -> float:
+        """``pid``'s CPU seconds, or its last sampled figure once it has exited."""
+        try:
+            self._last[pid] = cpu_seconds(pid)
+        except (OSError, ValueError):
+            pass
+        return self._last.get(pid, 0.0)
+
     def _sample(self) -> None:
-        self.cpu.append({part: cpu_of(pids) for part, pids in self.groups.items()})
+        self.cpu.append(
+            {part: sum(self._cpu(p) for p in pids) for part, pids in self.groups.items()}
+        )
         self.rss.append({part: rss_of(pids) for part, pids in self.groups.items()})
         self.stamps.append(time.time())
 

@@ -25,8 +25,9 @@ flight (one per server: more only queue inside llama.cpp). Every router gets pro
 its own (seeded by the router's position): no router finds the servers' caches warmed by
 another's run. Per workload and router: TTFT and latency p50/p99 (later turns separately
 for ``shared``), requests/s, errors, truncated replies, and each node's share of the
-servers' CPU time (where the work went). Sized to take about 10-15 minutes with five
-routers on 2 busy vCPUs; the last line is one JSON object.
+servers' CPU time (where the work went). The last line is one JSON object. It took 19 min
+with five routers on 2 vCPUs at load average 4-7 (prefill is slow there: a ~260-token cold
+prompt took seconds); ``--quick`` or fewer ``--routers`` for less.
 """
 
 from __future__ import annotations

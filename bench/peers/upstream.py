@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -327,13 +328,13 @@ async def _sleep_until(deadline: float) -> None:
 
 async def serve(host: str, port: int, upstream: Upstream) -> None:
     """Serve until cancelled; prints ``READY <port>`` once listening."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart takes its old port
+    sock.bind((host, port))
     runner = web.AppRunner(upstream.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
-    bound = sockets[0].getsockname()[1] if sockets else port
-    print(f"READY {bound}", flush=True)
+    await web.SockSite(runner, sock, backlog=1024).start()
+    print(f"READY {sock.getsockname()[1]}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
