@@ -40,8 +40,11 @@ RESULT_FIELDS = {
 
 
 def fast(**overrides: Any) -> GatewayConfig:
-    """A gateway config with timeouts small enough for tests (probing off)."""
+    """A gateway config with timeouts small enough for tests (probing off), and the
+    deterministic least_latency strategy: these tests predict which node serves (the
+    default, power_of_two, is tested in test_spread.py and tests/core)."""
     values: dict[str, Any] = {
+        "strategy": "least_latency",
         "first_chunk_timeout_s": 1.0,
         "stall_timeout_s": 0.5,
         "request_timeout_s": 5.0,
