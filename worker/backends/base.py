@@ -57,11 +57,10 @@ class Job:
     def max_tokens(self) -> int:
         """The whole output's token budget (resumed part included); default 10.
 
-        Raises ``BadRequest`` when ``params.max_tokens`` (or ``max_completion_tokens``)
-        is given but is not an integer of at least 1: a budget is never replaced in
-        silence."""
+        Raises ``BadRequest`` when ``params.max_tokens`` is given but is not an integer
+        of at least 1: a budget is never replaced in silence."""
         params = self.request.params
-        key = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"
+        key = "max_tokens"
         value = params.get(key)
         if value is None:
             return 10
