@@ -18,11 +18,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Collection, Hashable
+from typing import NamedTuple
 
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.health import HealthChecker, HealthState, NodeHealth
-from gateway.ordering import Entry, Ordering
+from gateway.ordering import Bag, Entry, Ordering
 from gateway.policies import (
     Candidate,
     CompositePolicy,
@@ -37,6 +38,34 @@ from shared.messages import InferRequest
 
 Bucket = tuple[list[Entry], float | None, str | None]
 """(entries best first, the dynamic members' upper bound or None, a region to skip)."""
+
+_NO_ENTRIES: list[Entry] = []
+"""A view's second list when it has only one (never written)."""
+_MAX_VIEWS = 4096
+"""Cached views kept at most (request regions are the callers' strings)."""
+
+
+class View(NamedTuple):
+    """What POWER_OF_TWO reads for one request shape: its ordering and lists, and the
+    dynamic policies' upper bounds in them. Cached per (capability, model, variant key,
+    region) when the bounds depend on nothing else; valid while the ordering's
+    ``layout`` is the one recorded."""
+
+    ordering: Ordering
+    first: list[Entry]
+    """The request region's list, or the whole ordering."""
+    hi1: float | None
+    """The most the dynamic policies add to a node of ``first`` (None: unbounded)."""
+    second: list[Entry]
+    """The whole ordering, skipping the region, when ``first`` is a region's; else empty."""
+    hi2: float | None
+    """The most they add to a node of ``second`` outside the region."""
+    unknown: Bag | None
+    """The UNKNOWN nodes to explore: the region's, or all of them."""
+    layout: int
+    ends: list[int]
+    """Where the near-best band of ``first`` and of ``second`` ended last time (a hint
+    the router checks before it searches)."""
 
 
 class CandidateIndex:
@@ -101,6 +130,7 @@ class CandidateIndex:
         ) / max(self.n, 1)
         """What one millisecond of p50 is worth in total score (LatencyPolicy members)."""
         self._orderings: dict[tuple[str, str | None, tuple[Hashable, ...]], Ordering] = {}
+        self._views: dict[tuple[str, str | None, tuple[Hashable, ...], str | None], View] = {}
         self._by_cap: dict[str, list[Ordering]] = {}
         self._memberships: dict[str, list[Ordering]] = {}
 
@@ -164,13 +194,43 @@ class CandidateIndex:
 
     # -- orderings ----------------------------------------------------------------------
 
-    def ordering(self, request: InferRequest) -> Ordering:
-        """The request's ordering (built on first use, then kept up to date)."""
+    def _variant_key(self, request: InferRequest) -> tuple[Hashable, ...]:
         variants = self._variants
         if len(variants) == 1:  # the default policy's (cost)
+            return (variants[0](request),)
+        return tuple([v(request) for v in variants])
+
+    def view(self, request: InferRequest) -> View:
+        """The request's ``View`` (see there)."""
+        variants = self._variants  # self._variant_key(request), inlined (hot path)
+        if len(variants) == 1:
             vkey: tuple[Hashable, ...] = (variants[0](request),)
         else:
             vkey = tuple([v(request) for v in variants])
+        key = (request.capability, request.model, vkey, request.qos.region)
+        v = self._views.get(key)
+        if v is not None and v[6] == v[0].layout:
+            return v
+        o = self.ordering(request, vkey)
+        same, other = self.upper_extras(request)
+        region = request.qos.region
+        regional = o.by_region.get(region) if region is not None else None
+        if region is not None and regional is not None:
+            bag = o.unknown_by_region.get(region)
+            v = View(o, regional, same, o.entries, other, bag, o.layout, [0, 0])
+        else:
+            v = View(o, o.entries, other, _NO_ENTRIES, 0.0, o.unknown, o.layout, [0, 0])
+        if self._extras_by_shape:
+            if len(self._views) >= _MAX_VIEWS:
+                self._views.clear()
+            self._views[key] = v
+        return v
+
+    def ordering(self, request: InferRequest, vkey: tuple[Hashable, ...] | None = None) -> Ordering:
+        """The request's ordering (built on first use, then kept up to date; ``vkey``: its
+        variant key when the caller has it)."""
+        if vkey is None:
+            vkey = self._variant_key(request)
         key = (request.capability, request.model, vkey)
         o = self._orderings.get(key)
         if o is None:

@@ -57,6 +57,7 @@ class Ordering:
         "capability",
         "entries",
         "keys",
+        "layout",
         "model",
         "template",
         "unknown",
@@ -74,6 +75,9 @@ class Ordering:
         """node id -> (its entry, its region, whether it is in ``unknown``)."""
         self.unknown = Bag()
         self.unknown_by_region: dict[str, Bag] = {}
+        self.layout = 0
+        """Counts the regions' lists and bags created or dropped (what a cached view of
+        this ordering depends on)."""
 
     def matches(self, node: NodeInfo) -> bool:
         """True if the node belongs here (serves the capability, and the model if set)."""
@@ -97,12 +101,14 @@ class Ordering:
         del bucket[bisect.bisect_left(bucket, entry)]
         if not bucket:
             del self.by_region[region]
+            self.layout += 1
         if unknown:
             self.unknown.discard(node_id)
             bag = self.unknown_by_region[region]
             bag.discard(node_id)
             if not len(bag):
                 del self.unknown_by_region[region]
+                self.layout += 1
 
     def put(self, node: NodeInfo, base: float, unknown: bool) -> None:
         """Insert the node, or move it to its new place."""
@@ -110,10 +116,18 @@ class Ordering:
         entry = (-base, node.seq, node)
         self.keys[node.node_id] = (entry, node.region, unknown)
         bisect.insort(self.entries, entry)
-        bisect.insort(self.by_region.setdefault(node.region, []), entry)
+        bucket = self.by_region.get(node.region)
+        if bucket is None:
+            bucket = self.by_region[node.region] = []
+            self.layout += 1
+        bisect.insort(bucket, entry)
         if unknown:
             self.unknown.add(node)
-            self.unknown_by_region.setdefault(node.region, Bag()).add(node)
+            bag = self.unknown_by_region.get(node.region)
+            if bag is None:
+                bag = self.unknown_by_region[node.region] = Bag()
+                self.layout += 1
+            bag.add(node)
 
     def fill(self, items: list[tuple[NodeInfo, float, bool]]) -> None:
         """Bulk-load an empty ordering (one sort instead of n insertions)."""

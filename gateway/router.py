@@ -22,8 +22,8 @@ from gateway.catalog import ModelCatalog, NodeInfo
 from gateway.clock import MONOTONIC, Clock
 from gateway.explain import classify, explain
 from gateway.health import HealthChecker, NodeHealth
-from gateway.index import CandidateIndex
-from gateway.ordering import Bag, Entry, Ordering
+from gateway.index import CandidateIndex, View
+from gateway.ordering import Entry, Ordering
 from gateway.policies import Candidate, CompositePolicy, Policy
 from gateway.strategies import Chooser, LoadBalanceStrategy
 from shared.messages import InferRequest
@@ -36,8 +36,6 @@ _DRAWS = 6
 """Random draws into a band before walking it instead (a sparse band)."""
 _SCAN = 32
 """Most nodes looked at per list for the heads of a small band."""
-_NO_ENTRIES: list[Entry] = []
-"""The second list when there is only one (never written)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +59,25 @@ class RouterConfig:
     explore_max_in_flight: int = 1
     """POWER_OF_TWO: an UNKNOWN node outside the band is still drawn, with at most this
     many of this gateway's requests in flight (a new node's bounded share)."""
+
+
+def _band_end(entries: list[Entry], key: float, ends: list[int], k: int) -> int:
+    """How many entries have -base <= ``key`` (the band's end in the list): the first two
+    read; past them, the end found last time (``ends[k]``) if it still is one, else a
+    bisect, remembered. (A bisect reads a dozen entries of a long list, each a tuple and
+    a float in memory that a health report between two routes has made cold.)"""
+    m = len(entries)
+    if m <= _SMALL_BAND or entries[_SMALL_BAND][0] > key:  # sorted: at most the first two
+        return (m > 0 and entries[0][0] <= key) + (m > 1 and entries[1][0] <= key)
+    end = ends[k]
+    if (
+        _SMALL_BAND < end <= m
+        and entries[end - 1][0] <= key
+        and (end == m or entries[end][0] > key)
+    ):
+        return end
+    end = ends[k] = bisect.bisect_right(entries, (key, math.inf))
+    return end
 
 
 class Router:
@@ -104,15 +121,15 @@ class Router:
         (breaker.record_success/record_failure) or calls breaker.release.
         """
         strategy, index = self.config.strategy, self._index
-        o = index.ordering(request)
         if strategy is LoadBalanceStrategy.POWER_OF_TWO:
-            top = self._spread(o, request, exclude)
+            top = self._spread(index.view(request), request, exclude)
         elif strategy is LoadBalanceStrategy.LEAST_LATENCY:
-            top = index.walk(o, request, exclude, 1)
+            top = index.walk(index.ordering(request), request, exclude, 1)
         elif strategy is LoadBalanceStrategy.CONSISTENT_HASH:
-            top = index.walk(o, request, exclude, 1 << 30)
+            top = index.walk(index.ordering(request), request, exclude, 1 << 30)
         else:
-            top = index.walk(o, request, exclude, max(1, self.config.max_candidates))
+            k = max(1, self.config.max_candidates)
+            top = index.walk(index.ordering(request), request, exclude, k)
         while top:
             chosen = top[0] if len(top) == 1 else self._chooser.pick(strategy, top, request)
             if self.breaker.try_acquire(chosen.node.node_id):
@@ -129,28 +146,18 @@ class Router:
         return (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * self._index.ms_worth + 1e-9
 
     def _spread(
-        self, o: Ordering, request: InferRequest, exclude: Collection[str]
+        self, view: View, request: InferRequest, exclude: Collection[str]
     ) -> list[Candidate]:
         """Candidates for the POWER_OF_TWO choice (the less loaded of the first two wins):
         two random members of the near-best band, or one and an UNKNOWN node; when the
         band has a single selectable member, it and the runner-up, in this order.
 
         A band of more than two is drawn by index, and only the winner of the draw is
-        scored (unless it fails a check); a smaller or sparse band is walked.
-
-        The lists read are the request region's (``first``; ``hi1`` the most the dynamic
-        policies add there) then the whole ordering skipping that region (``second``,
-        ``hi2``), or the whole ordering alone (``second`` empty)."""
+        scored (unless it fails a check); a smaller or sparse band is walked. The lists
+        read are the view's: the request region's, then the others (see ``View``)."""
         index, n = self._index, self._index.n
+        o, first, hi1, second, hi2, bag, _, ends = view
         region = request.qos.region
-        same, other = index.upper_extras(request)
-        bag: Bag | None
-        if region is not None and (regional := o.by_region.get(region)) is not None:
-            first, hi1, second, hi2 = regional, same, o.entries, other
-            bag = o.unknown_by_region.get(region)
-        else:
-            first, hi1, second, hi2 = o.entries, other, _NO_ENTRIES, 0.0
-            bag = o.unknown
         if not first:
             return []
         if not n or hi1 is None or hi2 is None:
@@ -160,8 +167,8 @@ class Router:
             upper = (hi2 - second[0][0]) / n
             if upper > ceiling:
                 ceiling, ref = upper, second[0][2]
-        # Inlined below (a call costs what a dozen lines do): self.spread_band, NodeInfo.load,
-        # _band_end, available (index.available).
+        # Inlined here (a call costs what a dozen lines do): self.spread_band, NodeInfo.load,
+        # and in the heads, index.available.
         cfg = self.config
         ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
         ref_load = max(ref.in_flight, ref.local_in_flight) / ref.capacity
@@ -169,16 +176,8 @@ class Router:
         band = (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * index.ms_worth + 1e-9
         floor = ceiling - band
         floor_n = floor * n
-        key, m = hi1 - floor_n + 1e-9, len(first)  # the band's ends: -base <= key
-        if m > _SMALL_BAND and first[_SMALL_BAND][0] <= key:
-            end1 = bisect.bisect_right(first, (key, math.inf))
-        else:  # a small band: the first two at most (sorted: the second is not before)
-            end1 = (first[0][0] <= key) + (m > 1 and first[1][0] <= key)
-        key, m = hi2 - floor_n + 1e-9, len(second)
-        if m > _SMALL_BAND and second[_SMALL_BAND][0] <= key:
-            size = end1 + bisect.bisect_right(second, (key, math.inf))
-        else:
-            size = end1 + (m > 0 and second[0][0] <= key) + (m > 1 and second[1][0] <= key)
+        end1 = _band_end(first, hi1 - floor_n + 1e-9, ends, 0)
+        size = end1 + _band_end(second, hi2 - floor_n + 1e-9, ends, 1)
         random = self._random
         explorer = None
         if bag is not None and bag.items:
