@@ -10,9 +10,7 @@ runs and the error of a failed route are in gateway/explain.py.
 Totals are computed as (base + sum of the dynamic scores) / n on every path, where base
 is the sum of the static and variant scores in member order, so the walk's bound
 (base + sum of the dynamic upper bounds) / n is never below a total, and the dry run
-gives bit for bit the totals ``walk`` compares. A node's base depends on the request only
-through the variant key (the members' contract), so a health report computes it once per
-key, not once per ordering.
+gives bit for bit the totals ``walk`` compares.
 """
 
 from __future__ import annotations
@@ -236,7 +234,7 @@ class CandidateIndex:
         key = (request.capability, request.model, vkey)
         o = self._orderings.get(key)
         if o is None:
-            o = Ordering(request.capability, request.model, request, vkey)
+            o = Ordering(request.capability, request.model, request)
             items = []
             for node in self.catalog.nodes_for(request.capability, request.model):
                 h = self.health_of(node.node_id)
@@ -257,11 +255,8 @@ class CandidateIndex:
             return
         h = self.health_of(node_id)
         unknown = h.status is HealthState.UNKNOWN
-        bases: dict[tuple[Hashable, ...], float] = {}  # one base per variant key
         for o in orderings:
-            base = bases.get(o.variant)
-            if base is None:
-                base = bases[o.variant] = self.base(node, h, o.template)
+            base = self.base(node, h, o.template)
             if not o.same(node, base, unknown):
                 o.put(node, base, unknown)
 
@@ -276,16 +271,11 @@ class CandidateIndex:
         if event is CatalogEvent.REMOVED:
             return
         h = self.health_of(nid)
-        unknown = h.status is HealthState.UNKNOWN
         joined: list[Ordering] = []
-        bases: dict[tuple[Hashable, ...], float] = {}  # one base per variant key
         for cap in node.capabilities:
             for o in self._by_cap.get(cap, ()):
                 if o.matches(node):
-                    base = bases.get(o.variant)
-                    if base is None:
-                        base = bases[o.variant] = self.base(node, h, o.template)
-                    o.put(node, base, unknown)
+                    o.put(node, self.base(node, h, o.template), h.status is HealthState.UNKNOWN)
                     joined.append(o)
         if joined:
             self._memberships[nid] = joined

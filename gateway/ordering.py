@@ -9,7 +9,6 @@ health is still UNKNOWN (the ones a spreading strategy explores). Updates are tw
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable
 
 from gateway.catalog import NodeInfo
 from shared.messages import InferRequest
@@ -63,22 +62,13 @@ class Ordering:
         "template",
         "unknown",
         "unknown_by_region",
-        "variant",
     )
 
-    def __init__(
-        self,
-        capability: str,
-        model: str | None,
-        template: InferRequest,
-        variant: tuple[Hashable, ...] = (),
-    ) -> None:
+    def __init__(self, capability: str, model: str | None, template: InferRequest) -> None:
         self.capability = capability
         self.model = model
         self.template = template
         """The request that created it: its variant key is every member's."""
-        self.variant = variant
-        """That key (a node's base score depends on nothing else of the request)."""
         self.entries: list[Entry] = []
         self.by_region: dict[str, list[Entry]] = {}
         self.keys: dict[str, tuple[Entry, str, bool]] = {}
