@@ -83,7 +83,9 @@ async def test_one_trace_across_client_gateway_attempt_worker(
 
 async def test_failover_shows_two_attempt_spans(nats_url: str, spans: InMemorySpanExporter) -> None:
     async with federation(nats_url) as fed:
-        await fed.gateway(retry_backoff_initial_s=0.001)
+        # least_latency is deterministic: with no latency yet, the cheap node is tried first
+        # (power_of_two, the default, may pick either, which made this test flaky).
+        await fed.gateway(retry_backoff_initial_s=0.001, strategy="least_latency")
         # The cheap node is preferred and always fails; the dear one answers.
         await fed.node(
             "bad", SyntheticBackend(SyntheticOptions(fail_rate=1.0)), models=MODELS, cost=0.0
