@@ -15,18 +15,26 @@ from typing import Any, Self
 import msgspec
 from nats.aio.client import Client
 
-from gateway.breaker import CircuitBreaker
+from gateway.breaker import CircuitBreaker, CircuitState
 from gateway.catalog import ModelCatalog
-from gateway.health import HealthChecker
-from gateway.router import Router
+from gateway.health import HealthChecker, HealthState
+from gateway.policies import CompositePolicy
+from gateway.router import LoadBalanceStrategy, Router, RouterConfig
 from gateway.service import GatewayService
 from gateway.stats import GatewayStats, StatsSnapshot
 from shared.client import FedClient, Stream
 from shared.config import GatewayConfig
-from shared.messages import InferRequest
+from shared.messages import InferRequest, QoSRequirements
 
 InferenceRequest = InferRequest
 """The reference's name for a request (``capability`` is a field here)."""
+
+__all__ = [
+    "CircuitBreaker", "CircuitState", "CompositePolicy", "FederationGateway", "GatewayBuilder",
+    "GatewayConfig", "HealthChecker", "HealthState", "InferenceRequest", "InferenceResponse",
+    "LoadBalanceStrategy", "ModelCatalog", "QoSRequirements", "Router", "RouterConfig",
+    "StatsSnapshot", "TokenStream",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

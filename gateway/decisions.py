@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 
-from gateway.flight import Flight
+from gateway.core.flight import Flight
 from shared import headers as h
 from shared import messages as m
 
@@ -41,8 +41,9 @@ class Decisions:
         self._clock = clock
         self._pending: list[m.Decision] = []
 
-    def record(self, flight: Flight, outcome: str) -> None:
-        """A request ended with ``outcome`` (``ok`` or its error kind)."""
+    def record(self, flight: Flight, outcome: str, reason: str) -> None:
+        """A request ended with ``outcome`` (``ok`` or its error kind); ``reason`` is the
+        strategy that chose its node ("" when none was chosen)."""
         if self.access_log:
             self._log(flight, outcome)
         if not self.publish:
@@ -53,9 +54,9 @@ class Decisions:
                 capability=flight.capability,
                 model=flight.request.model,
                 chosen=flight.node_id,
-                attempt=flight.attempt,
-                score=round(flight.score, 4),
-                reason=flight.reason,
+                attempt=flight.attempts,
+                score=round(flight.current.score, 4) if flight.current is not None else 0.0,
+                reason=reason,
                 gateway=self.gateway_id,
                 outcome=outcome,
             )
@@ -77,7 +78,7 @@ class Decisions:
         log.info(
             "%s %s -> %s %s in %.1f ms (%d attempt(s))",
             flight.capability, flight.request_id, flight.node_id or "-", outcome,
-            (self._clock() - flight.started) * 1000, flight.attempt,
+            (self._clock() - flight.started) * 1000, flight.attempts,
             extra={"request_id": flight.request_id, "trace_id": trace_id,
                    "node_id": flight.node_id or ""},
         )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -53,43 +54,38 @@ async def serve(
     """Connect, serve until ``stop`` (default: a signal), then stop gracefully.
 
     With ``cfg.http_port`` set, the OpenAI-compatible front door (``gateway.http``)
-    serves on it too; it stops first (intake off), before the NATS side.
+    serves on it too. One exit stack: the front door stops first (intake off), then the
+    service, and the NATS connection drains last; a failure to start unwinds the same.
     """
     stop = stop or stop_event()
-    service, nc = await start_gateway(nats_cfg, cfg)
-    front = None
-    if cfg.http_port is not None:
-        try:
-            from gateway.http import FrontDoor
-        except ImportError as exc:
-            await service.stop()
-            await nc.drain()
-            raise ValueError(
-                f"--http-port needs aiohttp: pip install 'fedgate[http]' ({exc})"
-            ) from exc
-
-        front = FrontDoor(service, cfg.http_host, cfg.http_port)
-        try:
-            await front.start()
-        except OSError:
-            await service.stop()
-            await nc.drain()
-            raise
+    async with contextlib.AsyncExitStack() as stack:
+        service, nc = await start_gateway(nats_cfg, cfg)
+        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(service.stop)
+        if cfg.http_port is not None:
+            try:
+                from gateway.http import FrontDoor
+            except ImportError as exc:
+                raise ValueError(
+                    f"--http-port needs aiohttp: pip install 'fedgate[http]' ({exc})"
+                ) from exc
+            front = FrontDoor(service, cfg.http_host, cfg.http_port)
+            await front.start()  # OSError when the port is taken
+            stack.push_async_callback(front.stop)
+            log.info(
+                "gateway %s: OpenAI-compatible HTTP on %s:%d",
+                service.gateway_id,
+                cfg.http_host,
+                front.port,
+            )
         log.info(
-            "gateway %s: OpenAI-compatible HTTP on %s:%d",
+            "gateway %s serving %s on %s",
             service.gateway_id,
-            cfg.http_host,
-            front.port,
+            service.subjects.infer_all,
+            nats_cfg.url,
         )
-    log.info(
-        "gateway %s serving %s on %s", service.gateway_id, service.subjects.infer_all, nats_cfg.url
-    )
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    log.info("gateway %s stopping", service.gateway_id)
-    if front is not None:
-        await front.stop()
-    await service.stop()
-    await nc.drain()
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("gateway %s stopping", service.gateway_id)
     return 0

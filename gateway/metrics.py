@@ -1,11 +1,11 @@
 """Gateway metrics through OpenTelemetry, scraped by Prometheus at ``/metrics``.
 
-Enabled by ``fedgate gateway --metrics-port N``; off by default (then the service
-holds ``metrics = None`` and the hot path pays one attribute test). Per-request
-instruments are recorded when a request ends; fleet state (in-flight, queue, circuit
-and health state per node, heartbeat age) is observed at scrape time, so it costs
-nothing between scrapes. The scrape endpoint runs on the gateway's event loop (a tiny
-asyncio HTTP server), so collection never races the service's state.
+Enabled by ``fedgate gateway --metrics-port N``; off by default (then the recorder holds
+``metrics = None`` and the hot path pays one attribute test). Per-request instruments
+are recorded when a request ends; fleet state (in flight, queue, circuit and health
+per node, heartbeat age) is read at scrape time from two read models (``GatewayLoad``,
+``NodesReply``), taken once per scrape. The scrape endpoint runs on the gateway's event
+loop (a tiny asyncio HTTP server), so collection never races the service's state.
 """
 
 from __future__ import annotations
@@ -13,58 +13,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.breaker import CircuitState
-from gateway.health import HealthState
-
-if TYPE_CHECKING:
-    from gateway.flight import Flight
-    from gateway.service import GatewayService
+from shared import messages as m
 
 log = logging.getLogger("fedgate.metrics")
 
-_CIRCUIT = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
-_HEALTH = {
-    HealthState.UNKNOWN: 0,
-    HealthState.HEALTHY: 1,
-    HealthState.DEGRADED: 2,
-    HealthState.UNHEALTHY: 3,
-}
+_CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
+_HEALTH = {"unknown": 0, "healthy": 1, "degraded": 2, "unhealthy": 3}
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class GatewayMetrics:
     """The instruments of one gateway, on their own registry and meter provider."""
 
-    def __init__(self, service: GatewayService) -> None:
-        self.svc = service
+    def __init__(
+        self,
+        gateway_id: str,
+        *,
+        load: Callable[[], m.GatewayLoad],
+        fleet: Callable[[], m.NodesReply],
+    ) -> None:
+        self._read_load = load
+        self._read_fleet = fleet
+        self._load = m.GatewayLoad()
+        self._fleet = m.NodesReply(gateway=gateway_id)
         self.registry = CollectorRegistry()
         self.reader = PrometheusMetricReader(registry=self.registry)
-        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-
-        latency_view = View(
-            instrument_name="fedgate.*duration*",
-            aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
-        )
-        ttft_view = View(
-            instrument_name="fedgate.ttft",
-            aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
-        )
+        buckets = ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS)
         self.provider = MeterProvider(
             metric_readers=[self.reader],
             resource=Resource.create(
-                {"service.name": "fedgate-gateway", "fedgate.gateway": service.gateway_id}
+                {"service.name": "fedgate-gateway", "fedgate.gateway": gateway_id}
             ),
-            views=[latency_view, ttft_view],
+            views=[
+                View(instrument_name="fedgate.*duration*", aggregation=buckets),
+                View(instrument_name="fedgate.ttft", aggregation=buckets),
+            ],
         )
         meter = self.provider.get_meter("fedgate.gateway")
         self.requests = meter.create_counter(
@@ -77,89 +70,88 @@ class GatewayMetrics:
             "fedgate.ttft", unit="s", description="Time to the first chunk or result"
         )
         self.tokens = meter.create_counter("fedgate.tokens", unit="1", description="Tokens served")
-        meter.create_observable_gauge(
-            "fedgate.in_flight", [self._in_flight], description="Requests in flight"
-        )
-        meter.create_observable_gauge(
-            "fedgate.queued", [self._queued], description="Requests waiting for capacity"
-        )
-        meter.create_observable_counter(
+        gauge, counter = meter.create_observable_gauge, meter.create_observable_counter
+        gauge("fedgate.in_flight", [self._in_flight], description="Requests in flight")
+        gauge("fedgate.queued", [self._queued], description="Requests waiting for capacity")
+        counter(
             "fedgate.retries", [self._retries], description="Dispatches retried on another node"
         )
-        meter.create_observable_counter(
-            "fedgate.failovers", [self._failovers], description="Mid-stream failovers"
-        )
-        meter.create_observable_gauge(
-            "fedgate.circuit.state",
-            [self._circuits],
+        counter("fedgate.failovers", [self._failovers], description="Mid-stream failovers")
+        gauge(
+            "fedgate.circuit.state", [self._circuits],
             description="Circuit per node: 0 closed, 1 half-open, 2 open",
-        )
-        meter.create_observable_gauge(
-            "fedgate.node.health",
-            [self._health],
+        )  # fmt: skip
+        gauge(
+            "fedgate.node.health", [self._health],
             description="Health per node: 0 unknown, 1 healthy, 2 degraded, 3 unhealthy",
-        )
-        meter.create_observable_gauge(
+        )  # fmt: skip
+        gauge(
             "fedgate.heartbeat.age", [self._heartbeat_age], unit="s",
             description="Seconds since each node's last heartbeat",
         )  # fmt: skip
         self._server: asyncio.Server | None = None
+        self._closed = False
 
-    # -- recording (called by the service when a request ends) ----------------------
+    # -- recording (called by the recorder when a request ends) --------------------------
 
-    def finished(self, flight: Flight, outcome: str, elapsed_s: float, tokens: int) -> None:
-        """Record one ended request."""
-        attrs = {
-            "capability": flight.capability,
-            "model": flight.request.model or "",
-            "node": flight.node_id or "",
-            "outcome": outcome,
-        }
+    def finished(
+        self,
+        capability: str,
+        model: str | None,
+        node: str | None,
+        outcome: str,
+        elapsed_s: float,
+        ttft_s: float | None,
+        tokens: int,
+    ) -> None:
+        """Record one ended request (``ttft_s``: to its first chunk, None if none came)."""
+        attrs = {"capability": capability, "model": model or "", "node": node or "",
+                 "outcome": outcome}  # fmt: skip
         self.requests.add(1, attrs)
         self.duration.record(elapsed_s, attrs)
-        if flight.first_chunk_at is not None:
-            self.ttft.record(
-                flight.first_chunk_at - flight.started,
-                {"capability": flight.capability, "node": flight.node_id or ""},
-            )
+        if ttft_s is not None:
+            self.ttft.record(ttft_s, {"capability": capability, "node": node or ""})
         if tokens:
             self.tokens.add(tokens, attrs)
 
-    # -- observed at scrape time ----------------------------------------------------
+    # -- observed at scrape time (from the read models taken for this scrape) ------------
+
+    def refresh(self) -> None:
+        """Take the read models this scrape reports."""
+        self._load = self._read_load()
+        self._fleet = self._read_fleet()
 
     def _in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self.svc.in_flight)
+        yield Observation(self._load.in_flight)
 
     def _queued(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self.svc.queued)
+        yield Observation(self._load.queued)
 
     def _retries(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self.svc.retries)
+        yield Observation(self._load.retries)
 
     def _failovers(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self.svc.failovers)
+        yield Observation(self._load.failovers)
 
     def _circuits(self, _: CallbackOptions) -> Iterable[Observation]:
-        for node in self.svc.catalog.nodes():
-            state = self.svc.breaker.state(node.node_id)
-            yield Observation(_CIRCUIT[state], {"node": node.node_id})
+        for node in self._fleet.nodes:
+            yield Observation(_CIRCUIT.get(node.circuit, 0), {"node": node.node_id})
 
     def _health(self, _: CallbackOptions) -> Iterable[Observation]:
-        for node in self.svc.catalog.nodes():
-            health = self.svc.health.get_cached_health(node.node_id)
-            if health is not None:
-                yield Observation(_HEALTH[health.status], {"node": node.node_id})
+        for node in self._fleet.nodes:
+            yield Observation(_HEALTH.get(node.health, 0), {"node": node.node_id})
 
     def _heartbeat_age(self, _: CallbackOptions) -> Iterable[Observation]:
-        now = self.svc.clock()
-        for node in self.svc.catalog.nodes():
-            if not node.static:
-                yield Observation(round(now - node.last_seen, 3), {"node": node.node_id})
+        for node in self._fleet.nodes:
+            if node.incarnation:  # a node registered through the API sends no heartbeats
+                age_s = round(node.heartbeat_age_ms / 1000, 3)
+                yield Observation(age_s, {"node": node.node_id})
 
-    # -- scrape endpoint ------------------------------------------------------------
+    # -- scrape endpoint -------------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        """The Prometheus text exposition of every instrument."""
+        """The Prometheus text exposition of every instrument, as of now."""
+        self.refresh()
         return generate_latest(self.registry)
 
     async def serve(self, port: int, host: str = "127.0.0.1") -> int:
@@ -191,9 +183,11 @@ class GatewayMetrics:
                 await writer.wait_closed()
 
     async def close(self) -> None:
-        """Stop the endpoint and the meter provider."""
+        """Stop the endpoint and the meter provider (idempotent)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        self.provider.shutdown()
+        if not self._closed:
+            self._closed = True
+            self.provider.shutdown()

@@ -240,6 +240,127 @@ class Decision(Base, frozen=True, kw_only=True):
     outcome: str = ""
 
 
+# -- inspection: read models ---------------------------------------------------------
+# What a gateway answers on fed.gateway.{nodes,stats,route.<cap>} and what its metrics
+# read: built from its state by gateway/views.py, decoded by anyone (the CLI). Every
+# field after the identity has a default, so that replies of older gateways decode.
+
+
+class NodeView(Base, frozen=True, kw_only=True):
+    """One node as a gateway sees it (``fed.gateway.nodes``)."""
+
+    node_id: str
+    region: str = "default"
+    models: list[ModelInfo] = []
+    health: str = "unknown"
+    """``unknown``, ``healthy``, ``degraded`` or ``unhealthy``."""
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    circuit: str = "closed"
+    """``closed``, ``open`` or ``half_open``."""
+    failures: int = 0
+    in_flight: int = 0
+    """max(reported, this gateway's own dispatches)."""
+    capacity: int = 1
+    privacy: str = "internal"
+    cost: float = 0.5
+    gpu: bool = False
+    draining: bool = False
+    labels: dict[str, str] = {}
+    incarnation: str = ""
+    """Current process ("" for a node registered through the API: no heartbeats)."""
+    heartbeat_age_ms: float = 0.0
+    """Milliseconds since the node's last heartbeat."""
+    tokens_per_s: float | None = None
+
+
+class NodesReply(Base, frozen=True, kw_only=True):
+    """A gateway's answer on ``fed.gateway.nodes``."""
+
+    gateway: str
+    nodes: list[NodeView] = []
+
+
+class PolicyWeight(Base, frozen=True, kw_only=True):
+    """A routing policy and its weight."""
+
+    name: str
+    weight: float = 1.0
+
+
+class GatewayLoad(Base, frozen=True, kw_only=True):
+    """A gateway's live figures."""
+
+    in_flight: int = 0
+    """Requests accepted and not yet answered."""
+    queued: int = 0
+    """Requests waiting for capacity."""
+    retries: int = 0
+    """Dispatches retried on another node (before the first chunk)."""
+    failovers: int = 0
+    """Streams continued on another node after chunks were relayed."""
+
+
+class StatsReply(Base, frozen=True, kw_only=True):
+    """A gateway's answer on ``fed.gateway.stats`` (latencies in integer milliseconds)."""
+
+    total_requests: int = 0
+    successful_requests: int = 0
+    failed_requests: int = 0
+    total_tokens: int = 0
+    active_streams: int = 0
+    avg_latency_ms: int = 0
+    p50_latency_ms: int = 0
+    p99_latency_ms: int = 0
+    per_node: dict[str, dict[str, int]] = {}
+    per_tenant: dict[str, dict[str, int]] = {}
+    uptime_s: float = 0.0
+    gateway: str = ""
+    strategy: str = ""
+    policies: list[PolicyWeight] = []
+    in_flight: int = 0
+    queued: int = 0
+    retries: int = 0
+    failovers: int = 0
+    nodes: int = 0
+    healthy_nodes: int = 0
+
+
+class CandidateView(Base, frozen=True, kw_only=True):
+    """One candidate of a dry run, with its verdict and score breakdown."""
+
+    node_id: str
+    region: str = "default"
+    eligible: bool = False
+    score: float = 0.0
+    reason: str = ""
+    """Why it was rejected ("" when eligible)."""
+    scores: dict[str, float] = {}
+    """The policies' inputs, 0..1."""
+    contributions: dict[str, float] = {}
+    """Each policy's part of ``score``."""
+    health: str = "unknown"
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    load: float = 0.0
+    privacy: str = "internal"
+
+
+class RouteReply(Base, frozen=True, kw_only=True):
+    """A gateway's answer on ``fed.gateway.route.<capability>`` (a dry run)."""
+
+    gateway: str
+    capability: str = ""
+    chosen: str | None = None
+    """The best eligible candidate (None when none is)."""
+    candidates: list[CandidateView] = []
+
+
+QoSRequirements = QoS
+"""The reference's name for ``QoS``."""
+
+
 # -- codecs, built once ------------------------------------------------------------
 
 
@@ -271,6 +392,9 @@ leave_decoder = SafeDecoder(Leave)
 cancel_decoder = SafeDecoder(CancelNode)
 cancel_request_decoder = SafeDecoder(CancelRequest)
 decision_decoder = SafeDecoder(Decision)
+nodes_reply_decoder = SafeDecoder(NodesReply)
+stats_reply_decoder = SafeDecoder(StatsReply)
+route_reply_decoder = SafeDecoder(RouteReply)
 any_decoder: SafeDecoder[Any] = SafeDecoder(object)
 
 

@@ -1,4 +1,5 @@
-"""Test helpers: poll a condition under a deadline, run real worker/gateway processes."""
+"""Test helpers: poll a condition under a deadline, a fake NATS connection for engine
+tests, run real worker/gateway processes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.nuid import NUID
 
 from gateway.service import GatewayService
 from shared.config import GatewayConfig
@@ -43,6 +47,94 @@ async def connect(url: str) -> Client:
     return await nats.connect(
         url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, connect_timeout=2
     )
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject ``subject`` matches ``pattern`` (``*`` one token, ``>`` the rest)."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+class FakeSubscription:
+    """A subscription of ``FakeNats``: its subject, queue group and callback."""
+
+    def __init__(self, nc: FakeNats, subject: str, queue: str, cb: Any) -> None:
+        self.nc, self.subject, self.queue, self._cb = nc, subject, queue, cb
+
+    async def unsubscribe(self) -> None:
+        if self in self.nc.subs:
+            self.nc.subs.remove(self)
+
+
+class FakeNats:
+    """Just enough of a nats-py ``Client`` to run a gateway with no server: what it
+    publishes is recorded (``published``), its subscriptions keep their callbacks, and
+    ``deliver`` hands a message to every subscription matching its subject, in order.
+    ``request`` answers "no responders" unless ``answers`` has a reply for the subject."""
+
+    def __init__(self, max_payload: int = 1 << 20) -> None:
+        self.max_payload = max_payload
+        self.published: list[Msg] = []
+        self.subs: list[FakeSubscription] = []
+        self.answers: dict[str, Msg] = {}
+        self.is_connected = True
+        self.is_closed = False
+        self._inboxes = 0
+        self._nuid = NUID()  # what nats.micro reads to name its endpoints
+
+    def new_inbox(self) -> str:
+        self._inboxes += 1
+        return f"_INBOX.fake{self._inboxes}"
+
+    async def subscribe(
+        self, subject: str, queue: str = "", cb: Any = None, **_: Any
+    ) -> FakeSubscription:
+        sub = FakeSubscription(self, subject, queue, cb)
+        self.subs.append(sub)
+        return sub
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.published.append(
+            Msg(self, subject=subject, reply=reply, data=payload, headers=headers)
+        )  # type: ignore[arg-type]
+
+    async def request(self, subject: str, payload: bytes = b"", **_: Any) -> Msg:
+        answer = self.answers.get(subject)
+        if answer is None:
+            raise nats.errors.NoRespondersError
+        return answer
+
+    async def flush(self, timeout: float = 0) -> None:
+        pass
+
+    async def deliver(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """A message arrives on ``subject``: every matching callback runs, in order."""
+        for sub in list(self.subs):
+            if sub._cb is not None and matches(sub.subject, subject):
+                msg = Msg(self, subject=subject, reply=reply, data=data, headers=headers)  # type: ignore[arg-type]
+                await sub._cb(msg)
+
+    def sent(self, pattern: str) -> list[Msg]:
+        """What was published on subjects matching ``pattern``, oldest first."""
+        return [msg for msg in self.published if matches(pattern, msg.subject)]
 
 
 class Federation:

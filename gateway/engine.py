@@ -1,0 +1,297 @@
+"""The engine: carries out the request lifecycle's decisions for every flight it holds.
+
+    admit ──▶ _run(ROUTE) ──▶ _attempt: route, send ──▶ (the node's messages: gateway/relay.py)
+                 ▲                │ no node now: lifecycle.after_routing_error
+                 │                ▼
+                 └──── the loop in _run: ROUTE/Failover/Retry(0) route again;
+                       Retry(d)/WaitBusy(d) wait in a timer task; Enqueue joins the
+                       capacity queue; Finish answers the error
+
+Every event ends in ``failed`` (an attempt ended without an answer: ``_fail`` releases
+the node and asks ``lifecycle.after_failure``), ``finish_ok``/``finish_error`` (the one
+answer), ``caller_gone`` or ``cancel``; the callbacks (gateway/handlers.py,
+gateway/relay.py, gateway/sweeper.py) only call these. Decisions come from the pure core
+(gateway/core/), messages from ``gateway.wire``, observations go to ``gateway.recorder``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.core import steps
+from gateway.core.cooldown import Cooldowns
+from gateway.core.flight import ATTEMPT, DONE, QUEUED, Flight
+from gateway.core.lifecycle import Lifecycle, answered_tokens
+from gateway.core.steps import ROUTE, Failure, Step
+from gateway.core.table import FlightTable
+from gateway.fleet import Fleet
+from gateway.outcome import Blame
+from gateway.recorder import Recorder
+from gateway.wire import Wire, dispatch_body, error_headers, ok_headers, trace_of
+from shared import errors
+from shared import messages as m
+from shared.headers import TRACEPARENT
+
+Spawn = Callable[[Any, str], None]
+"""Runs a coroutine as a task owned by the service's task group."""
+
+
+class Engine:
+    """Holds every accepted request of one gateway until it is answered exactly once."""
+
+    def __init__(
+        self,
+        *,
+        fleet: Fleet,
+        wire: Wire,
+        recorder: Recorder,
+        lifecycle: Lifecycle,
+        table: FlightTable,
+        request_timeout_s: float,
+        spawn: Spawn,
+        clock: Callable[[], float],
+    ) -> None:
+        self.fleet = fleet
+        self.wire = wire
+        self.recorder = recorder
+        self.lifecycle = lifecycle
+        self.spawn = spawn
+        self.clock = clock
+        self.request_timeout_s = request_timeout_s
+        self.table = table
+        self.inbox = table.inbox
+        """Prefix of every flight's reply subjects (``<inbox>.<key>.<tag>``)."""
+        self.flights = table.flights
+        self.by_ident = table.by_ident
+        self.waiting = table.waiting
+        self.cooldowns = Cooldowns()
+        self.idle = asyncio.Event()
+        """Set whenever no request is held."""
+        self.connected = True
+        self.epoch = 0
+        """Bumped at each disconnect and reconnect: attempts across one blame nobody."""
+
+    # -- the connection ------------------------------------------------------------------
+
+    def link(self, connected: bool) -> None:
+        """The NATS connection went down or came back."""
+        self.connected = connected
+        self.epoch += 1
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        request: m.InferRequest,
+        raw: bytes,
+        request_id: str,
+        reply: str = "",
+        digest: bytes = b"",
+        headers: dict[str, str] | None = None,
+        subject: str = "",
+        ack: bool = False,
+        sink: Any = None,
+    ) -> Flight:
+        """Accept a decoded request (its capability set, its identity free) and start it.
+
+        The caller is a NATS ``reply`` subject or an in-process ``sink`` queue.
+        """
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.request_timeout_s
+        flight = self.table.open(request, raw, request_id, reply, self.clock(), timeout_s, digest)
+        flight.sink = sink
+        if headers and TRACEPARENT in headers:
+            flight.trace_headers = trace_of(headers)
+        self.recorder.accepted(flight, subject, headers)
+        if ack:
+            await self.wire.ack(flight)
+        step = await self._attempt(flight, None)  # the first step is always a Route
+        if step is not None:
+            await self._run(flight, step)
+        return flight
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self, flight: Flight, step: Step | None) -> None:
+        """Carry out ``step`` and those that follow, until the flight waits for an event
+        (a node's answer, a timer, capacity) or is answered."""
+        while step is not None and flight.phase is not DONE:
+            match step:
+                case steps.Route():
+                    step = await self._attempt(flight, None)
+                case steps.Failover(resume=resume):
+                    self.recorder.failovers += 1
+                    step = await self._attempt(flight, resume)
+                case steps.Retry(delay_s=delay):
+                    self.recorder.retries += 1
+                    if delay > 0.001:
+                        self.spawn(self._later(flight, delay), "retry")
+                        return
+                    step = await self._attempt(flight, None)
+                case steps.WaitBusy(delay_s=delay):
+                    self.spawn(self._later(flight, delay), "busy-retry")
+                    return
+                case steps.Enqueue():
+                    self.table.enqueue(flight, self.clock())
+                    return
+                case steps.Stay():
+                    return
+                case steps.Finish(error=error):
+                    await self.finish_error(flight, error)
+                    return
+
+    async def _later(self, flight: Flight, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._run(flight, ROUTE)
+
+    async def _attempt(self, flight: Flight, resume: m.Resume | None) -> Step | None:
+        """Route and send the next attempt; the next step when that cannot be done now."""
+        span = None if flight.span is None else self.recorder.routing(flight)
+        exclude: Any = flight.tried
+        if self.cooldowns:
+            exclude = self.cooldowns.exclude(exclude, self.clock())
+        try:
+            candidate = self.fleet.route(flight.request, exclude)
+        except errors.FedError as exc:
+            if span is not None:
+                self.recorder.unrouted(span, exc)
+
+            def serving() -> list[str]:
+                return self.fleet.serving(flight.capability, flight.request.model)
+
+            return self.lifecycle.after_routing_error(
+                flight, exc, self.clock(), self.cooldowns, serving,
+                len(self.waiting), resume is not None,
+            )  # fmt: skip
+        node = candidate.node
+        if span is not None:
+            self.recorder.routed(span, node.node_id, candidate.score)
+        now = self.clock()
+        attempt = flight.start_attempt(node.node_id, candidate.score, now, self.epoch)
+        self.fleet.hold(node.node_id)
+        subject = self.wire.subjects.node_infer(node.node_id)
+        failover = resume is not None
+        headers = self.recorder.dispatched(flight, attempt, node.region, subject, failover)
+        body = dispatch_body(flight, attempt, resume, max(1, int((flight.deadline - now) * 1000)))
+        try:
+            await self.wire.dispatch(subject, flight, attempt, body, headers)
+        except Exception as exc:  # disconnected with a full buffer, closed, ...
+            failure = Failure(errors.Internal(f"dispatch failed: {exc}"), Blame.NONE)
+            return await self._fail(flight, failure)
+        return None
+
+    # -- attempts end ------------------------------------------------------------------------
+
+    async def failed(self, flight: Flight, failure: Failure) -> None:
+        """The current attempt ended without an answer: retry, fail over, or answer."""
+        if flight.phase is not DONE:
+            await self._run(flight, await self._fail(flight, failure))
+
+    async def _fail(self, flight: Flight, failure: Failure) -> Step:
+        attempt = flight.current
+        fair = self.connected and attempt is not None and attempt.epoch == self.epoch
+        self.release(flight, success=False if failure.blame is Blame.NOW and fair else None)
+        if attempt is not None and not failure.node_reported:
+            # Timed out, stalled or gone: make sure a slow node stops working for nobody.
+            await self.wire.cancel(attempt.node_id, flight)
+        return self.lifecycle.after_failure(flight, failure, self.clock(), self.cooldowns, fair)
+
+    def release(self, flight: Flight, success: bool | None, tokens: int = 0) -> None:
+        """End the current attempt's hold on its node; report the outcome if any
+        (``success`` None: abandoned; ``tokens``: output of a successful attempt)."""
+        if flight.phase is not ATTEMPT:
+            return
+        attempt = flight.end_attempt()
+        if attempt is None:
+            return
+        if attempt.span is not None:
+            self.recorder.attempt_ended(attempt, success)
+        self.fleet.release(attempt, success, self.clock(), tokens, flight.request.stream)
+        if self.waiting:
+            self.spawn(self.drain(), "drain-queue")
+
+    # -- the capacity queue ----------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Dispatch queued requests, oldest first, while nodes have capacity."""
+        waiting = self.waiting
+        while waiting:
+            flight = waiting.popleft()
+            if flight.phase is not QUEUED:
+                continue
+            step = await self._attempt(flight, None)
+            if isinstance(step, steps.Stay):
+                waiting.appendleft(flight)  # no await since the pop: its place is intact
+                return
+            await self._run(flight, step)
+
+    async def node_lost(self, node_id: str) -> None:
+        """A node left, fell silent or restarted: move the work it held elsewhere."""
+        held = [f for f in self.flights.values() if f.node_id == node_id]
+        for flight in held:
+            if flight.phase is ATTEMPT and flight.node_id == node_id:
+                await self.failed(flight, Failure(errors.NodeUnreachable(node_id), Blame.NONE))
+
+    async def capacity_changed(self) -> None:
+        """A heartbeat may have freed capacity: try the queue."""
+        if self.waiting:
+            await self.drain()
+
+    # -- answers -----------------------------------------------------------------------------
+
+    async def finish_ok(
+        self, flight: Flight, data: bytes, node_headers: dict[str, str] | None
+    ) -> None:
+        """The node finished: answer the caller with its result or terminal message."""
+        t0 = time.perf_counter_ns()
+        if flight.phase is DONE:
+            return
+        node_headers = node_headers or {}
+        tokens = answered_tokens(flight, node_headers, data)
+        self.release(flight, success=True, tokens=tokens)
+        hdrs = ok_headers(flight, node_headers, tokens, t0)
+        self._close(flight, None, tokens)
+        await self.wire.answer(flight, data, hdrs)
+        self.recorder.answered(flight, "ok", tokens)
+
+    async def finish_error(self, flight: Flight, error: errors.FedError) -> None:
+        """Answer the caller with ``error``."""
+        if flight.phase is DONE:
+            return
+        self.release(flight, success=None)
+        self._close(flight, error.message)
+        await self.wire.answer(flight, b"", error_headers(flight, error))
+        self.recorder.answered(flight, error.kind)
+
+    async def stop_job(self, flight: Flight) -> None:
+        """Tell the node of the current attempt, if one holds a node, to stop."""
+        attempt = flight.current
+        if attempt is not None and flight.phase is ATTEMPT:
+            await self.wire.cancel(attempt.node_id, flight)
+
+    async def cancel(self, flight: Flight) -> None:
+        """The caller cancelled: stop the node's job, answer ``499``."""
+        if not flight.done:
+            await self.stop_job(flight)
+            await self.finish_error(flight, errors.Cancelled("cancelled by the caller"))
+
+    async def caller_gone(self, flight: Flight) -> None:
+        """Nobody listens for the answer any more: stop the node's job, forget it."""
+        if flight.done:
+            return
+        await self.stop_job(flight)
+        self.release(flight, success=None)
+        self._close(flight, "caller gone")
+        self.recorder.answered(flight, "caller_gone")
+
+    def _close(self, flight: Flight, error: str | None, tokens: int = 0) -> None:
+        """The flight is over: settle its blame, let go of its place in every table."""
+        self.recorder.closed(flight, error, tokens)
+        self.table.close(flight)
+        if flight.blame.pending:  # not poison after all: the nodes' errors were theirs
+            for node_id in flight.blame.settle():
+                self.fleet.penalise(node_id)
+        if not self.flights:
+            self.idle.set()

@@ -1,0 +1,65 @@
+"""The fleet as the engine uses it: pick a node, hold one of its slots, report outcomes.
+
+One attempt holds one slot of its node's capacity from dispatch to its end; its outcome
+reaches the node's health and circuit: a success (latency, tokens, time to first
+token), a failure that is the node's fault, or nothing (abandoned, not its fault, or
+blamed later when the request ends: ``penalise``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.breaker import CircuitBreaker
+from gateway.catalog import ModelCatalog
+from gateway.core.flight import Attempt
+from gateway.health import HealthChecker
+from gateway.policies import Candidate
+from gateway.router import Router
+
+
+class Fleet:
+    """Catalog, health, breakers and router, as one gateway's engine sees them."""
+
+    __slots__ = ("breaker", "catalog", "health", "route", "router")
+
+    def __init__(
+        self, catalog: ModelCatalog, health: HealthChecker, breaker: CircuitBreaker, router: Router
+    ) -> None:
+        self.catalog = catalog
+        self.health = health
+        self.breaker = breaker
+        self.router = router
+        self.route: Callable[..., Candidate] = router.route
+        """``route(request, exclude)``: the node for the next attempt (raises the routing
+        ``FedError`` when none)."""
+
+    def serving(self, capability: str, model: str | None) -> list[str]:
+        """Every node serving ``capability`` (and ``model``), eligible or not."""
+        return [n.node_id for n in self.catalog.nodes_for(capability, model)]
+
+    def hold(self, node_id: str) -> None:
+        """An attempt was dispatched to ``node_id``: one of its slots is taken."""
+        self.catalog.add_in_flight(node_id, 1)
+
+    def release(
+        self, attempt: Attempt, success: bool | None, now: float, tokens: int, stream: bool
+    ) -> None:
+        """``attempt`` let go of its node, with its outcome (None: nobody's fault)."""
+        node_id = attempt.node_id
+        self.catalog.add_in_flight(node_id, -1)
+        if success is None:
+            self.breaker.release(node_id)
+        elif success:
+            ttft = None
+            if stream and attempt.first_chunk_at is not None:
+                ttft = attempt.first_chunk_at - attempt.started
+            self.health.report_success(node_id, now - attempt.started, tokens, ttft_s=ttft)
+            self.breaker.record_success(node_id)
+        else:
+            self.penalise(node_id)
+
+    def penalise(self, node_id: str) -> None:
+        """A failure that is ``node_id``'s fault."""
+        self.health.report_failure(node_id)
+        self.breaker.record_failure(node_id)

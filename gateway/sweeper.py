@@ -1,0 +1,80 @@
+"""The sweeper: one loop that fires what is due, every ``min(0.05, liveness_probe_s / 2)`` s.
+
+health.flush        successes batched for the router's orderings
+timers              per flight (``lifecycle.due``): the deadline passed -> ``504`` and
+                    the node's job cancelled; no first chunk, or a stall -> the attempt
+                    failed (the node's fault); silence -> a liveness ping
+decisions.flush     ``fed.decisions``, after the replies went out
+membership.expire   every 0.5 s: nodes whose heartbeats stopped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.core.steps import DEADLINE, NO_TIMER, PING
+from gateway.decisions import Decisions
+from gateway.engine import Engine
+from gateway.health import HealthChecker
+from gateway.membership import Membership
+from shared import errors
+
+log = logging.getLogger("fedgate.gateway")
+
+EXPIRY_S = 0.5
+"""How often nodes whose heartbeats stopped are looked for."""
+
+
+class Sweeper:
+    """The timers of every flight, and the periodic chores of one gateway."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        health: HealthChecker,
+        decisions: Decisions,
+        membership: Membership,
+        liveness_probe_s: float,
+    ) -> None:
+        self.engine = engine
+        self.health = health
+        self.decisions = decisions
+        self.membership = membership
+        self.tick_s = min(0.05, liveness_probe_s / 2)
+
+    async def run(self) -> None:
+        """Sweep until cancelled; an error is logged and the next tick comes anyway."""
+        clock = self.engine.clock
+        last_expiry = clock()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                self.health.flush()
+                await self.fire()
+                await self.decisions.flush()
+                now = clock()
+                if now - last_expiry >= EXPIRY_S:
+                    last_expiry = now
+                    await self.membership.expire()
+            except Exception:
+                log.exception("sweeper error")
+
+    async def fire(self) -> None:
+        """Fire the timers due now: deadlines, first-chunk and stall timeouts, pings."""
+        engine = self.engine
+        now = engine.clock()
+        due = engine.lifecycle.due
+        for flight in list(engine.flights.values()):
+            timer = due(flight, now)
+            if timer is NO_TIMER:
+                continue
+            attempt = flight.current
+            if timer is DEADLINE:
+                await engine.stop_job(flight)
+                await engine.finish_error(flight, errors.Timeout(flight.deadline - flight.started))
+            elif timer is PING and attempt is not None:
+                attempt.pinged = True
+                await engine.wire.ping(flight, attempt)
+            else:
+                await engine.failed(flight, engine.lifecycle.timeout_failure(flight, timer))
