@@ -35,9 +35,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
-import secrets
-import socket
 from array import array
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -45,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from gateway import intake, openapi, sse
+from gateway import intake, openapi, serving, sse
 from gateway import openai_schema as schema
 from gateway.openai_errors import HttpError, error_response, fed_error_response
 from gateway.openai_reply import Reply
@@ -56,9 +53,6 @@ if TYPE_CHECKING:
     from gateway.service import GatewayService
 
 log = logging.getLogger("fedgate.http")
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-"""A client's X-Request-Id usable as the NATS request id (the contract's alphabet)."""
 
 SERVED_BY = "X-Fed-Served-By"
 ATTEMPTS = "X-Fed-Attempts"
@@ -109,30 +103,13 @@ class FrontDoor:
         return intake.max_body(self.service.config.max_payload_bytes, server)
 
     async def start(self) -> None:
-        """Bind and serve."""
+        """Bind and serve (``OSError`` when the port is taken)."""
         # handler_cancellation: a client that disconnects cancels its handler, which
         # cancels the NATS request (FedClient publishes fed.cancel.<id>).
-        self._runner = web.AppRunner(
-            self.app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=5.0,
+        self._runner, self.port = await serving.serve(
+            self.app, self.host, self.requested_port, shutdown_timeout=5.0,
             handler_cancellation=True,
-        )
-        await self._runner.setup()
-        # Bind the socket ourselves so that port 0 (the OS's choice) can be read back.
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.requested_port))
-        except OSError:
-            sock.close()
-            await self._runner.cleanup()
-            self._runner = None
-            raise
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        )  # fmt: skip
 
     async def stop(self) -> None:
         """Stop accepting, let open requests end (bounded), close (idempotent)."""
@@ -183,32 +160,13 @@ class FrontDoor:
         return tenant
 
     def _fields(self, request: web.Request, req: schema.Request) -> dict[str, Any]:
-        """The NATS request fields common to every endpoint. The request id is the
-        client's ``X-Request-Id`` when it is a valid one — an identity within the caller's
-        tenant only (docs/protocol.md, "Request identity"): another API key's requests
-        never collide with it — else a fresh one."""
-        given = request.headers.get(intake.CLIENT_REQUEST_ID, "")
-        fields: dict[str, Any] = {
-            "request_id": given if _REQUEST_ID.match(given) else secrets.token_hex(8),
-            "model": req.model,
-            "tenant_id": request.get(TENANT),
-        }
-        if req.qos is not None:
-            fields["qos"] = req.qos
-        if req.timeout_ms is not None:
-            fields["timeout_ms"] = req.timeout_ms
-        return fields
+        return intake.fields(request.headers, req, request.get(TENANT))
 
     def _capability(self, req: schema.Request, default: str) -> str:
         """``capability``, or ``code`` for a model only served for code, or ``default``."""
-        if req.capability:
-            return req.capability
-        if default != "generate" or not req.model:
-            return default
-        caps: set[str] = set()
-        for node in self.service.catalog.nodes():
-            caps |= node.models.get(req.model, frozenset())
-        return "code" if "code" in caps and "generate" not in caps else default
+        if req.capability or default != "generate" or not req.model:
+            return req.capability or default
+        return intake.capability(req.model, self.service.catalog.nodes())
 
     # -- endpoints ------------------------------------------------------------------
 

@@ -9,26 +9,35 @@ never used as the NATS request id), and the size of the NATS request it becomes 
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from gateway import openai_schema as schema
+from gateway.catalog import NodeInfo
 from gateway.openai_errors import HttpError
+from gateway.wire import ENVELOPE_BYTES, max_body
 from shared import headers as h
 from shared import messages as m
 from shared.client import FedClient
 
+__all__ = [
+    "CLIENT_REQUEST_ID", "ENVELOPE_BYTES", "capability", "check_size", "checked", "fields",
+    "forwarded", "headers", "max_body", "read_json", "split_chat",
+]  # fmt: skip
+
 CLIENT_REQUEST_ID = "X-Request-Id"
-ENVELOPE_BYTES = 4096
-"""Room kept under NATS' max_payload for the gateway's dispatch around a request."""
 
 _TRACEPARENT = re.compile(
     r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
 )
 """W3C trace context: version (not ff), trace id, parent id (neither all zeros), flags."""
 _PRINTABLE = re.compile(r"^[\x20-\x7e]{1,512}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+"""A client's X-Request-Id usable as the NATS request id (the contract's alphabet)."""
 _decoder = msgspec.json.Decoder()
 
 
@@ -79,6 +88,32 @@ def split_chat(messages: list[Any]) -> tuple[str, list[Any], list[list[int]]]:
     return "\n".join(parts), out, spans
 
 
+def fields(headers: Mapping[str, str], req: schema.Request, tenant: str | None) -> dict[str, Any]:
+    """The NATS request fields common to every endpoint. The request id is the client's
+    ``X-Request-Id`` when it is a valid one — an identity within the caller's tenant only
+    (docs/protocol.md, "Request identity"): another API key's requests never collide with
+    it — else a fresh one."""
+    given = headers.get(CLIENT_REQUEST_ID, "")
+    out: dict[str, Any] = {
+        "request_id": given if _REQUEST_ID.match(given) else secrets.token_hex(8),
+        "model": req.model,
+        "tenant_id": tenant,
+    }
+    if req.qos is not None:
+        out["qos"] = req.qos
+    if req.timeout_ms is not None:
+        out["timeout_ms"] = req.timeout_ms
+    return out
+
+
+def capability(model: str, nodes: Iterable[NodeInfo]) -> str:
+    """``code`` for a model only served for code, else ``generate``."""
+    caps: set[str] = set()
+    for node in nodes:
+        caps |= node.models.get(model, frozenset())
+    return "code" if "code" in caps and "generate" not in caps else "generate"
+
+
 def headers(request: web.Request) -> tuple[dict[str, str] | None, dict[str, str]]:
     """The trace headers to carry onto NATS, and the ones to echo; 400 when invalid."""
     hdrs = request.headers
@@ -103,14 +138,6 @@ def headers(request: web.Request) -> tuple[dict[str, str] | None, dict[str, str]
             )  # fmt: skip
         echo[CLIENT_REQUEST_ID] = rid
     return trace or None, echo
-
-
-def max_body(configured: int, server_max_payload: int) -> int:
-    """Largest NATS request body: the configured limit, capped by the server's
-    ``max_payload`` less the dispatch envelope."""
-    if server_max_payload > ENVELOPE_BYTES:
-        return min(configured, server_max_payload - ENVELOPE_BYTES)
-    return configured
 
 
 def check_size(size: int, limit: int, text: str, fields: dict[str, Any]) -> None:

@@ -4,25 +4,26 @@ Enabled by ``fedgate gateway --metrics-port N``; off by default (then the record
 ``metrics = None`` and the hot path pays one attribute test). Per-request instruments
 are recorded when a request ends; fleet state (in flight, queue, circuit and health
 per node, heartbeat age) is read at scrape time from two read models (``GatewayLoad``,
-``NodesReply``), taken once per scrape. The scrape endpoint runs on the gateway's event
-loop (a tiny asyncio HTTP server), so collection never races the service's state.
+``NodesReply``), taken once per scrape. The endpoint is ``prometheus_client``'s own
+aiohttp handler on this registry, served on the gateway's event loop, so collection
+never races the service's state.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
+from aiohttp import web
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.aiohttp import make_aiohttp_handler
 
+from gateway import serving
 from shared import messages as m
 
 log = logging.getLogger("fedgate.metrics")
@@ -89,7 +90,7 @@ class GatewayMetrics:
             "fedgate.heartbeat.age", [self._heartbeat_age], unit="s",
             description="Seconds since each node's last heartbeat",
         )  # fmt: skip
-        self._server: asyncio.Server | None = None
+        self._runner: web.AppRunner | None = None
         self._closed = False
 
     # -- recording (called by the recorder when a request ends) --------------------------
@@ -155,39 +156,28 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
     async def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve ``GET /metrics`` on ``host:port`` (0 = any free port); returns the port."""
-        self._server = await asyncio.start_server(self._handle, host, port)
-        bound = int(self._server.sockets[0].getsockname()[1])
+        """Serve ``GET /metrics`` (and ``/``) on ``host:port`` (0 = any free port);
+        returns the bound port."""
+        exposition = make_aiohttp_handler(self.registry)
+
+        async def scrape(request: web.Request) -> web.StreamResponse:
+            self.refresh()
+            response = await exposition(request)
+            response.force_close()  # one scrape per connection, as Prometheus does
+            return response
+
+        app = web.Application()
+        app.add_routes([web.get("/metrics", scrape), web.get("/", scrape)])
+        runner, bound = await serving.serve(app, host, port)
+        self._runner = runner
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
-            if path.split(b"?")[0] in (b"/metrics", b"/"):
-                body, status, ctype = self.exposition(), b"200 OK", CONTENT_TYPE_LATEST.encode()
-            else:
-                body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
-            writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
-                + b"\r\nContent-Length: " + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n" + body
-            )  # fmt: skip
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
     async def close(self) -> None:
         """Stop the endpoint and the meter provider (idempotent)."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
         if not self._closed:
             self._closed = True
             self.provider.shutdown()
