@@ -10,8 +10,9 @@
 Every event ends in ``failed`` (an attempt ended without an answer: ``_fail`` releases
 the node and asks ``lifecycle.after_failure``), ``finish_ok``/``finish_error`` (the one
 answer), ``caller_gone`` or ``cancel``; the callbacks (gateway/handlers.py,
-gateway/relay.py, gateway/sweeper.py) only call these. Decisions come from the pure core
-(gateway/core/), messages from ``gateway.wire``, observations go to ``gateway.recorder``.
+gateway/relay.py, gateway/sweeper.py, gateway/local.py) only call these. Decisions come
+from the pure core (gateway/core/), messages from ``gateway.wire``, observations go to
+``gateway.recorder``.
 """
 
 from __future__ import annotations

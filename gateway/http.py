@@ -8,20 +8,21 @@
 
 Each HTTP request is checked against its schema (``gateway.openai_schema``: an unknown
 or unsupported parameter, or a bad value, is a ``400`` naming it), then becomes one
-request of the NATS contract, published on ``infer.<capability>`` through a
-``FedClient`` on the gateway's own connection, so any gateway of the queue group may
-serve it. A chat's text travels once: in ``input`` (its contents, one per line, what a
-node without a chat format continues), the rest of the messages in ``params.messages``
-with ``params.input_spans`` to put the text back (``intake.split_chat``); the OpenAI
-parameters travel in ``params`` as the caller wrote them.
+request of the NATS contract, handed in-process to this gateway's engine
+(``gateway.local.LocalClient``: no NATS hop into its own gateway; only the dispatch and
+the node's replies travel over NATS). A chat's text travels once: in ``input`` (its
+contents, one per line, what a node without a chat format continues), the rest of the
+messages in ``params.messages`` with ``params.input_spans`` to put the text back
+(``intake.split_chat``); the OpenAI parameters travel in ``params`` as the caller wrote
+them.
 
 Limits: a request whose NATS body would not fit the server's ``max_payload`` (less the
 dispatch envelope) is a ``413``; every client value copied onto NATS (``traceparent``,
 ``tracestate``, model, ``user``, ``qos``, ``capability``) is validated first. The
-request id on NATS is a client's ``X-Request-Id`` when it is of the request-id alphabet
-(scoped to the caller's tenant, like every request id), else a fresh one; it is echoed
-back either way. An HTTP client that goes away cancels its request at once (the handler is
-cancelled, and the client publishes ``fed.cancel.<id>``), streaming or not.
+request id is a client's ``X-Request-Id`` when it is of the request-id alphabet (scoped
+to the caller's tenant, like every request id), else a fresh one; it is echoed back
+either way. An HTTP client that goes away cancels its request at once (the handler is
+cancelled, and the engine sends the node its cancel), streaming or not.
 
 Authentication: with ``api_keys`` configured, ``Authorization: Bearer <key>`` must name a
 key, whose tenant becomes ``tenant_id``; otherwise 401. Every error is OpenAI-shaped
@@ -44,10 +45,10 @@ from aiohttp import web
 
 from gateway import intake, openapi, serving, sse
 from gateway import openai_schema as schema
+from gateway.local import LocalClient
 from gateway.openai_errors import HttpError, error_response, fed_error_response
 from gateway.openai_reply import Reply
 from shared import errors
-from shared.client import FedClient
 
 if TYPE_CHECKING:
     from gateway.service import GatewayService
@@ -75,9 +76,7 @@ class FrontDoor:
         """The bound port, once started (the OS's choice when asked for 0)."""
         cfg = service.config
         self.api_keys = dict(cfg.api_keys)
-        self.client = FedClient(
-            service.nc, subjects=service.subjects, timeout_s=cfg.request_timeout_s, retries=1
-        )
+        self.client = LocalClient(service.engine, service.subjects)
         # aiohttp refuses (413) bodies past this before we read them; the exact limit is
         # the NATS size of what we publish (``_check_size``), whitespace being free.
         self.app = web.Application(
@@ -105,7 +104,7 @@ class FrontDoor:
     async def start(self) -> None:
         """Bind and serve (``OSError`` when the port is taken)."""
         # handler_cancellation: a client that disconnects cancels its handler, which
-        # cancels the NATS request (FedClient publishes fed.cancel.<id>).
+        # cancels its request (LocalClient: the engine cancels the node's job).
         self._runner, self.port = await serving.serve(
             self.app, self.host, self.requested_port, shutdown_timeout=5.0,
             handler_cancellation=True,

@@ -3,8 +3,8 @@
     infer.<cap>     ──▶ handlers.Intake.on_request ─┐
     fed.cancel.*    ──▶ handlers.Intake.on_cancel  ─┤
     <inbox>.>       ──▶ relay.Relay.on_reply       ─┼─▶ engine.Engine ─▶ wire.Wire ─▶ NATS
-    every 50 ms     ──▶ sweeper.Sweeper.run        ─┘    │ decides with core.lifecycle
-                                                          └ observes via recorder.Recorder
+    HTTP front door ──▶ local.LocalClient          ─┤    │ decides with core.lifecycle
+    every 50 ms     ──▶ sweeper.Sweeper.run        ─┘    └ observes via recorder.Recorder
     fed.heartbeat.*, fed.leave.* ──▶ membership.Membership ──▶ catalog, health, breakers
     fed.gateway.*    ──▶ control.Control ◀── views.Views (read models)
 

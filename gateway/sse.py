@@ -5,7 +5,7 @@ plain OpenAI error with its status; once the headers are out, an error travels i
 stream as an ``{"error": {...}}`` event followed by ``[DONE]``, as OpenAI does. The
 stream ends with the ``finish_reason`` event (fedgate's figures in its ``fedgate``
 object), the usage event when asked, then ``[DONE]``. A client that goes away cancels
-the handler, and with it the NATS stream (``FedClient`` publishes the cancel).
+the handler, and with it the request (the engine cancels the node's job).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.local import LocalStream
 from gateway.openai_errors import error_type, fed_error_response
 from gateway.openai_reply import DONE, Reply, event
 from shared import errors
 from shared import headers as h
-from shared.client import Stream
 
 log = logging.getLogger("fedgate.http")
 
@@ -34,13 +34,13 @@ def error_event(status: int, message: str, code: str) -> dict[str, Any]:
 
 async def relay(
     request: web.Request,
-    stream: Stream,
+    stream: LocalStream,
     reply: Reply,
     request_id: str,
     model: str | None,
     echo: dict[str, str],
 ) -> web.StreamResponse:
-    """Answer ``request`` with the events of ``stream`` (an open ``FedClient`` stream)."""
+    """Answer ``request`` with the events of ``stream`` (an open ``LocalClient`` stream)."""
     chunks = aiter(stream)
     try:  # wait for the first chunk: an early error is still an HTTP status
         first = await anext(chunks, None)

@@ -183,7 +183,7 @@ class Wire:
         await self._publish(reply, b"", hdrs)
 
     async def moved(self, flight: Flight) -> None:
-        """A ``409 duplicate`` terminal to the reply subject a resend took ``flight`` from:
+        """A ``409 duplicate`` terminal to the caller a resend took ``flight`` from:
         whoever still listens there learns where the answer went."""
         error = errors.Duplicate(
             f"request_id {flight.request_id} was resent with the same body: "
@@ -191,7 +191,10 @@ class Wire:
         )
         hdrs = error.headers()
         hdrs[h.REQUEST_ID] = flight.request_id
-        await self._publish(flight.reply, b"", hdrs)
+        if flight.sink is not None:
+            flight.sink.put_nowait((b"", hdrs))
+        else:
+            await self._publish(flight.reply, b"", hdrs)
 
     def ack(self, flight: Flight) -> Awaitable[None]:
         """The publish (to await) acknowledging a request (asked for with ``Fed-Ack``):
@@ -203,9 +206,13 @@ class Wire:
         })  # fmt: skip
 
     async def replay(self, flight: Flight) -> None:
-        """Every chunk relayed so far, again, to the caller's (new) reply subject."""
+        """Every chunk relayed so far, again, to the caller (after a resend took it over)."""
+        sink = flight.sink
         for item in flight.chunk_log:  # exactly the bytes relayed, seq 1, 2, ...
-            await self.nc.publish(flight.reply, item, reply=flight.caller_probe)
+            if sink is not None:
+                sink.put_nowait((item, None))
+            else:
+                await self.nc.publish(flight.reply, item, reply=flight.caller_probe)
 
     async def alive(self, reply: str, known: bool) -> None:
         """Answer a caller asking whether this gateway still holds its request."""

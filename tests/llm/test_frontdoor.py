@@ -204,7 +204,8 @@ async def test_tenant_and_traceparent_reach_nats(
 ) -> None:
     nc = await connect(module_nats.url)
     try:
-        sub = await nc.subscribe("infer.generate")  # a plain subscriber sees every request
+        # The front door hands requests to its gateway in-process: NATS sees the dispatch.
+        sub = await nc.subscribe("fed.node.*.infer")
         await nc.flush()
         trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         body = {"model": MODEL, "prompt": "traced", "max_tokens": 2}
@@ -213,9 +214,11 @@ async def test_tenant_and_traceparent_reach_nats(
         ) as resp:
             assert resp.status == 200
         msg = await sub.next_msg(timeout=5)
+        while json.loads(msg.data)["request_id"].startswith("canary-"):
+            msg = await sub.next_msg(timeout=5)
         assert msg.headers is not None
         assert msg.headers["traceparent"].split("-")[1] == trace.split("-")[1]
-        request = json.loads(msg.data)
+        request = json.loads(msg.data)["request"]
         assert request["tenant_id"] == "acme"
         assert request["params"] == {"max_tokens": 2}
     finally:
