@@ -39,7 +39,7 @@ async def eventually(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or condition}")
-        await asyncio.sleep(0.01)  # noqa: sleep-ok - the polling interval under a deadline
+        await asyncio.sleep(0.01)  # sleep-ok: the polling interval under a deadline
 
 
 async def connect(url: str) -> Client:

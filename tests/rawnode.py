@@ -83,7 +83,7 @@ class RawNode:
 
     async def _beat_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.2)  # noqa: sleep-ok - the heartbeat interval
+            await asyncio.sleep(0.2)  # sleep-ok: the heartbeat interval
             await self.nc.publish(f"fed.heartbeat.{self.node_id}", self.heartbeat())
 
     async def _on_ping(self, msg: Msg) -> None:

@@ -53,7 +53,7 @@ async def test_workers_killed_every_second_under_load(nats_url: str) -> None:
             # would only get an explicit no_capacity.
             nonlocal kills, skipped
             for victim in ids * 1000:
-                await asyncio.sleep(1.0)  # noqa: sleep-ok - the chaos pace: one kill a second
+                await asyncio.sleep(1.0)  # sleep-ok: the chaos pace: one kill a second
                 if finished.is_set():
                     return
                 if not all(up(i) for i in ids if i != victim):

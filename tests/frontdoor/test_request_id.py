@@ -16,7 +16,7 @@ from tests.rawnode import RawNode, result
 
 
 async def slow_echo(node: RawNode, dispatch: dict[str, Any], reply: str) -> None:
-    await asyncio.sleep(0.5)  # noqa: sleep-ok - a node's generation time: calls overlap
+    await asyncio.sleep(0.5)  # sleep-ok: a node's generation time: calls overlap
     await node.nc.publish(
         reply, result(node, dispatch, "ANSWER TO " + dispatch["request"]["input"])
     )
@@ -35,7 +35,7 @@ async def test_same_x_request_id_two_tenants(nats_url: str) -> None:
             async with aiohttp.ClientSession() as http:
 
                 async def call(key: str, text: str, delay: float) -> tuple[int, Any]:
-                    await asyncio.sleep(delay)  # noqa: sleep-ok - the second caller arrives later
+                    await asyncio.sleep(delay)  # sleep-ok: the second caller arrives later
                     headers = {"X-Request-Id": "shared-1", "Authorization": f"Bearer {key}"}
                     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
                     async with http.post(base, json=body, headers=headers) as resp:

@@ -179,11 +179,11 @@ async def test_deadline_mid_stream_is_504(nats_url: str) -> None:
 
 async def slow_stream(node: RawNode, dispatch: dict[str, Any], reply: str) -> None:
     if not dispatch["request"].get("stream"):
-        await asyncio.sleep(2.5)  # noqa: sleep-ok - a long generation
+        await asyncio.sleep(2.5)  # sleep-ok: a long generation
         await node.nc.publish(reply, result(node, dispatch, "done"))
         return
     for i in range(1, 50):
-        await asyncio.sleep(0.05)  # noqa: sleep-ok - a node's generation time
+        await asyncio.sleep(0.05)  # sleep-ok: a node's generation time
         await node.nc.publish(reply, json.dumps({"seq": i, "text": "w ", "tokens": 1}).encode())
     await node.nc.publish(reply, b"")
 

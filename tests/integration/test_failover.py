@@ -107,7 +107,7 @@ async def test_late_first_chunk_of_an_abandoned_attempt_is_not_relayed(
     tasks: set[asyncio.Task[None]] = set()
 
     async def answer_late(reply: str) -> None:
-        await asyncio.sleep(0.5)  # noqa: sleep-ok  (the fake node's own slowness)
+        await asyncio.sleep(0.5)  # sleep-ok: (the fake node's own slowness)
         for i in range(3):
             chunk = {"seq": i + 1, "text": token_at("m", "late", 2, i), "tokens": 1}
             await late.publish(reply, payload(chunk))

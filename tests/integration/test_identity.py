@@ -30,12 +30,12 @@ async def slow_echo(node: RawNode, dispatch: dict[str, Any], reply: str) -> None
     words = request.get("input", "").split() or ["-"]
     if request.get("stream"):
         for i, word in enumerate(words, 1):
-            await asyncio.sleep(WORD_DELAY_S)  # noqa: sleep-ok - a node's generation time
+            await asyncio.sleep(WORD_DELAY_S)  # sleep-ok: a node's generation time
             chunk = {"seq": i, "text": word + " ", "tokens": 1}
             await node.nc.publish(reply, json.dumps(chunk).encode())
         await node.nc.publish(reply, b"", headers={"Fed-Tokens": str(len(words))})
     else:
-        await asyncio.sleep(WORD_DELAY_S * len(words))  # noqa: sleep-ok - generation time
+        await asyncio.sleep(WORD_DELAY_S * len(words))  # sleep-ok: generation time
         body = {
             "request_id": dispatch["request_id"], "model": "m", "output": " ".join(words) + " ",
             "served_by": node.node_id, "region": "r1", "tokens": len(words),

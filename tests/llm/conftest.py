@@ -55,7 +55,7 @@ def wait_until(
             raise AssertionError(f"{what}: process exited with {proc.returncode}")
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)  # noqa: sleep-ok - polling interval under a deadline (sync fixture)
+        time.sleep(0.05)  # sleep-ok: polling interval under a deadline (sync fixture)
 
 
 def models_at(base: str) -> set[str]:
