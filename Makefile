@@ -55,6 +55,7 @@ lint: $(DEVSTAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 typecheck: $(DEVSTAMP)
 	$(BIN)/mypy

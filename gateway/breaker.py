@@ -115,10 +115,11 @@ class CircuitBreaker:
         if c is not None and c.probes > 0:
             c.probes -= 1
 
-    def record_success(self, node_id: str) -> None:
-        """A request succeeded (releases a held probe slot)."""
+    def record_success(self, node_id: str, *, held: bool = True) -> None:
+        """A request succeeded (releases a held probe slot; ``held=False``: another
+        gateway's request, which held no slot here)."""
         c = self._circuits.setdefault(node_id, _Circuit())
-        if c.probes > 0:
+        if held and c.probes > 0:
             c.probes -= 1
         if c.state is CircuitState.HALF_OPEN:
             c.successes += 1
@@ -129,10 +130,11 @@ class CircuitBreaker:
         else:
             c.failures = 0
 
-    def record_failure(self, node_id: str) -> None:
-        """A request failed (releases a held probe slot)."""
+    def record_failure(self, node_id: str, *, held: bool = True) -> None:
+        """A request failed (releases a held probe slot; ``held=False``: another
+        gateway's request, which held no slot here)."""
         c = self._circuits.setdefault(node_id, _Circuit())
-        if c.probes > 0:
+        if held and c.probes > 0:
             c.probes -= 1
         c.failures += 1
         c.last_failure = self._clock()

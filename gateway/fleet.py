@@ -17,11 +17,14 @@ from gateway.health import HealthChecker
 from gateway.policies import Candidate
 from gateway.router import Router
 
+ShareOutcome = Callable[..., None]
+"""``(kind, node_id, latency_s=0.0, tokens=0, ttft_s=None)``: see gateway/shared_outcomes.py."""
+
 
 class Fleet:
     """Catalog, health, breakers and router, as one gateway's engine sees them."""
 
-    __slots__ = ("breaker", "catalog", "health", "route", "router")
+    __slots__ = ("breaker", "catalog", "health", "route", "router", "share")
 
     def __init__(
         self, catalog: ModelCatalog, health: HealthChecker, breaker: CircuitBreaker, router: Router
@@ -33,6 +36,8 @@ class Fleet:
         self.route: Callable[..., Candidate] = router.route
         """``route(request, exclude)``: the node for the next attempt (raises the routing
         ``FedError`` when none)."""
+        self.share: ShareOutcome | None = None
+        """``SharedOutcomes.record``: tells the other gateways each outcome (None: alone)."""
 
     def serving(self, capability: str, model: str | None) -> list[str]:
         """Every node serving ``capability`` (and ``model``), eligible or not."""
@@ -54,8 +59,11 @@ class Fleet:
             ttft = None
             if stream and attempt.first_chunk_at is not None:
                 ttft = attempt.first_chunk_at - attempt.started
-            self.health.report_success(node_id, now - attempt.started, tokens, ttft_s=ttft)
+            latency = now - attempt.started
+            self.health.report_success(node_id, latency, tokens, ttft_s=ttft)
             self.breaker.record_success(node_id)
+            if self.share is not None:
+                self.share("ok", node_id, latency, tokens, ttft)
         else:
             self.penalise(node_id)
 
@@ -63,3 +71,5 @@ class Fleet:
         """A failure that is ``node_id``'s fault."""
         self.health.report_failure(node_id)
         self.breaker.record_failure(node_id)
+        if self.share is not None:
+            self.share("fail", node_id)

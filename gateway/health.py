@@ -302,6 +302,12 @@ class HealthChecker:
         """A probe failed: counts as a failure."""
         self.report_failure(node_id)
 
+    def note_probe(self, node_id: str) -> None:
+        """Another gateway sent the node a canary now: not due here for ``check_interval_s``."""
+        st = self._nodes.get(node_id)
+        if st is not None:
+            st.last_probe = self._clock()
+
     def _over_limit(self, st: _State) -> bool:
         lat = st.samples.lat
         return bool(lat.sorted) and lat.quantile(0.5) > self.config.latency_limit_s * 1e3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,8 @@ class Membership:
         self._noisy = RateLimitedLog(log)
         self._canaries = 0
         self._canary_prefix = secrets.token_hex(4)
+        self.share: Callable[..., None] | None = None
+        """``SharedOutcomes.record``: tells the other gateways of each canary (None: alone)."""
 
     async def on_heartbeat(self, msg: Msg) -> None:
         """Fold one ``fed.heartbeat.<id>`` into the catalog."""
@@ -132,7 +135,9 @@ class Membership:
     async def probe_loop(self, interval_s: float, timeout_s: float = 5.0) -> None:
         """Send a canary to each node due for one (``health.needs_probe()``)."""
         while True:
-            await asyncio.sleep(interval_s)
+            # Jittered, so that gateways started together do not probe in step (each
+            # tells the others of its canaries: a node gets one, not one per gateway).
+            await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
             if not self._connected():
                 continue
             for node_id in self.health.needs_probe():
@@ -163,6 +168,8 @@ class Membership:
         body = self.canary(node_id)
         if body is None:
             return
+        share = self.share or _ignore
+        share("probe", node_id)  # the other gateways leave this node's canary to us
         started = time.monotonic()
         try:
             reply = await self.nc.request(
@@ -171,6 +178,7 @@ class Membership:
         except Exception:
             if self._connected():  # an outage of NATS itself counts against nobody
                 self.health.report_probe_failure(node_id)
+                share("probe_fail", node_id)
             return
         hdrs = reply.headers or {}
         kind = hdrs.get(h.FED_ERROR)
@@ -179,5 +187,12 @@ class Membership:
             cls = errors.blame(kind or "", int(code) if code.isdigit() else 500)
             if cls.node_fault:
                 self.health.report_probe_failure(node_id)
+                share("probe_fail", node_id)
             return  # busy or draining: alive, but nothing measured
-        self.health.report_probe_success(node_id, latency_s=time.monotonic() - started)
+        latency = time.monotonic() - started
+        self.health.report_probe_success(node_id, latency_s=latency)
+        share("probe_ok", node_id, latency)
+
+
+def _ignore(*_: object) -> None:
+    """No other gateway to tell."""

@@ -41,6 +41,7 @@ from gateway.membership import Membership
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.router import LoadBalanceStrategy, Router, RouterConfig
+from gateway.shared_outcomes import SharedOutcomes
 from gateway.stats import GatewayStats
 from gateway.sweeper import Sweeper
 from gateway.views import Views
@@ -109,6 +110,12 @@ class GatewayService:
             changed=engine.capacity_changed, connected=lambda: engine.connected,
             spawn=self._spawn,
         )  # fmt: skip
+        self.outcomes: SharedOutcomes | None = None
+        if cfg.share_outcomes:
+            self.outcomes = SharedOutcomes(
+                nc, subjects.outcomes, gid, self.health, self.breaker, self._spawn
+            )
+            self.engine.fleet.share = self.membership.share = self.outcomes.record
         self.sweeper = Sweeper(
             engine, self.health, self.decisions, self.membership, cfg.liveness_probe_s
         )
@@ -159,6 +166,8 @@ class GatewayService:
             await subscribe(s.cancel_all, cb=self.intake.on_cancel),
         ]
         self._subs += await self.control.subscribe()
+        if self.outcomes is not None:
+            self._subs.append(await self.outcomes.subscribe())
         await self.nc.flush()
         # Intake last: the catalog fills from heartbeats first.
         self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))

@@ -95,6 +95,10 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     two choices over latency and load spreads identical nodes evenly."""
     decisions: bool = True
     """Publish each routing decision on ``fed.decisions``."""
+    share_outcomes: bool = True
+    """Publish each attempt's and canary's outcome on ``fed.outcomes`` and apply the other
+    gateways' to this one's health and circuits, so that all gateways agree on the fleet
+    (docs/routing.md, "Several gateways")."""
     access_log: bool = False
     """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0

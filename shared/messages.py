@@ -240,6 +240,29 @@ class Decision(Base, frozen=True, kw_only=True):
     outcome: str = ""
 
 
+# -- gateways among themselves -------------------------------------------------------
+
+
+class OutcomeEvent(msgspec.Struct, frozen=True, array_like=True):
+    """One attempt's or canary's outcome at one node: ``[node_id, kind, latency_s, tokens,
+    ttft_s]``; ``kind`` is ``ok``, ``fail``, ``probe`` (a canary sent), ``probe_ok`` or
+    ``probe_fail``; ``latency_s`` the whole attempt (s), ``tokens`` output tokens,
+    ``ttft_s`` the time to the first chunk (streams; null otherwise)."""
+
+    node_id: str
+    kind: str
+    latency_s: float = 0.0
+    tokens: int = 0
+    ttft_s: float | None = None
+
+
+class OutcomeBatch(Base, frozen=True, kw_only=True):
+    """What a gateway publishes on ``fed.outcomes`` (docs/protocol.md)."""
+
+    gateway_id: str
+    events: list[OutcomeEvent] = msgspec.field(default_factory=list)
+
+
 # -- inspection: read models ---------------------------------------------------------
 # What a gateway answers on fed.gateway.{nodes,stats,route.<cap>} and what its metrics
 # read: built from its state by gateway/views.py, decoded by anyone (the CLI). Every

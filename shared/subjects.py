@@ -62,6 +62,12 @@ class Subjects:
     def node_ping(self, node_id: str) -> str:
         return f"{self.internal}.node.{node_id}.ping"
 
+    # gateways among themselves
+    @property
+    def outcomes(self) -> str:
+        """Every gateway's attempt and canary outcomes (gateway/shared_outcomes.py)."""
+        return f"{self.internal}.outcomes"
+
     # inspection
     @property
     def gateway_nodes(self) -> str:
