@@ -154,8 +154,8 @@ SHOWN_DEFAULTS = {
 CHOICES = {("worker", "privacy"): tuple(p.value for p in Privacy)}
 """Allowed values of ``str`` fields (the gateway's strategies come from ``fedgate.cli``)."""
 
-FILE_ONLY = frozenset({("gateway", "api_keys")})
-"""Settings with no flag: secrets that belong in a file or the environment."""
+FILE_ONLY = frozenset({("gateway", "api_keys"), ("gateway", "tenant_limits")})
+"""Settings with no flag: secrets, and tables that belong in a file."""
 
 _UNITS = (("_ms", "ms", "MS"), ("_s", "s", "S"), ("_bytes", "bytes", "BYTES"))
 """Key suffix, unit shown after the default, metavar."""

@@ -29,7 +29,9 @@ from gateway.core.lifecycle import Lifecycle, answered_tokens
 from gateway.core.steps import ROUTE, Failure, Step
 from gateway.core.table import FlightTable
 from gateway.fleet import Fleet
+from gateway.limits import max_tokens, prompt_tokens
 from gateway.outcome import Blame
+from gateway.quota import Limiter
 from gateway.recorder import Recorder
 from gateway.wire import Wire, dispatch_body, error_headers, ok_headers, trace_of
 from shared import errors
@@ -69,6 +71,8 @@ class Engine:
         self.by_ident = table.by_ident
         self.waiting = table.waiting
         self.cooldowns = Cooldowns()
+        self.limiter: Limiter | None = None
+        """Tenant limits (gateway/quota.py), set by the service when any are configured."""
         self.idle = asyncio.Event()
         """Set whenever no request is held."""
         self.connected = True
@@ -100,9 +104,15 @@ class Engine:
 
         The caller is a NATS ``reply`` subject or an in-process ``sink`` queue.
         """
+        ticket = None
+        if self.limiter is not None:  # raises RateLimited (429) before anything is held
+            ticket = await self.limiter.admit(
+                request.tenant_id or "", len(raw), max_tokens(request)
+            )
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.request_timeout_s
         flight = self.table.open(request, raw, request_id, reply, self.clock(), timeout_s, digest)
         flight.sink = sink
+        flight.ticket = ticket
         if headers and TRACEPARENT in headers:
             flight.trace_headers = trace_of(headers)
         self.recorder.accepted(flight, subject, headers)
@@ -251,6 +261,8 @@ class Engine:
             return
         node_headers = node_headers or {}
         tokens = answered_tokens(flight, node_headers, data)
+        if flight.ticket is not None:  # what the tenant's limits are charged
+            flight.prompt_tokens = prompt_tokens(node_headers, data)
         self.release(flight, success=True, tokens=tokens)
         hdrs = ok_headers(flight, node_headers, tokens, t0)
         self._close(flight, None, tokens)
@@ -291,6 +303,9 @@ class Engine:
         """The flight is over: settle its blame, let go of its place in every table."""
         self.recorder.closed(flight, error, tokens)
         self.table.close(flight)
+        if flight.ticket is not None and self.limiter is not None:
+            self.limiter.settle(flight.ticket, flight.prompt_tokens + (tokens or flight.seq))
+            flight.ticket = None
         if flight.blame.pending:  # not poison after all: the nodes' errors were theirs
             for node_id in flight.blame.settle():
                 self.fleet.penalise(node_id)

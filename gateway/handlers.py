@@ -95,9 +95,14 @@ class Intake:
             await self._collision(held, msg, reply, digest)
             return
         hdrs = msg.headers
-        flight = await self.engine.admit(
-            request, raw, request_id, reply, digest, hdrs, msg.subject, bool(hdrs and h.ACK in hdrs)
-        )
+        try:
+            flight = await self.engine.admit(
+                request, raw, request_id, reply, digest, hdrs, msg.subject,
+                bool(hdrs and h.ACK in hdrs),
+            )  # fmt: skip
+        except errors.RateLimited as exc:  # the tenant is over a limit: nothing was held
+            await refuse(reply, exc, hdrs)
+            return
         flight.overhead_ns += time.perf_counter_ns() - t0
 
     async def _collision(self, held: Flight, msg: Msg, reply: str, digest: bytes) -> None:

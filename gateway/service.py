@@ -38,6 +38,7 @@ from gateway.fleet import Fleet
 from gateway.handlers import Intake
 from gateway.health import HealthChecker, HealthConfig
 from gateway.membership import Membership
+from gateway.quota import KvStore, LeaseStore, Limiter, LocalStore
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.router import LoadBalanceStrategy, Router, RouterConfig
@@ -144,6 +145,7 @@ class GatewayService:
         stack.push_async_callback(self._unsubscribe)
         stack.callback(self._cancel_tasks)  # first out: the loops end, then the group waits
         try:
+            await self._limits(stack)
             await self._subscribe()
             telemetry.setup("fedgate-gateway")  # no-op unless OTEL_TRACES_EXPORTER is set
             if self.metrics is not None:
@@ -155,7 +157,26 @@ class GatewayService:
             await stack.aclose()
             raise
         self._spawn(self.sweeper.run(), "sweeper")
+        if self.engine.limiter is not None:
+            self._spawn(self.engine.limiter.renew_loop(), "limits")
         self._spawn(self.membership.probe_loop(self.config.probe_interval_s), "prober")
+
+    async def _limits(self, stack: contextlib.AsyncExitStack) -> None:
+        """Tenant limits, when configured: their store (raises ``errors.Unavailable`` when
+        ``limits_store = "kv"`` and JetStream is off), given back on stop."""
+        cfg = self.config
+        if not cfg.tenant_limits:
+            return
+        if cfg.limits_store not in ("kv", "local"):
+            raise ValueError(f"limits_store must be kv or local, not {cfg.limits_store!r}")
+        store: LeaseStore = (
+            LocalStore() if cfg.limits_store == "local" else await KvStore.open(self.nc)
+        )
+        limiter = Limiter(
+            cfg.tenant_limits, store, self.gateway_id, default_max_tokens=cfg.default_max_tokens
+        )
+        stack.push_async_callback(limiter.close)
+        self.engine.limiter = limiter
 
     async def _subscribe(self) -> None:
         s, subscribe = self.subjects, self.nc.subscribe

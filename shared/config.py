@@ -63,6 +63,24 @@ class NatsConfig(Config, frozen=True, kw_only=True):
         return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
+class TenantLimits(Config, frozen=True, kw_only=True):
+    """One tenant's limits, enforced by all gateways together (docs/tenants.md).
+
+    A tenant is an API key's tenant over HTTP and ``tenant_id`` over NATS; ``None`` = no
+    limit. Tokens are prompt + completion tokens as the node reports them."""
+
+    max_concurrent: Annotated[int, Meta(ge=1)] | None = None
+    """Requests in flight at once, across every gateway."""
+    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    """Requests accepted per minute (fixed one-minute windows)."""
+    tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    """Tokens per minute (fixed one-minute windows)."""
+    token_budget: Annotated[int, Meta(ge=1)] | None = None
+    """Tokens per ``budget_period_s``."""
+    budget_period_s: PositiveSeconds = 86_400.0
+    """The token budget's period (fixed windows from the Unix epoch)."""
+
+
 class GatewayConfig(Config, frozen=True, kw_only=True):
     """Behaviour of one gateway process."""
 
@@ -122,6 +140,15 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     http_host: str = "127.0.0.1"
     api_keys: dict[str, str] = {}
     """Bearer token -> tenant id for the HTTP front door (empty = no auth)."""
+    tenant_limits: dict[str, TenantLimits] = {}
+    """Tenant id -> its limits; ``"*"`` applies to every tenant without an entry (the
+    config file's ``[gateway.tenant_limits.<tenant>]`` tables; docs/tenants.md)."""
+    limits_store: str = "kv"
+    """Where gateways share tenant allowances: ``kv`` (JetStream key-value bucket
+    ``fedgate_limits``; limits hold across gateways) or ``local`` (each gateway alone)."""
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 1024
+    """Completion tokens reserved against a tenant's token limits for a request that
+    sets no ``max_tokens`` (the unused part is given back when it ends)."""
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
     """Serve Prometheus metrics on this port (None = off)."""
 

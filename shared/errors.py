@@ -120,6 +120,15 @@ class Overloaded(FedError):
         return out
 
 
+class RateLimited(Overloaded):
+    """The caller's tenant is over one of its limits (concurrent requests, requests or
+    tokens per minute, token budget): ``Retry-After`` says when it has room again. Never
+    retried elsewhere (every gateway enforces the same limits)."""
+
+    code, kind = 429, "rate_limited"
+    retry_elsewhere = False
+
+
 class Cancelled(FedError):
     code, kind = 499, "cancelled"
     node_fault = False  # from a node: its job was superseded or stopped; try another
@@ -196,6 +205,7 @@ _BY_KIND: dict[str, type[FedError]] = {
         PolicyViolation,
         NoCapacity,
         Duplicate,
+        RateLimited,  # before Overloaded: an unknown kind with 429 reads as overloaded
         Overloaded,
         Cancelled,
         Internal,

@@ -104,6 +104,7 @@ class Flight:
         "last_error",
         "overhead_ns",
         "phase",
+        "prompt_tokens",
         "queued_at",
         "raw",
         "reply",
@@ -113,6 +114,7 @@ class Flight:
         "sink",
         "span",
         "started",
+        "ticket",
         "trace_headers",
         "tried",
     )
@@ -180,6 +182,10 @@ class Flight:
         """The caller's traceparent/tracestate, forwarded on every hop."""
         self.span: Any = None
         """The gateway's span for this request (only when tracing is on)."""
+        self.ticket: Any = None
+        """What it holds of its tenant's limits (a ``gateway.limits.Ticket``), or None."""
+        self.prompt_tokens = 0
+        """Prompt tokens as the node reported them (``Fed-Prompt-Tokens``), once known."""
 
     # -- reading -----------------------------------------------------------------------
 
