@@ -180,6 +180,27 @@ def test_match_returns_the_longest_held_prefix_per_node() -> None:
     }
 
 
+def test_prefix_match_reads() -> None:
+    ix = PrefixIndex()
+    keys = chain("p", 8)
+    ix.record("full", keys, 1.0)
+    ix.record("half", keys[:4], 1.0)
+    got = ix.match(keys, 2.0)
+    assert got.blocks == 8
+    assert got.depth("full") == 8 and got.depth("half") == 4 and got.depth("x") == 0
+    assert got.fraction("half") == 0.5 and got.fraction("x") == 0.0
+    assert "half" in got and "x" not in got
+    assert got["full"] == 8 and got.get("x", 0) == 0
+    with pytest.raises(KeyError):
+        got["x"]
+    assert len(got) == 2 and sorted(got) == ["full", "half"]
+    assert got.deepest() == (8, ["full"])
+    assert "half" in repr(got)
+    none = ix.match(chain("q", 3), 2.0)
+    assert none.deepest() == (0, []) and len(none) == 0 and none.fraction("full") == 0.0
+    assert ix.match([], 2.0).fraction("full") == 0.0
+
+
 def test_match_with_one_holder_then_many() -> None:
     ix = PrefixIndex()
     sys_keys = chain("s", 3)
@@ -325,6 +346,14 @@ def run_ops(ix: PrefixIndex, ops: list[tuple[str, Any, int]]) -> None:
                 if ix.max_entries >= 10_000 and ix.max_blocks_per_node >= 100:
                     assert got.get(n, 0) == truth  # no cap reached: exact
             assert ix.match_nodes(keys, NODES, now) == {n: got.get(n, 0) for n in NODES}
+            lazy = {n: got.depth(n) for n in NODES if got.depth(n)}
+            assert dict(got) == lazy  # the whole answer agrees with the per-node reads
+            deepest = max(lazy.values(), default=0)
+            depth, nodes = got.deepest()
+            assert (depth, sorted(nodes)) == (
+                deepest,
+                [n for n in sorted(lazy) if lazy[n] == deepest],
+            )
 
 
 @settings(max_examples=150, deadline=None)
@@ -350,7 +379,7 @@ def test_without_caps_match_is_exact(ops: list[tuple[str, Any, int]], ttl: float
 def test_invalid_index_settings() -> None:
     for bad in ({"ttl_s": 0.0}, {"max_entries": 0}, {"max_blocks_per_node": 0}):
         with pytest.raises(ValueError):
-            PrefixIndex(**bad)  # type: ignore[arg-type]
+            PrefixIndex(**bad)
 
 
 # -- the wire event -----------------------------------------------------------------
@@ -451,7 +480,7 @@ def test_invalid_models() -> None:
         {"balance_rel": 0.5},
     ):
         with pytest.raises(ValueError):
-            PrefixCostModel(**bad)  # type: ignore[arg-type]
+            PrefixCostModel(**bad)
 
 
 frac = st.floats(0.0, 1.0)
