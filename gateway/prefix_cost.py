@@ -158,9 +158,17 @@ def score_candidates(
     if not candidates:
         return []
     min_load = max(min(c.load for c in candidates), 0.0)
-    return [
-        prefix_score(
-            c.matched_fraction, c.load, tokens, model, min_load=min_load, queue_s=c.queue_s
-        )
-        for c in candidates
-    ]
+    # prefix_score inlined (this is on the routing path): same formula, same guard
+    q, c_tok, ref = model.queue_s_per_load, model.prefill_s_per_token, model.ref_s
+    over, b_abs, b_rel = model.overload_load, model.balance_abs_load, model.balance_rel
+    prefill = max(tokens, 0.0) * c_tok
+    out: list[float] = []
+    for c in candidates:
+        load = c.load if c.load > 0.0 else 0.0
+        wait = q * load if c.queue_s is None else max(c.queue_s, 0.0)
+        if load >= over or (load - min_load > b_abs and load > b_rel * min_load):
+            credit = 0.0
+        else:
+            credit = min(max(c.matched_fraction, 0.0), 1.0)
+        out.append(ref / (ref + wait + (1.0 - credit) * prefill))
+    return out

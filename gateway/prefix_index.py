@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 
 from gateway.prefix import ObservedPrefix
 
 DEFAULT_TTL_S = 120.0
-DEFAULT_MAX_ENTRIES = 500_000
+DEFAULT_MAX_ENTRIES = 250_000
 DEFAULT_MAX_BLOCKS_PER_NODE = 4096
 
 
@@ -30,7 +38,8 @@ class PrefixIndex:
       order (front = next evicted). A routed prompt's keys are inserted deepest first,
       so block 0 is the most recent and the tail goes first, as in an engine.
     * ``_holders``: key -> the node id holding it, or a set of them when several do
-      (a single holder, the common case, costs no set: ~130 B per entry in all).
+      (a single holder, the common case, costs no set: ~180 B per entry in all,
+      bench/bench_prefix.py).
     * ``_heap``: ``(time of the node's oldest entry or earlier, node)``, one per node: a
       min-heap that drives the TTL sweep and the global LRU without scanning the nodes
       (O(log nodes) per entry evicted).
@@ -49,13 +58,15 @@ class PrefixIndex:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_blocks_per_node: int = DEFAULT_MAX_BLOCKS_PER_NODE,
     ) -> None:
-        """``ttl_s``: an entry not recorded again for this long is dropped (default 120 s:
-        an engine under load recycles its KV cache in about capacity / token rate, e.g.
-        256 K tokens at 2 K tokens/s ~ 2 min; sglang-router's approximate tree is pruned
-        on a similar period). ``max_entries``: global cap on (node, key) pairs (500 K
-        ~ 65 MB). ``max_blocks_per_node``: default per-node cap (4,096 blocks of 256 B
-        ~ 262 K tokens, an 8B model's KV on one 80 GB GPU); ``set_node_capacity`` sets
-        one node's."""
+        """``ttl_s``: an entry not recorded again for this long is dropped. Default 120 s:
+        an engine under load recycles its KV cache in about capacity / token rate
+        (256 K tokens at 2 K tokens/s ~ 2 min), and the index must not promise a hit
+        the engine no longer has; sglang-router prunes its approximate tree on the same
+        period (``eviction_interval_secs`` 120). ``max_entries``: global cap on (node,
+        key) pairs; 250 K ~ 45 MB at ~180 B each, 60 nodes' full caches: size it nodes
+        x blocks per node. ``max_blocks_per_node``: the default per-node cap, 4,096
+        blocks of 256 B ~ 262 K tokens (an 8B model's KV cache on one 80 GB GPU);
+        ``set_node_capacity`` sets one node's."""
         if ttl_s <= 0 or max_entries < 1 or max_blocks_per_node < 1:
             raise ValueError("ttl_s, max_entries and max_blocks_per_node must be positive")
         self.ttl_s = ttl_s
@@ -240,12 +251,12 @@ class PrefixIndex:
         holds, whatever the number of holders; reading it costs what is read."""
         self.expire(now)
         holders = self._holders
-        levels: list[str | set[str]] = []
+        levels: list[tuple[str] | set[str]] = []
         for h in block_hashes:
             cur = holders.get(h)
             if cur is None:
                 break
-            levels.append(cur)
+            levels.append((cur,) if isinstance(cur, str) else cur)
         return PrefixMatch(levels, len(block_hashes))
 
     def match_nodes(
@@ -280,7 +291,7 @@ class PrefixMatch(Mapping[str, int]):
 
     __slots__ = ("_full", "_levels", "blocks")
 
-    def __init__(self, levels: list[str | set[str]], blocks: int) -> None:
+    def __init__(self, levels: list[tuple[str] | set[str]], blocks: int) -> None:
         self._levels = levels
         self.blocks = blocks
         """How many blocks the request has (the denominator of ``fraction``)."""
@@ -290,7 +301,7 @@ class PrefixMatch(Mapping[str, int]):
         """Leading blocks ``node_id`` holds, 0 when none."""
         d = 0
         for level in self._levels:
-            if node_id != level if isinstance(level, str) else node_id not in level:
+            if node_id not in level:
                 break
             d += 1
         return d
@@ -303,9 +314,7 @@ class PrefixMatch(Mapping[str, int]):
         """The longest prefix any node holds, in blocks, and the nodes holding that
         many; ``(0, [])`` when no node holds block 0."""
         for d in range(len(self._levels), 0, -1):
-            level = self._levels[d - 1]
-            names = (level,) if isinstance(level, str) else level
-            best = [n for n in names if self.depth(n) >= d]
+            best = [n for n in self._levels[d - 1] if self.depth(n) >= d]
             if best:
                 return d, best
         return 0, []
@@ -325,6 +334,25 @@ class PrefixMatch(Mapping[str, int]):
     def __len__(self) -> int:
         return len(self._materialize())
 
+    def as_dict(self) -> dict[str, int]:
+        """The whole answer, a new dict (``dict(match)`` gives the same, slower: it reads
+        node by node)."""
+        return dict(self._materialize())
+
+    def items(self) -> ItemsView[str, int]:
+        return self._materialize().items()
+
+    def keys(self) -> KeysView[str]:
+        return self._materialize().keys()
+
+    def values(self) -> ValuesView[int]:
+        return self._materialize().values()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PrefixMatch):
+            other = other._materialize()
+        return self._materialize() == other
+
     def __repr__(self) -> str:
         return f"PrefixMatch({self._materialize()!r}, blocks={self.blocks})"
 
@@ -335,7 +363,7 @@ class PrefixMatch(Mapping[str, int]):
             out: dict[str, int] = {}
             live: set[str] = set()
             for depth, level in enumerate(self._levels):
-                cur = {level} if isinstance(level, str) else level
+                cur = set(level) if isinstance(level, tuple) else level
                 if not depth:
                     live = cur  # never mutated: the operators below make new sets
                 elif not (len(cur) >= len(live) and live <= cur):

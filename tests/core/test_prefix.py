@@ -515,3 +515,17 @@ def test_score_rises_with_matched_fraction(
 def test_cold_idle_beats_any_overloaded_node(f: float, extra: float, t: float) -> None:
     over = M.overload_load + extra
     assert prefix_score(f, over, t) < prefix_score(0.0, 0.0, t)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(frac, load, st.one_of(st.none(), st.floats(0.0, 10.0))), max_size=8),
+    tokens,
+)
+def test_score_candidates_is_prefix_score_against_the_least_loaded(
+    rows: list[tuple[float, float, float | None]], t: float
+) -> None:
+    cands = [PrefixCandidate(f"n{i}", f, ld, q) for i, (f, ld, q) in enumerate(rows)]
+    least = min((ld for _, ld, _ in rows), default=0.0)
+    want = [prefix_score(f, ld, t, min_load=least, queue_s=q) for f, ld, q in rows]
+    assert score_candidates(cands, t) == pytest.approx(want, rel=1e-12)
