@@ -2,7 +2,8 @@
 cost model (gateway/prefix.py, prefix_index.py, prefix_cost.py; issue 14, point 2).
 
 Run: ``python -m bench.bench_prefix [--nodes N] [--blocks-per-node B] [--calls C]
-[--quick]`` (~1 min; ``--quick``: 200 nodes, fewer calls). Pure CPU, one process, no
+[--repeat R] [--quick]`` (~1 min a repeat; ``--quick``: 200 nodes, 2,000 calls; a shared
+machine is noisy: ``--repeat 3`` shows the median of three). Pure CPU, one process, no
 NATS. Figures, in µs, p50 / p99 over ``--calls`` calls with the GC off:
 
 * ``hash_4k`` / ``hash_32k``: ``block_hashes`` of a 4 KB / 32 KB prompt (16 / 128 keys);
@@ -36,6 +37,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -227,20 +229,10 @@ def bench_index(nodes: int, per_node: int, calls: int, rng: random.Random) -> di
     return res
 
 
-def main() -> None:
-    """Run every figure, print them and a final JSON line."""
-    p = argparse.ArgumentParser(description="prefix hashing, index and cost model cost")
-    p.add_argument("--nodes", type=int, default=1000)
-    p.add_argument("--blocks-per-node", type=int, default=1000)
-    p.add_argument("--calls", type=int, default=20_000)
-    p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 calls")
-    args = p.parse_args()
-    if args.quick:
-        args.nodes, args.calls = 200, 2000
+def run_once(nodes: int, per_node: int, calls: int) -> dict[str, Any]:
+    """Every timed figure, once."""
     rng = random.Random(1)
-    calls = args.calls
     res: dict[str, Any] = {}
-
     prompt4, prompt32 = words(rng, 4096).encode(), words(rng, 32768).encode()
     assert len(fresh_chain(prompt32)) == len(block_hashes(prompt32)) == 128
     for name, data, n in (("hash_4k", prompt4, calls), ("hash_32k", prompt32, calls // 4)):
@@ -251,7 +243,7 @@ def main() -> None:
     chat4 = chat(words(rng, 1024), [words(rng, 1536), words(rng, 1536)])
     res["chat_4k"] = timed(calls, lambda i: chat_block_hashes(chat4))
 
-    res.update(bench_index(args.nodes, args.blocks_per_node, calls, rng))
+    res.update(bench_index(nodes, per_node, calls, rng))
 
     event = ObservedPrefix(node_id="node-17", blocks=block_hashes(prompt32), at_s=time.time())
     raw = encode_observed(event)
@@ -261,18 +253,41 @@ def main() -> None:
 
     ten = [PrefixCandidate(f"n{i}", rng.random(), rng.random() * 1.2) for i in range(10)]
     res["score_10"] = timed(calls, lambda i: score_candidates(ten, 1000.0))
+    return res
 
+
+def bytes_per_entry() -> int:
+    """Index memory per entry: tracemalloc around building a 100 x 1,000 index."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     small = Fleet(100, 1000, random.Random(2)).index
-    entries = len(small)
-    small.match([], 0.0)  # keep it alive past the measurement
-    # the Fleet's own prompts are garbage by now; what is left is the index
-    gc.collect()
-    res["bytes_per_entry"] = round((tracemalloc.get_traced_memory()[0] - before) / entries)
+    gc.collect()  # the Fleet's own prompts are garbage by now; what is left is the index
+    per = round((tracemalloc.get_traced_memory()[0] - before) / len(small))
     tracemalloc.stop()
+    return per
 
+
+def main() -> None:
+    """Run every figure (``--repeat`` times: medians), print them and a final JSON line."""
+    p = argparse.ArgumentParser(description="prefix hashing, index and cost model cost")
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--blocks-per-node", type=int, default=1000)
+    p.add_argument("--calls", type=int, default=20_000)
+    p.add_argument("--repeat", type=int, default=1, help="runs; the median of each figure")
+    p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 calls")
+    args = p.parse_args()
+    if args.quick:
+        args.nodes, args.calls = 200, 2000
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    print(f"machine: {os.cpu_count()} cores, load {load_before}", flush=True)
+    runs = [run_once(args.nodes, args.blocks_per_node, args.calls) for _ in range(args.repeat)]
+    res: dict[str, Any] = runs[0]
+    for key, val in res.items():
+        if isinstance(val, dict) and "p50_us" in val:
+            for q in ("p50_us", "p99_us"):
+                val[q] = round(statistics.median(run[key][q] for run in runs), 2)
+    res["bytes_per_entry"] = bytes_per_entry()
     target_ok = res["match_typical_10"]["p50_us"] <= MATCH_P50_MAX_US
     res["targets"] = {
         "match_typical_10_p50_us": {
@@ -282,7 +297,12 @@ def main() -> None:
             "pass": target_ok,
         }
     }
-    res["machine"] = {"nproc": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    res["machine"] = {
+        "nproc": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "repeat": args.repeat,
+    }
 
     print(f"index: {res['index']}")
     print(f"{'figure':<20} {'p50 µs':>8} {'p99 µs':>8}")

@@ -249,7 +249,9 @@ class PrefixIndex:
         believed to hold at ``now``, for every node holding at least block 0: a lazy
         ``PrefixMatch``. Costs one dict lookup per block up to the first block no node
         holds, whatever the number of holders; reading it costs what is read."""
-        self.expire(now)
+        heap = self._heap
+        if heap and heap[0][0] < max(now, self._now) - self.ttl_s:  # else nothing to expire
+            self.expire(now)
         holders = self._holders
         levels: list[tuple[str] | set[str]] = []
         for h in block_hashes:
