@@ -15,8 +15,8 @@ text rather than tokens. Only whole blocks count (an engine caches only full blo
 bytes[0 : (i + 1) * B]), "little")``, ``ns`` the namespace (the model: one prompt on two
 models is two caches). Computed incrementally, one running BLAKE2b state updated with
 each block and copied to read it: each key is chained through the state to all of its
-predecessors and every byte is hashed once (bench/bench_prefix.py: ~1 µs a block, the
-constructor and digest dominate; a fresh ``blake2b(prev_key || block)`` per block
+predecessors and every byte is hashed once (bench/bench_prefix.py: ~1 µs a block, mostly
+copying the state and the digest, not hashing; a fresh ``blake2b(prev_key || block)`` per block
 measured 10-25 % slower). Any language reproduces it with a standard BLAKE2b (digest size 8).
 
 Why 256 bytes: about 64 tokens of English text (BPE tokenizers of Llama 3 / GPT-4 class

@@ -44,11 +44,12 @@ class PrefixIndex:
       min-heap that drives the TTL sweep and the global LRU without scanning the nodes
       (O(log nodes) per entry evicted).
 
-    ``match`` first drops what the TTL expired, then walks the request's keys from
-    block 0 with set operations on the holders, stopping at the first key no candidate
-    holds: O(depth) for one holder, O(depth x holders) worst case (a prefix every node
-    holds), in C-level set operations. Times are any monotonic seconds (a time earlier
-    than the latest seen counts as the latest).
+    ``match`` drops what the TTL expired (if anything is due), then looks up the
+    request's keys from block 0 and stops at the first key no node holds: one dict
+    lookup per block, whatever the number of holders; each node's depth is read from
+    the answer on demand (``PrefixMatch``). Writes cost O(keys) plus O(log nodes) per
+    entry evicted. Times are any monotonic seconds (a time earlier than the latest seen
+    counts as the latest, so that entries stay in time order).
     """
 
     def __init__(
