@@ -189,7 +189,7 @@ def bench_index(nodes: int, per_node: int, calls: int, rng: random.Random) -> di
 
     def route10(keys: list[int], among: list[str]) -> list[float]:
         m = ix.match(keys, now)  # what a router does: match, then read its candidates
-        return [m.fraction(n) for n in among]
+        return m.fractions(among)
 
     k = len(probes)
     res["match_typical"] = timed(calls, lambda i: ix.match(probes[i % k][1], now))

@@ -255,12 +255,25 @@ class PrefixIndex:
             self.expire(now)
         holders = self._holders
         levels: list[tuple[str] | set[str]] = []
+        ends: list[int] = []
+        last: str | None = None
+        depth = 0
         for h in block_hashes:
             cur = holders.get(h)
             if cur is None:
                 break
-            levels.append((cur,) if isinstance(cur, str) else cur)
-        return PrefixMatch(levels, len(block_hashes))
+            depth += 1
+            if isinstance(cur, str):
+                if cur == last:  # one run of blocks with the same single holder
+                    ends[-1] = depth
+                    continue
+                last = cur
+                levels.append((cur,))
+            else:
+                last = None
+                levels.append(cur)
+            ends.append(depth)
+        return PrefixMatch(levels, ends, len(block_hashes))
 
     def match_nodes(
         self, block_hashes: Sequence[int], node_ids: Iterable[str], now: float
@@ -282,42 +295,60 @@ class PrefixIndex:
 
 class PrefixMatch(Mapping[str, int]):
     """What ``PrefixIndex.match`` found: a read-only mapping node id -> leading blocks
-    held (>= 1), computed on demand from the holders of each block ("levels", block 0
-    first, up to the first block nobody holds). It reads the index's own holder sets:
-    use it before the next write to the index (the router's use: match, then score the
-    candidates at once).
+    held (>= 1), computed on demand from the holders of each block, block 0 first, up
+    to the first block nobody holds ("levels"; consecutive blocks with the same single
+    holder make one level, ``ends`` the depth at the end of each). It reads the index's
+    own holder sets: use it before the next write to the index (the router's use:
+    match, then score the candidates at once).
 
-    ``depth(node)`` costs O(its depth) set lookups (the router's candidates: ~10 x 16
-    for a 4 KB prompt); iterating, ``len`` or ``==`` build the whole dict once, O(depth x
-    holders) in C set operations (a system prompt that every one of 1,000 nodes holds
+    ``depth(node)`` costs O(levels) set lookups (a 4 KB prompt on a shared system
+    prompt: ~5 levels); iterating, ``len`` or ``==`` build the whole dict once, O(levels
+    x holders) in C set operations (a system prompt that every one of 1,000 nodes holds
     makes a 1,000-entry answer)."""
 
-    __slots__ = ("_full", "_levels", "blocks")
+    __slots__ = ("_ends", "_full", "_levels", "blocks")
 
-    def __init__(self, levels: list[tuple[str] | set[str]], blocks: int) -> None:
+    def __init__(self, levels: list[tuple[str] | set[str]], ends: list[int], blocks: int) -> None:
         self._levels = levels
+        self._ends = ends
         self.blocks = blocks
         """How many blocks the request has (the denominator of ``fraction``)."""
         self._full: dict[str, int] | None = None
 
     def depth(self, node_id: str) -> int:
         """Leading blocks ``node_id`` holds, 0 when none."""
-        d = 0
-        for level in self._levels:
+        d, ends = 0, self._ends
+        for i, level in enumerate(self._levels):
             if node_id not in level:
-                break
-            d += 1
+                return d
+            d = ends[i]
         return d
 
     def fraction(self, node_id: str) -> float:
         """``depth / blocks``, 0..1: the matched fraction the cost model takes."""
         return self.depth(node_id) / self.blocks if self.blocks else 0.0
 
+    def fractions(self, node_ids: Iterable[str]) -> list[float]:
+        """``fraction`` of each of ``node_ids``, in order (the router's candidates)."""
+        if not self.blocks:
+            return [0.0 for _ in node_ids]
+        levels, ends, total = self._levels, self._ends, self.blocks
+        out: list[float] = []
+        for node_id in node_ids:
+            d = 0
+            for i, level in enumerate(levels):
+                if node_id not in level:
+                    break
+                d = ends[i]
+            out.append(d / total)
+        return out
+
     def deepest(self) -> tuple[int, list[str]]:
         """The longest prefix any node holds, in blocks, and the nodes holding that
         many; ``(0, [])`` when no node holds block 0."""
-        for d in range(len(self._levels), 0, -1):
-            best = [n for n in self._levels[d - 1] if self.depth(n) >= d]
+        for i in range(len(self._levels) - 1, -1, -1):
+            d = self._ends[i]
+            best = [n for n in self._levels[i] if self.depth(n) >= d]
             if best:
                 return d, best
         return 0, []
@@ -365,17 +396,19 @@ class PrefixMatch(Mapping[str, int]):
         if self._full is None:
             out: dict[str, int] = {}
             live: set[str] = set()
-            for depth, level in enumerate(self._levels):
+            start = 0
+            for i, level in enumerate(self._levels):
                 cur = set(level) if isinstance(level, tuple) else level
-                if not depth:
+                if not i:
                     live = cur  # never mutated: the operators below make new sets
                 elif not (len(cur) >= len(live) and live <= cur):
                     inter = live & cur
-                    out.update(dict.fromkeys(live - inter, depth))
+                    out.update(dict.fromkeys(live - inter, start))
                     live = inter
                     if not live:
                         break
-            out.update(dict.fromkeys(live, len(self._levels)))
+                start = self._ends[i]
+            out.update(dict.fromkeys(live, start))
             self._full = out
         return self._full
 

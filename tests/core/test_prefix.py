@@ -189,6 +189,7 @@ def test_prefix_match_reads() -> None:
     assert got.blocks == 8
     assert got.depth("full") == 8 and got.depth("half") == 4 and got.depth("x") == 0
     assert got.fraction("half") == 0.5 and got.fraction("x") == 0.0
+    assert got.fractions(["full", "x", "half"]) == [1.0, 0.0, 0.5]
     assert "half" in got and "x" not in got
     assert got["full"] == 8 and got.get("x", 0) == 0
     with pytest.raises(KeyError):
@@ -199,6 +200,7 @@ def test_prefix_match_reads() -> None:
     none = ix.match(chain("q", 3), 2.0)
     assert none.deepest() == (0, []) and len(none) == 0 and none.fraction("full") == 0.0
     assert ix.match([], 2.0).fraction("full") == 0.0
+    assert ix.match([], 2.0).fractions(["full"]) == [0.0]
 
 
 def test_match_with_one_holder_then_many() -> None:
@@ -347,6 +349,7 @@ def run_ops(ix: PrefixIndex, ops: list[tuple[str, Any, int]]) -> None:
                     assert got.get(n, 0) == truth  # no cap reached: exact
             assert ix.match_nodes(keys, NODES, now) == {n: got.get(n, 0) for n in NODES}
             lazy = {n: got.depth(n) for n in NODES if got.depth(n)}
+            assert got.fractions(NODES) == [got.fraction(n) for n in NODES]
             assert dict(got) == lazy  # the whole answer agrees with the per-node reads
             deepest = max(lazy.values(), default=0)
             depth, nodes = got.deepest()
