@@ -9,7 +9,9 @@ reuses a node's cache for its longest prefix of whole blocks that node still hol
 The gateway has no tokenizer, so it cuts the prompt's UTF-8 **bytes** into blocks of
 ``block_bytes`` (default 256) and keys block ``i`` by the whole prefix
 ``bytes[0 : (i + 1) * block_bytes]``, as sglang-router's approximate tree works on raw
-text rather than tokens. Only whole blocks count (an engine caches only full blocks).
+text rather than tokens, and llm-d's approximate prefix-cache producer cuts the prompt
+into character blocks hashed as a chain (its router has no tokenizer either). Only
+whole blocks count (an engine caches only full blocks).
 
 ``key_i = int.from_bytes(BLAKE2b-64(len(ns) as 2 bytes big-endian || ns ||
 bytes[0 : (i + 1) * B]), "little")``, ``ns`` the namespace (the model: one prompt on two

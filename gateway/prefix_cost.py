@@ -16,9 +16,9 @@ against a load score, the scorer predicts each candidate's TTFT and prefers the 
   gateway has no tokenizer: ``bytes / bytes_per_token``) at ``c`` seconds a token;
   ``f_eff * T * c`` of it is skipped on a cache hit, ``f`` = matched blocks / request
   blocks (gateway/prefix_index.py). This is the model behind SGLang's cache-aware
-  scheduling (the cached prefix is free, the rest is prefill) and llm-d's precise
-  prefix-cache scorer (score = matched fraction of the prompt's blocks), here priced in
-  seconds so it can be set against the queue.
+  scheduling (the cached prefix is free, the rest is prefill) and llm-d's prefix-cache
+  scorers (approximate and precise: score = the ratio of the prompt's blocks matched),
+  here priced in seconds so it can be set against the queue.
 * ``f_eff = f``, except **the overload guard**: ``f_eff = 0`` (no cache credit at all)
   when the node's load is at or above ``overload_load`` (at capacity the engine queues
   and the linear ``W`` under-estimates), or when it is out of balance with the least
