@@ -151,6 +151,8 @@ def test_chat_content_parts_and_tool_calls() -> None:
     call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     msg = [{"role": "assistant", "content": None, "tool_calls": call}]
     assert b'"name":"f"' in render_chat(msg)
+    odd = [{"role": "user", "content": {"b": 1, "a": 2}}]  # neither text nor parts
+    assert b'{"a":2,"b":1}' in render_chat(odd)
     named = [{"role": "user", "name": "bob", "content": "x"}]
     assert render_chat(named) != render_chat(chat(("user", "x")))
 
@@ -201,6 +203,32 @@ def test_prefix_match_reads() -> None:
     assert none.deepest() == (0, []) and len(none) == 0 and none.fraction("full") == 0.0
     assert ix.match([], 2.0).fraction("full") == 0.0
     assert ix.match([], 2.0).fractions(["full"]) == [0.0]
+
+
+def test_prefix_match_when_holders_are_not_nested() -> None:
+    """Exact events can leave a node holding later blocks without the earlier ones."""
+    ix = PrefixIndex()
+    keys = chain("p", 4)
+    ix.record("a", keys[:2], 1.0)
+    ix.record_blocks("b", keys[1:], 1.0)  # no block 0
+    got = ix.match(keys, 2.0)
+    assert got.depth("a") == 2 and got.depth("b") == 0
+    assert got.deepest() == (2, ["a"])  # b's deeper blocks are no prefix
+    assert got == {"a": 2} and got.as_dict() == {"a": 2}
+    assert list(got.values()) == [2] and list(got.items()) == [("a", 2)]
+    assert got == ix.match(keys, 2.0) and got != ix.match(keys[:1], 2.0)
+
+
+def test_global_eviction_skips_a_removed_node() -> None:
+    ix = PrefixIndex(max_entries=4)
+    old, mid, new = chain("o", 4), chain("m", 4), chain("n", 2)
+    ix.record("a", old, 1.0)
+    ix.remove_node("a")  # its heap entry stays until it surfaces
+    ix.record("b", mid, 2.0)
+    ix.record("c", new, 3.0)  # 6 > 4: a is skipped, b's two deepest go
+    assert ix.match(mid, 3.0) == {"b": 2}
+    assert ix.match(new, 3.0) == {"c": 2}
+    assert len(ix) == 4
 
 
 def test_match_with_one_holder_then_many() -> None:
