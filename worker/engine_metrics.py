@@ -309,7 +309,7 @@ class Scraper:
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
             self._failed(exc)
             return False
-        self._read(reading)
+        self.record(reading)
         if self._failing:
             self._failing = False
             log.info("engine metrics at %s readable again (%s)", self.url, reading.source)
@@ -330,7 +330,8 @@ class Scraper:
                     raise ValueError(f"more than {MAX_BYTES} bytes")
         return body.decode()
 
-    def _read(self, reading: Reading) -> None:
+    def record(self, reading: Reading) -> None:
+        """Keep ``reading`` as the latest state (its histograms join the windows)."""
         now = time.monotonic()
         if reading.ttft is not None:
             self._ttft.add(now, reading.ttft)

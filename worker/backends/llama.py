@@ -190,7 +190,12 @@ class LlamaBackend:
             return
         prompt, stops = self._prompt(job)
         kwargs.update(max_tokens=remaining, stop=stops)
-        prompt_tokens = await self._count(prompt) - job.resume_tokens
+        self._queue.queued()  # waiting from here: even counting tokens takes the thread
+        try:
+            prompt_tokens = await self._count(prompt) - job.resume_tokens
+        except BaseException:
+            self._queue.dropped()
+            raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop_flag = threading.Event()
@@ -198,7 +203,6 @@ class LlamaBackend:
         def emit(item: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        self._queue.queued()
         try:
             loop.run_in_executor(self._executor, self._generate, prompt, kwargs, emit, stop_flag)
         except RuntimeError:  # the executor was shut down (closing)
