@@ -19,31 +19,31 @@ from worker.signals import LatencyWindow, Signals
 VLLM = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B"} 3.0
+vllm:num_requests_running{engine="0",model_name="Llama-3.1-8B"} 3.0
 # HELP vllm:num_requests_waiting Number of requests waiting to be processed.
 # TYPE vllm:num_requests_waiting gauge
-vllm:num_requests_waiting{engine="0",model_name="meta-llama/Llama-3.1-8B"} 2.0
+vllm:num_requests_waiting{engine="0",model_name="Llama-3.1-8B"} 2.0
 # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
 # TYPE vllm:kv_cache_usage_perc gauge
-vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B"} 0.42
+vllm:kv_cache_usage_perc{engine="0",model_name="Llama-3.1-8B"} 0.42
 # HELP vllm:prompt_tokens_total Number of prefill tokens processed.
 # TYPE vllm:prompt_tokens_total counter
-vllm:prompt_tokens_total{engine="0",model_name="meta-llama/Llama-3.1-8B"} 12345.0
+vllm:prompt_tokens_total{engine="0",model_name="Llama-3.1-8B"} 12345.0
 # HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
 # TYPE vllm:time_to_first_token_seconds histogram
-vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="meta-llama/Llama-3.1-8B"} 0.0
-vllm:time_to_first_token_seconds_bucket{engine="0",le="0.2",model_name="meta-llama/Llama-3.1-8B"} 10.0
-vllm:time_to_first_token_seconds_bucket{engine="0",le="0.4",model_name="meta-llama/Llama-3.1-8B"} 20.0
-vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="meta-llama/Llama-3.1-8B"} 20.0
-vllm:time_to_first_token_seconds_count{engine="0",model_name="meta-llama/Llama-3.1-8B"} 20.0
-vllm:time_to_first_token_seconds_sum{engine="0",model_name="meta-llama/Llama-3.1-8B"} 5.1
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="Llama-3.1-8B"} 0.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.2",model_name="Llama-3.1-8B"} 10.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.4",model_name="Llama-3.1-8B"} 20.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="Llama-3.1-8B"} 20.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="Llama-3.1-8B"} 20.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="Llama-3.1-8B"} 5.1
 # HELP vllm:inter_token_latency_seconds Histogram of inter-token latency in seconds.
 # TYPE vllm:inter_token_latency_seconds histogram
-vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="meta-llama/Llama-3.1-8B"} 50.0
-vllm:inter_token_latency_seconds_bucket{engine="0",le="0.02",model_name="meta-llama/Llama-3.1-8B"} 100.0
-vllm:inter_token_latency_seconds_bucket{engine="0",le="+Inf",model_name="meta-llama/Llama-3.1-8B"} 100.0
-vllm:inter_token_latency_seconds_count{engine="0",model_name="meta-llama/Llama-3.1-8B"} 100.0
-vllm:inter_token_latency_seconds_sum{engine="0",model_name="meta-llama/Llama-3.1-8B"} 1.2
+vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="Llama-3.1-8B"} 50.0
+vllm:inter_token_latency_seconds_bucket{engine="0",le="0.02",model_name="Llama-3.1-8B"} 100.0
+vllm:inter_token_latency_seconds_bucket{engine="0",le="+Inf",model_name="Llama-3.1-8B"} 100.0
+vllm:inter_token_latency_seconds_count{engine="0",model_name="Llama-3.1-8B"} 100.0
+vllm:inter_token_latency_seconds_sum{engine="0",model_name="Llama-3.1-8B"} 1.2
 """
 
 # An older vLLM: gpu_cache_usage_perc and time_per_output_token_seconds, two models.
