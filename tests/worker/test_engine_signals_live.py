@@ -47,14 +47,19 @@ def vllm_text(scrapes: int) -> str:
         "# TYPE vllm:time_to_first_token_seconds histogram",
         *(
             f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="{le}",model_name="m"}} {n}'
-            for le, n in (("0.1", 0), ("0.2", fast), ("1.0", fast), ("2.0", fast + 100))
+            for le, n in (
+                ("0.1", 0),
+                ("0.2", fast),
+                ("1.0", fast),
+                ("2.0", fast + 100),
+                ("+Inf", fast + 100),
+            )
         ),
-        f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="+Inf",model_name="m"}} {fast + 100}',
         f'vllm:time_to_first_token_seconds_count{{engine="0",model_name="m"}} {fast + 100}',
         f'vllm:time_to_first_token_seconds_sum{{engine="0",model_name="m"}} {150 + fast * 0.15}',
         "# HELP vllm:inter_token_latency_seconds Histogram of inter-token latency in seconds.",
         "# TYPE vllm:inter_token_latency_seconds histogram",
-        f'vllm:inter_token_latency_seconds_bucket{{engine="0",le="0.01",model_name="m"}} 0',
+        'vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="m"} 0',
         f'vllm:inter_token_latency_seconds_bucket{{engine="0",le="0.02",model_name="m"}} {itl}',
         f'vllm:inter_token_latency_seconds_bucket{{engine="0",le="+Inf",model_name="m"}} {itl}',
         f'vllm:inter_token_latency_seconds_count{{engine="0",model_name="m"}} {itl}',
