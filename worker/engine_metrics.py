@@ -306,7 +306,7 @@ class Scraper:
             reading = await asyncio.to_thread(parse, text)
             if reading is None:
                 raise ValueError("no vLLM, SGLang or llama.cpp metric in it")
-        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
+        except Exception as exc:  # any failure (HTTP, timeout, parse) means "no reading"
             self._failed(exc)
             return False
         self.record(reading)
