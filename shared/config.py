@@ -171,6 +171,14 @@ class WorkerConfig(Config, frozen=True, kw_only=True):
     internal_root: str = "fed"
     stream_interval_ms: Annotated[int, Meta(ge=0)] = 0
     """Coalesce chunks produced within this window into one message (0 = off)."""
+    engine_metrics_url: str | None = None
+    """Prometheus /metrics of the engine (vLLM, SGLang, llama.cpp server), read for the
+    heartbeat's engine signals; default: the openai backend's upstream URL + /metrics;
+    'off' = the worker's own counters only."""
+    engine_metrics_interval_s: PositiveSeconds = 1.0
+    """Time between two reads of the engine's /metrics (in the background)."""
+    engine_metrics_timeout_s: PositiveSeconds = 0.5
+    """Longest wait for one read of the engine's /metrics."""
 
 
 def load_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:

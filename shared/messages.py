@@ -180,6 +180,40 @@ class ModelInfo(Base, frozen=True, kw_only=True):
     capabilities: Annotated[tuple[Token, ...], Meta(max_length=64)] = ()
 
 
+Quantity = Annotated[float, Meta(ge=0)]
+"""A non-negative measurement (milliseconds, a count...)."""
+
+
+class EngineSignals(Base, frozen=True, kw_only=True):
+    """What a node's engine is doing (addition, ``Heartbeat.engine``; docs/protocol.md).
+
+    Every field has a default, so any subset decodes. ``source`` names where
+    ``running``/``waiting``/``kv_cache_usage`` were read: ``"vllm"``, ``"sglang"`` or
+    ``"llamacpp"`` (the engine's Prometheus ``/metrics``), or ``"worker"`` (the worker's
+    own counters: its jobs, or its in-process backend's queue). A plain string, not an
+    enum: an old gateway must not drop the heartbeat of a node with a newer engine.
+    The latencies are recent percentiles (a time-aged window, about the last minute):
+    the engine's own histograms when it exports them, else the worker's measurements
+    on the streams it relays; None when nothing was measured recently.
+    """
+
+    source: ShortText = "worker"
+    running: Annotated[int, Meta(ge=0)] = 0
+    """Requests the engine is generating for now (its batch)."""
+    waiting: Annotated[int, Meta(ge=0)] = 0
+    """Requests queued in the engine, not yet running."""
+    kv_cache_usage: Annotated[float, Meta(ge=0, le=1)] | None = None
+    """Fraction of the KV cache in use, 0..1 (None: the engine does not say)."""
+    ttft_p50_ms: Quantity | None = None
+    """Time to first token, median of the recent window, in milliseconds."""
+    ttft_p90_ms: Quantity | None = None
+    itl_p50_ms: Quantity | None = None
+    """Inter-token latency (between two output tokens), median, in milliseconds."""
+    itl_p90_ms: Quantity | None = None
+    measured_at: Annotated[int, Meta(ge=0)] = 0
+    """Epoch milliseconds of the reading (the last successful scrape for an engine)."""
+
+
 class Heartbeat(Base, frozen=True, kw_only=True):
     """Published on ``fed.heartbeat.<node_id>`` every ``interval_ms``."""
 
@@ -201,6 +235,8 @@ class Heartbeat(Base, frozen=True, kw_only=True):
     # Extension: epoch milliseconds at process start, so that a gateway can tell an
     # older incarnation from a newer one.
     started_ms: int = 0
+    # Addition: the engine's own load and latency (None: a node that does not report it).
+    engine: EngineSignals | None = None
 
 
 class Leave(Base, frozen=True, kw_only=True):

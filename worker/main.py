@@ -12,6 +12,7 @@ from shared.messages import Privacy
 from shared.runtime import stop_event
 from shared.subjects import Subjects
 from worker.backends.base import Backend
+from worker.engine_metrics import metrics_url
 from worker.node import Node
 
 log = logging.getLogger("fedgate.worker")
@@ -34,6 +35,11 @@ def build_node(nc: object, backend: Backend, cfg: WorkerConfig) -> Node:
         drain_timeout_s=cfg.drain_timeout_s,
         subjects=Subjects(cfg.public_root, cfg.internal_root),
         stream_interval_ms=cfg.stream_interval_ms,
+        engine_metrics_url=metrics_url(
+            cfg.engine_metrics_url, getattr(backend, "metrics_url", None)
+        ),
+        engine_metrics_interval_s=cfg.engine_metrics_interval_s,
+        engine_metrics_timeout_s=cfg.engine_metrics_timeout_s,
     )
 
 

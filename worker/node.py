@@ -29,6 +29,9 @@ from shared import messages as m
 from shared.subjects import Subjects
 from worker.backends.assemble import Output
 from worker.backends.base import Backend, Job, chat_from
+from worker.backends.load import Load
+from worker.engine_metrics import Scraper
+from worker.signals import Signals
 
 log = logging.getLogger("fedgate.worker")
 
@@ -55,6 +58,9 @@ class Node:
         drain_timeout_s: float = 10.0,
         subjects: Subjects | None = None,
         stream_interval_ms: int = 0,
+        engine_metrics_url: str | None = None,
+        engine_metrics_interval_s: float = 1.0,
+        engine_metrics_timeout_s: float = 0.5,
     ) -> None:
         self.nc = nc
         self.backend = backend
@@ -89,6 +95,15 @@ class Node:
             m.ModelInfo(model=name, capabilities=tuple(caps)) for name, caps in self.models.items()
         )
         self._capability_model = {cap: name for name, caps in self.models.items() for cap in caps}
+        scraper = None
+        if engine_metrics_url:
+            scraper = Scraper(
+                engine_metrics_url,
+                interval_s=engine_metrics_interval_s,
+                timeout_s=engine_metrics_timeout_s,
+            )
+        self.signals = Signals(scraper)
+        """The heartbeat's ``engine``: the engine's /metrics (if any) or our own counters."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -102,6 +117,8 @@ class Node:
             await self.nc.subscribe(self._gone_prefix + ".*", cb=self._on_gone),
         ]
         await self._start_discovery()
+        if self.signals.scraper is not None:
+            self.signals.scraper.start()
         await self.nc.flush()
         await self.publish_heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
@@ -141,6 +158,8 @@ class Node:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
+        if self.signals.scraper is not None:
+            await self.signals.scraper.stop()
         with contextlib.suppress(Exception):
             if self._service is not None:
                 await self._service.stop()
@@ -179,7 +198,20 @@ class Node:
             ttft_ms=self._ttft_ms,
             tokens_per_s=self._tokens_per_s,
             started_ms=self.started_ms,
+            engine=self.signals.report(len(self._jobs), self._engine_load()),
         )
+
+    def _engine_load(self) -> Load | None:
+        """The backend's optional ``engine_load()`` hook (its own queue), or None."""
+        hook = getattr(self.backend, "engine_load", None)
+        if hook is None:
+            return None
+        try:
+            load = hook()
+        except Exception as exc:  # a broken hook falls back to our job count
+            log.debug("backend engine_load failed: %s", exc)
+            return None
+        return load if isinstance(load, Load) else None
 
     async def publish_heartbeat(self) -> None:
         """Publish one heartbeat now (asking the backend whether it is ready first)."""
@@ -342,11 +374,14 @@ class Node:
         chunks = 0
         produced = False
         flushed = started
+        clock = self.signals.clock(started)
         try:
             async with asyncio.timeout(timeout_s):
                 async for piece in self.backend.stream(job):
                     if not out.add(piece):
                         continue
+                    if piece.embedding is None:
+                        clock.output(piece.tokens)
                     if not produced:
                         produced = True
                         self._note_ttft(time.perf_counter() - started)

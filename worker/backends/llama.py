@@ -30,6 +30,7 @@ from typing import Any
 
 from shared import errors
 from worker.backends.base import Job, Piece, text_of
+from worker.backends.load import Load, QueueCounter
 from worker.backends.openai import budget, chat_messages
 
 PASSED = {
@@ -119,6 +120,8 @@ class LlamaBackend:
         self._llm = self._open(embedding=False)
         self._embedder: Any = None
         self._chat = self._chat_formatter()
+        self._queue = QueueCounter()
+        """Generations running on the llama thread (0 or 1) and waiting for it."""
 
     def _open(self, *, embedding: bool) -> Any:
         kwargs: dict[str, Any] = {
@@ -155,6 +158,18 @@ class LlamaBackend:
         """Always ready once the model is loaded (the constructor loads it)."""
         return True
 
+    def engine_load(self) -> Load:
+        """The generations running and waiting for the llama thread, and the context's
+        fill while one runs (tokens in it / ``n_ctx``; an idle context counts as empty)."""
+        running, waiting = self._queue.counts()
+        kv = None
+        if running:
+            try:
+                kv = self._llm.n_tokens / max(1, self._llm.n_ctx())
+            except Exception:  # a model without those accessors reports no KV figure
+                kv = None
+        return Load(running=running, waiting=waiting, kv_cache_usage=kv)
+
     async def close(self) -> None:
         """Stop the generation thread (idempotent)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -175,7 +190,12 @@ class LlamaBackend:
             return
         prompt, stops = self._prompt(job)
         kwargs.update(max_tokens=remaining, stop=stops)
-        prompt_tokens = await self._count(prompt) - job.resume_tokens
+        self._queue.queued()  # waiting from here: even counting tokens takes the thread
+        try:
+            prompt_tokens = await self._count(prompt) - job.resume_tokens
+        except BaseException:
+            self._queue.dropped()
+            raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop_flag = threading.Event()
@@ -183,7 +203,11 @@ class LlamaBackend:
         def emit(item: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        loop.run_in_executor(self._executor, self._generate, prompt, kwargs, emit, stop_flag)
+        try:
+            loop.run_in_executor(self._executor, self._generate, prompt, kwargs, emit, stop_flag)
+        except RuntimeError:  # the executor was shut down (closing)
+            self._queue.dropped()
+            raise
         finish = "stop"
         pending = 0  # tokens that produced no text yet (a split UTF-8 character)
         try:
@@ -233,6 +257,19 @@ class LlamaBackend:
         stop_flag: threading.Event,
     ) -> None:
         """Runs on the llama thread: one token per ``emit``, then ``_DONE``."""
+        self._queue.started()
+        try:
+            self._generate_counted(prompt, kwargs, emit, stop_flag)
+        finally:
+            self._queue.finished()
+
+    def _generate_counted(
+        self,
+        prompt: str,
+        kwargs: dict[str, Any],
+        emit: Callable[[Any], None],
+        stop_flag: threading.Event,
+    ) -> None:
         if stop_flag.is_set():
             emit(_DONE)
             return

@@ -138,6 +138,12 @@ class OpenAIBackend:
         """Set when the upstream has no /v1/completions: plain prompts go to chat."""
         self.upstream_models: tuple[str, ...] = ()
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the upstream's Prometheus metrics would be (vLLM, SGLang, llama.cpp's
+        server with ``--metrics``): the default the node reads its engine signals from."""
+        return f"{self.base_url}/metrics"
+
     # -- lifecycle and readiness --------------------------------------------------
 
     def _sdk(self) -> AsyncOpenAI:
