@@ -16,7 +16,7 @@ from collections.abc import Hashable
 
 import msgspec
 
-from gateway.health import HealthState, NodeHealth
+from gateway.nodehealth import HealthState, NodeHealth
 from gateway.nodeinfo import NodeInfo
 from shared.messages import InferRequest
 
