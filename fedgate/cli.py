@@ -3,8 +3,9 @@
 Configuration precedence (highest first): flags, ``FEDGATE_*`` environment variables,
 the TOML file from ``--config`` / ``FEDGATE_CONFIG`` (tables ``[nats]``, ``[gateway]``,
 ``[worker]``), built-in defaults. The config flags are generated from the config
-Structs (``fedgate.options``); the commands themselves are in ``fedgate.commands``,
-``fedgate.top`` and ``fedgate.up``, which never import this module.
+Structs (``fedgate.options``), the hand-made ones several commands share are in
+``fedgate.flags``; the commands themselves are in ``fedgate.commands``, ``fedgate.top``
+and ``fedgate.up``, which never import this module.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import click
 
 from fedgate import commands
 from fedgate.backends import backend_options
+from fedgate.flags import GENERAL as GENERAL
+from fedgate.flags import LOG_LEVELS as LOG_LEVELS
+from fedgate.flags import REQUEST as REQUEST
+from fedgate.flags import general, json_flag, log_level_option, request_options
 from fedgate.help import CONTEXT, Group, Option
 from fedgate.options import Invocation, config_options
 from gateway.strategies import LoadBalanceStrategy
-from shared.messages import Privacy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LOG_LEVELS = ["debug", "info", "warning", "error"]
 TABS = ["catalog", "health", "routing", "circuits", "stats", "policies"]
 
 EXAMPLES = {
@@ -62,9 +65,6 @@ PRECEDENCE = (
 CHOICES = {"gateway": {"strategy": [s.value for s in LoadBalanceStrategy]}}
 """Allowed values of config settings that the gateway defines."""
 
-GENERAL = "Configuration and logging"
-REQUEST = "Request"
-
 
 @dataclass(frozen=True, slots=True)
 class Run:
@@ -72,77 +72,6 @@ class Run:
 
     argv: tuple[str, ...]
     dry: bool = False
-
-
-def _log_level_option() -> Callable[[F], F]:
-    return click.option(
-        "--log-level",
-        type=click.Choice(LOG_LEVELS),
-        default=None,
-        cls=Option,
-        group=GENERAL,
-        help="Log level.",
-        default_text="info",
-        env="FEDGATE_LOG_LEVEL",
-    )
-
-
-def _general(fn: F) -> F:
-    """``--config`` and ``--log-level`` (every command), after the NATS options."""
-    fn = click.option(
-        "--config",
-        metavar="FILE",
-        cls=Option,
-        group=GENERAL,
-        env="FEDGATE_CONFIG",
-        help="TOML config file (tables [nats], [gateway], [worker]).",
-    )(fn)
-    return _log_level_option()(fn)
-
-
-def _request(fn: F) -> F:
-    """The request flags of ``infer`` and ``route``."""
-    group: dict[str, Any] = {"cls": Option, "group": REQUEST}
-    options: list[Callable[[F], F]] = [
-        click.option("--model", metavar="M", help="Only nodes serving this model.", **group),
-        click.option("--tenant", "tenant_id", metavar="T", help="Tenant id.", **group),
-        click.option(
-            "--privacy",
-            type=click.Choice([p.value for p in Privacy]),
-            help="Privacy level.",
-            default_text="internal",
-            **group,
-        ),
-        click.option("--region", metavar="R", help="Your region (locality).", **group),
-        click.option(
-            "--allowed-region",
-            "allowed_regions",
-            multiple=True,
-            metavar="R",
-            help="Data residency: only these regions (repeatable).",
-            **group,
-        ),
-        click.option(
-            "--max-tokens", type=click.IntRange(0), metavar="N", help="Output budget.", **group
-        ),
-        click.option("--seed", type=int, metavar="N", help="Sampling seed.", **group),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(0, min_open=True),
-            default=30.0,
-            metavar="S",
-            help="Deadline of the request, retries included.",
-            default_text="30 s",
-            **group,
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _json_flag(what: str) -> Callable[[F], F]:
-    return click.option("--json", "json", is_flag=True, cls=Option, help=what)
 
 
 def _command(
@@ -160,7 +89,7 @@ def _command(
         return _dispatch(ctx, name, params, impl)
 
     fn: Any = callback
-    fn = _general(fn)
+    fn = general(fn)
     fn = config_options("nats")(fn)
     if backend:
         fn = backend_options()(fn)
@@ -203,7 +132,7 @@ def _dispatch(
     epilog="examples:\n  fedgate up\n  fedgate infer generate 'hello' --stream\n\n"
     f"{PRECEDENCE}\nRun `fedgate <command> --help` for a command's options and examples.",
 )
-@_log_level_option()
+@log_level_option()
 def fedgate(log_level: str | None) -> None:
     """fedgate: one service out of a fleet of inference nodes, over NATS."""
 
@@ -267,21 +196,21 @@ _command(
     commands.infer,
     click.argument("capability", help="generate, code, embed, ... or a custom one"),
     click.argument("text", help="the input text"),
-    _request,
+    request_options,
     click.option("--stream", is_flag=True, cls=Option, help="Stream tokens as they arrive."),
-    _json_flag("Print the raw JSON result (streaming: one JSON chunk per line)."),
+    json_flag("Print the raw JSON result (streaming: one JSON chunk per line)."),
 )
 _command(
     "nodes",
     "list the nodes every gateway sees",
     commands.nodes,
-    _json_flag("Every gateway's reply, as JSON."),
+    json_flag("Every gateway's reply, as JSON."),
 )
 _command(
     "stats",
     "show every gateway's statistics",
     commands.stats,
-    _json_flag("Every gateway's reply, as JSON."),
+    json_flag("Every gateway's reply, as JSON."),
 )
 _command(
     "route",
@@ -289,8 +218,8 @@ _command(
     commands.route,
     click.argument("capability", help="generate, code, embed, ... or a custom one"),
     click.argument("text", required=False, default="", help="the input text (default empty)"),
-    _request,
-    _json_flag("Every gateway's reply, as JSON."),
+    request_options,
+    json_flag("Every gateway's reply, as JSON."),
 )
 _command(
     "top",

@@ -2,9 +2,10 @@
 
 No I/O and no gateway code: ``Dashboard`` holds what the inspection subjects answered
 (``fed.gateway.nodes``/``stats``) and the routing decisions seen on ``fed.decisions``;
-``panel()`` draws one tab as a rich table, which the textual app (``fedgate.top``) shows
-in its tab and ``frame()`` prints for ``top --once``. Tabs, titles and empty-state
-texts follow the reference dashboard.
+``panel()`` draws one tab as a rich table (with the functions of ``fedgate.panels``,
+re-exported here), which the textual app (``fedgate.top``) shows in its tab and
+``frame()`` prints for ``top --once``. Tabs, titles and empty-state texts follow the
+reference dashboard.
 """
 
 from __future__ import annotations
@@ -18,15 +19,43 @@ from typing import Any
 from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
 
-from fedgate.tables import state
+from fedgate.panels import (
+    MAX_ROUTING_ROWS,
+    POLICY_DESCRIPTIONS,
+    catalog_panel,
+    circuits_panel,
+    grid,
+    health_panel,
+    help_panel,
+    policies_panel,
+    routing_panel,
+    stats_panel,
+    truncate,
+)
+
+__all__ = [
+    "MAX_HISTORY",
+    "MAX_ROUTING_ROWS",
+    "POLICY_DESCRIPTIONS",
+    "VERSION",
+    "Dashboard",
+    "Tab",
+    "catalog_panel",
+    "circuits_panel",
+    "grid",
+    "health_panel",
+    "help_panel",
+    "policies_panel",
+    "routing_panel",
+    "stats_panel",
+    "truncate",
+]
 
 VERSION = "v1.0"
 MAX_HISTORY = 100
 """Routing decisions kept (oldest dropped first)."""
-MAX_ROUTING_ROWS = 20
 
 
 class Tab(enum.IntEnum):
@@ -57,27 +86,6 @@ class Tab(enum.IntEnum):
 
 
 _WORST_FIRST = ("unhealthy", "degraded", "unknown", "healthy")
-
-POLICY_DESCRIPTIONS = {
-    "health": "Strongly penalize unhealthy nodes",
-    "latency": "Prefer low-latency nodes",
-    "privacy": "Enforce data sovereignty",
-    "locality": "Prefer same-region nodes",
-    "cost": "Balance cost vs performance",
-    "load": "Prefer idle nodes",
-    "gpu": "Prefer GPU nodes when asked",
-}
-
-
-def truncate(text: str, n: int) -> str:
-    """``text`` if it fits in ``n``, else its start and ``...`` (as the reference)."""
-    if len(text) <= n:
-        return text
-    return text[: max(n - 3, 0)] + "..."[: max(n, 0)]
-
-
-def _ms(value: Any) -> str:
-    return "-" if value is None else f"{round(value)}ms"
 
 
 def _rank(health: str) -> int:
@@ -165,177 +173,6 @@ class Dashboard:
             boxed.append(Panel(content, title=title, title_align="left", box=box.SQUARE))
         boxed += [Text(), Text(self.status_line(), no_wrap=True, overflow="ellipsis")]
         return Group(*boxed)
-
-
-# -- the panels ------------------------------------------------------------------------
-
-
-def grid(headers: Sequence[str], ratios: Sequence[int]) -> Table:
-    """A full-width table whose columns share the width in ``ratios``."""
-    t = Table(box=None, expand=True, header_style="bold", pad_edge=False)
-    for header, ratio in zip(headers, ratios, strict=True):
-        t.add_column(header, ratio=ratio, no_wrap=True, overflow="ellipsis")
-    return t
-
-
-def catalog_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``MODEL CATALOG``: one row per model deployment on a node."""
-    rows = []
-    for n in d.merged_nodes():
-        status = "draining" if n.get("draining") else "ready"
-        for md in n["models"]:
-            caps = ", ".join(md["capabilities"])
-            rows.append((md["model"], n["node_id"], n["region"], caps, status))
-    if not rows:
-        return "MODEL CATALOG", Text(
-            "No models registered. Start a worker: fedgate worker --model MODEL"
-        )
-    t = grid(["Model", "Node", "Region", "Capabilities", "Status"], [20, 20, 15, 30, 15])
-    for model, node, region, caps, status in sorted(rows):
-        t.add_row(model, node, region, caps, state(status))
-    return "MODEL CATALOG", t
-
-
-def health_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``NODE HEALTH``: state and latency percentiles (worst view of any gateway)."""
-    nodes = d.merged_nodes()
-    if not nodes:
-        return "NODE HEALTH", Text("No nodes registered for health monitoring.")
-    t = grid(["Node", "State", "Latency P50", "Latency P99", "Queue"], [25, 20, 20, 20, 15])
-    for n in nodes:
-        t.add_row(
-            n["node_id"],
-            state(n["health"]),
-            _ms(n.get("latency_p50_ms")),
-            _ms(n.get("latency_p99_ms")),
-            f"{n.get('in_flight', 0)}/{n.get('capacity', 0)}",
-        )
-    return "NODE HEALTH", t
-
-
-def routing_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``ROUTING DECISIONS``: the newest decisions of ``fed.decisions`` first."""
-    if not d.decisions:
-        return "ROUTING DECISIONS", Text("No routing decisions recorded yet.")
-    t = grid(
-        ["Request", "Capability", "Selected", "Score", "Try", "Outcome", "Gateway", "Reason"],
-        [14, 12, 15, 7, 5, 12, 11, 24],
-    )
-    for dec in list(reversed(d.decisions))[:MAX_ROUTING_ROWS]:
-        outcome = str(dec.get("outcome") or "")
-        style = "green" if outcome == "ok" else ("red" if outcome else "")
-        t.add_row(
-            truncate(str(dec.get("request_id", "")), 12),
-            str(dec.get("capability", "")),
-            str(dec.get("chosen") or "-"),
-            f"{float(dec.get('score') or 0.0):.2f}",
-            str(dec.get("attempt", "")),
-            Text(outcome or "-", style=style),
-            str(dec.get("gateway") or "-"),
-            truncate(str(dec.get("reason", "")), 30),
-        )
-    return "ROUTING DECISIONS", t
-
-
-def circuits_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``CIRCUIT BREAKERS``: each gateway keeps its own circuit per node."""
-    rows = [
-        (n["node_id"], str(reply.get("gateway", "-")), n["circuit"], str(n.get("failures", 0)))
-        for reply in d.nodes_replies
-        for n in sorted(reply["nodes"], key=lambda n: n["node_id"])
-    ]
-    if not rows:
-        return "CIRCUIT BREAKERS", Text("No circuit breakers active.")
-    t = grid(["Node", "Gateway", "State", "Failures"], [30, 25, 25, 20])
-    for node, gateway, circuit, failures in rows:
-        t.add_row(node, gateway, state(circuit), failures)
-    return "CIRCUIT BREAKERS", t
-
-
-def stats_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``GATEWAY STATS``: totals over every gateway, a success gauge, one row per gateway."""
-    ss = d.stats_replies
-
-    def total(key: str) -> int:
-        return sum(int(s.get(key) or 0) for s in ss)
-
-    ok = total("successful_requests")
-    avg = (
-        sum(int(s["avg_latency_ms"]) * int(s["successful_requests"]) for s in ss) / ok if ok else 0
-    )
-    rate = d.success_rate()
-    bar_w = 40
-    filled = round(rate * bar_w)
-    style = "green" if rate >= 0.99 else ("yellow" if rate >= 0.95 else "red")
-    lines = Text(
-        f"Total Requests:  {total('total_requests')}\n"
-        f"Successful:      {ok}\n"
-        f"Failed:          {total('failed_requests')}\n"
-        f"Total Tokens:    {total('total_tokens')}\n"
-        f"Avg Latency:     {round(avg)}ms\n"
-        f"Active Streams:  {total('active_streams')}\n"
-        f"Retries:         {total('retries')}   Failovers: {total('failovers')}\n"
-        f"Request Rate:    {d.rate_per_s:.1f} req/s\n"
-        "Success Rate:    "
-    )
-    lines.append("█" * filled + "░" * (bar_w - filled), style=style)
-    lines.append(f" {rate * 100:.1f}%\n")
-    if not ss:
-        return "GATEWAY STATS", Group(lines, Text("No gateway answered."))
-    t = grid(["Gateway", "Total", "OK", "Failed", "P50", "P99", "In flight"], [22] + [13] * 6)
-    for s in ss:
-        t.add_row(
-            str(s.get("gateway", "-")),
-            str(s["total_requests"]),
-            str(s["successful_requests"]),
-            str(s["failed_requests"]),
-            f"{s['p50_latency_ms']}ms",
-            f"{s['p99_latency_ms']}ms",
-            str(s.get("in_flight", "-")),
-        )
-    return "GATEWAY STATS", Group(lines, t)
-
-
-def policies_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``ACTIVE POLICIES``: name, weight and description, as the gateways report them."""
-    reported = next((s["policies"] for s in d.stats_replies if s.get("policies")), None)
-    if not reported:
-        return "ACTIVE POLICIES", Text("No gateway reported its policies.")
-    t = grid(["Policy", "Weight", "Status", "Description"], [15, 10, 15, 60])
-    for p in reported:
-        name = str(p["name"])
-        weight = float(p.get("weight", 1.0))
-        t.add_row(name, f"{weight:.1f}", Text("Active", "green"), POLICY_DESCRIPTIONS.get(name, ""))
-    strategies = sorted({str(s["strategy"]) for s in d.stats_replies if s.get("strategy")})
-    if not strategies:
-        return "ACTIVE POLICIES", t
-    return "ACTIVE POLICIES", Group(t, Text(), Text(f"Load balancing: {', '.join(strategies)}"))
-
-
-def help_panel(d: Dashboard) -> tuple[str, RenderableType]:
-    """``Help``: the keys and what each panel shows."""
-    text = Text()
-    text.append("Federation Gateway Dashboard\n\n", style="bold")
-    text.append("Keyboard Shortcuts\n", style="bold")
-    text.append(
-        "  1-6, ?      switch tab\n"
-        "  Tab         next tab\n"
-        "  Shift+Tab   previous tab\n"
-        "  j / Down    scroll down\n"
-        "  k / Up      scroll up\n"
-        "  r           refresh now\n"
-        "  q / Esc     quit (Ctrl-C too)\n\n"
-    )
-    text.append("Panels\n", style="bold")
-    text.append(
-        "  • Catalog: models and the nodes serving them\n"
-        "  • Health: node state and latency percentiles\n"
-        "  • Routing: live decisions from fed.decisions\n"
-        "  • Circuits: each gateway's circuit breaker per node\n"
-        "  • Stats: request counters of every gateway\n"
-        "  • Policies: the routing policies and their weights"
-    )
-    return "Help", text
 
 
 _PANELS: dict[Tab, Callable[[Dashboard], tuple[str, RenderableType]]] = {

@@ -8,123 +8,39 @@ incarnation is ignored, silent nodes expire). Indexes by capability and by
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from gateway.clock import MONOTONIC, Clock
+from gateway.nodeinfo import (
+    STATIC_CAPACITY,
+    CatalogEvent,
+    CatalogListener,
+    Deployment,
+    HeartbeatOutcome,
+    ModelEntry,
+    ModelMetadata,
+    NodeInfo,
+    models_of,
+    node_from_heartbeat,
+)
 from shared.errors import Internal
-from shared.messages import Heartbeat, ModelInfo, Privacy
+from shared.messages import Heartbeat, ModelInfo
 
-STATIC_CAPACITY = 1_000_000
-"""Capacity given to nodes registered through the reference API (effectively unbounded)."""
+__all__ = [
+    "STATIC_CAPACITY",
+    "CatalogEvent",
+    "CatalogListener",
+    "Deployment",
+    "HeartbeatOutcome",
+    "ModelCatalog",
+    "ModelEntry",
+    "ModelMetadata",
+    "NodeInfo",
+]
 
 _RETIRED_MAX = 4096
-
-
-@dataclass(slots=True, eq=False)
-class NodeInfo:
-    """What the gateway knows about one node (from its last heartbeat or a registration)."""
-
-    node_id: str
-    region: str = "default"
-    models: dict[str, frozenset[str]] = field(default_factory=dict)
-    capabilities: frozenset[str] = frozenset()
-    capacity: int = STATIC_CAPACITY
-    in_flight: int = 0
-    local_in_flight: int = 0
-    privacy: Privacy = Privacy.INTERNAL
-    cost: float = 0.5
-    gpu: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
-    draining: bool = False
-    incarnation: str = ""
-    started_ms: int = 0
-    interval_ms: int = 1000
-    last_seen: float = 0.0
-    queue_depth: int = 0
-    ttft_ms: float | None = None
-    tokens_per_s: float | None = None
-    seq: int = 0
-    """Catalog insertion number: the stable tie-breaker of every ranking."""
-
-    @property
-    def load(self) -> float:
-        """max(reported in-flight, own dispatches) / capacity (can exceed 1.0)."""
-        return max(self.in_flight, self.local_in_flight) / self.capacity
-
-    @property
-    def at_capacity(self) -> bool:
-        """True when this gateway's own dispatches fill the node's declared capacity."""
-        return self.local_in_flight >= self.capacity
-
-    @property
-    def static(self) -> bool:
-        """True for nodes registered through the reference API (they never expire)."""
-        return not self.incarnation
-
-
-class HeartbeatOutcome(enum.Enum):
-    """What a heartbeat did to the catalog."""
-
-    NEW = "new"
-    UPDATED = "updated"
-    REPLACED = "replaced"
-    STALE = "stale"
-
-
-class CatalogEvent(enum.Enum):
-    """What listeners are told (the router keeps its orderings with these)."""
-
-    ADDED = "added"
-    REMOVED = "removed"
-    MOVED = "moved"
-    """Models, capabilities or region changed: index membership changed."""
-    CHANGED = "changed"
-    """A scoring input (cost, gpu, tokens_per_s) changed; memberships did not."""
-
-
-CatalogListener = Callable[[CatalogEvent, NodeInfo], None]
-"""Called synchronously after each catalog change."""
-
-
-@dataclass(slots=True, frozen=True)
-class ModelMetadata:
-    """Metadata of a model (reference shape)."""
-
-    model_id: str
-    name: str
-    version: str
-    capabilities: list[str]
-    parameters: int = 0
-    quantization: str | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class Deployment:
-    """One node serving one model."""
-
-    node_id: str
-    region: str
-    capabilities: frozenset[str]
-
-
-@dataclass(slots=True, frozen=True)
-class ModelEntry:
-    """A model with its metadata and deployments."""
-
-    model_id: str
-    metadata: ModelMetadata
-    deployments: list[Deployment]
-
-
-def _models_of(infos: Iterable[ModelInfo]) -> dict[str, frozenset[str]]:
-    models: dict[str, frozenset[str]] = {}
-    for info in infos:
-        models[info.model] = models.get(info.model, frozenset()) | frozenset(info.capabilities)
-    return models
 
 
 class ModelCatalog:
@@ -303,7 +219,7 @@ class ModelCatalog:
             node_id
         ):
             self._raw_models[node_id] = hb.models
-            self._set_models(node, _models_of(hb.models))
+            self._set_models(node, models_of(hb.models))
             moved = True
         if hb.region != node.region:
             node.region = hb.region
@@ -317,28 +233,9 @@ class ModelCatalog:
         return HeartbeatOutcome.UPDATED
 
     def _from_heartbeat(self, node_id: str, hb: Heartbeat) -> NodeInfo:
-        models = _models_of(hb.models)
+        models = models_of(hb.models)
         self._raw_models[node_id] = hb.models
-        return NodeInfo(
-            node_id=node_id,
-            region=hb.region,
-            models=models,
-            capabilities=frozenset().union(*models.values()) if models else frozenset(),
-            capacity=hb.capacity,
-            in_flight=hb.in_flight,
-            privacy=hb.privacy,
-            cost=hb.cost,
-            gpu=hb.gpu,
-            labels=hb.labels,
-            draining=hb.draining,
-            incarnation=hb.incarnation,
-            started_ms=hb.started_ms,
-            interval_ms=hb.interval_ms,
-            last_seen=self._clock(),
-            queue_depth=hb.queue_depth,
-            ttft_ms=hb.ttft_ms,
-            tokens_per_s=hb.tokens_per_s,
-        )
+        return node_from_heartbeat(node_id, hb, models, self._clock())
 
     def remove_node(self, node_id: str, incarnation: str | None = None) -> bool:
         """A leave: drop the node unless ``incarnation`` names another one; True if dropped."""

@@ -23,91 +23,27 @@ unhealthy, over the latency limit, degraded or idle); a probe success puts an
 out-of-service node back with the probe's latency as its only sample.
 
 Reports about unregistered nodes are silent no-ops. Each change replaces the node's
-immutable ``NodeHealth`` snapshot, so readers never see a half-updated record.
+immutable ``NodeHealth`` snapshot, so readers never see a half-updated record. The
+states, thresholds and snapshot are in gateway/nodehealth.py, re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from gateway.clock import MONOTONIC, Clock
 from gateway.latency import NodeSamples, percentile
+from gateway.nodehealth import HealthConfig, HealthListener, HealthState, NodeHealth
 from shared.errors import NodeUnreachable
 
-__all__ = ["HealthChecker", "HealthConfig", "HealthState", "NodeHealth", "percentile"]
-
-
-class HealthState(enum.Enum):
-    """Health of one node."""
-
-    UNKNOWN = "unknown"
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNHEALTHY = "unhealthy"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthConfig:
-    """Thresholds of the health state machine (times in seconds)."""
-
-    failure_threshold: int = 3
-    recovery_threshold: int = 2
-    degraded_latency_s: float = 1.0
-    """A whole-request success (no ttft_s, no tokens) slower than this is slow."""
-    window: int = 128
-    """Samples kept per node and per measure (latency, time per token, tokens/s)."""
-    check_interval_s: float = 10.0
-    """Minimum time between two probes of the same node."""
-    probe_timeout_s: float = 5.0
-    publish_interval_s: float = 0.0
-    """Successes that leave the status unchanged notify listeners at most this often per
-    node (0: every time); ``flush()`` sends what is pending."""
-    degraded_ttft_s: float = 10.0
-    """A first token later than this is slow (prompt length makes TTFT vary: lenient)."""
-    degraded_tpot_s: float = 0.5
-    """A time per output token above this is slow."""
-    slow_factor: float = 8.0
-    """A time per output token above this many times the node's own median is slow
-    (0 disables the relative rule)."""
-    slow_min_samples: int = 8
-    """The relative rule needs at least this many earlier time-per-token samples."""
-    sample_max_age_s: float = 120.0
-    """Samples older than this leave the windows, except each window's newest (0: never)."""
-    idle_probe_s: float = 60.0
-    """A node with no latency sample for this long is due for a probe (0: never)."""
-    latency_limit_s: float = 5.0
-    """p50 above which routing excludes a node (keep equal to LatencyPolicy.max_latency_s):
-    such a node is probed, and a probe success replaces its latency samples."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeHealth:
-    """Immutable snapshot of a node's health (latencies in milliseconds)."""
-
-    node_id: str
-    status: HealthState
-    latency_p50_ms: float = 0.0
-    """Percentiles of the latency samples: time to first token for streams and probes,
-    the whole time for requests reported without tokens."""
-    latency_p90_ms: float = 0.0
-    latency_p99_ms: float = 0.0
-    tokens_per_s: float | None = None
-    """Measured tokens per second over the window; None until a report carries tokens."""
-    consecutive_failures: int = 0
-    consecutive_successes: int = 0
-    last_check: float = 0.0
-    samples: int = 0
-    """Latency samples in the window (0 = latency never measured)."""
-    tpot_p50_ms: float = 0.0
-    """Median time per output token (ms); 0 until a report carries tokens."""
-    tpot_samples: int = 0
-
-
-HealthListener = Callable[[str], None]
-"""Called with the node id after every change of its health."""
+__all__ = [
+    "HealthChecker",
+    "HealthConfig",
+    "HealthListener",
+    "HealthState",
+    "NodeHealth",
+    "percentile",
+]
 
 
 class _State:
