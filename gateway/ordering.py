@@ -2,13 +2,17 @@
 
 An ordering holds its nodes sorted by base score (the request-independent part of their
 composite score), best first, once globally and once per region, plus the nodes whose
-health is still UNKNOWN (the ones a spreading strategy explores). Updates are two
-``bisect`` deletions and insertions per list; nothing is ever re-sorted.
+health is still UNKNOWN (the ones a spreading strategy explores). A node that moves
+within its region costs two ``bisect`` searches per list and a shift of the entries
+between its old and new places (a health report moves it a few places: no memmove of a
+list's tail); a new node or a region change, a deletion and an insertion per list.
+Nothing is ever re-sorted.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Hashable
 
 from gateway.catalog import NodeInfo
 from shared.messages import InferRequest
@@ -62,13 +66,22 @@ class Ordering:
         "template",
         "unknown",
         "unknown_by_region",
+        "variant",
     )
 
-    def __init__(self, capability: str, model: str | None, template: InferRequest) -> None:
+    def __init__(
+        self,
+        capability: str,
+        model: str | None,
+        template: InferRequest,
+        variant: tuple[Hashable, ...] = (),
+    ) -> None:
         self.capability = capability
         self.model = model
         self.template = template
         """The request that created it: its variant key is every member's."""
+        self.variant = variant
+        """That key (a node's base score depends on nothing else of the request)."""
         self.entries: list[Entry] = []
         self.by_region: dict[str, list[Entry]] = {}
         self.keys: dict[str, tuple[Entry, str, bool]] = {}
@@ -111,23 +124,40 @@ class Ordering:
                 self.layout += 1
 
     def put(self, node: NodeInfo, base: float, unknown: bool) -> None:
-        """Insert the node, or move it to its new place."""
-        self.remove(node.node_id)
+        """Insert the node, or move it to its new place (in its region: by shifting the
+        entries between its old and new places, not the lists' tails)."""
+        nid, region = node.node_id, node.region
         entry = (-base, node.seq, node)
-        self.keys[node.node_id] = (entry, node.region, unknown)
-        bisect.insort(self.entries, entry)
-        bucket = self.by_region.get(node.region)
-        if bucket is None:
-            bucket = self.by_region[node.region] = []
-            self.layout += 1
-        bisect.insort(bucket, entry)
+        old = self.keys.get(nid)
+        if old is None or old[1] != region or old[0][1] != node.seq:
+            self.remove(nid)
+            self._insert(entry, region)
+        else:
+            _move(self.entries, old[0], entry)
+            _move(self.by_region[region], old[0], entry)
+            if old[2] and not unknown:
+                self.unknown.discard(nid)
+                gone = self.unknown_by_region[region]
+                gone.discard(nid)
+                if not len(gone):
+                    del self.unknown_by_region[region]
+                    self.layout += 1
+        self.keys[nid] = (entry, region, unknown)
         if unknown:
             self.unknown.add(node)
-            bag = self.unknown_by_region.get(node.region)
+            bag = self.unknown_by_region.get(region)
             if bag is None:
-                bag = self.unknown_by_region[node.region] = Bag()
+                bag = self.unknown_by_region[region] = Bag()
                 self.layout += 1
             bag.add(node)
+
+    def _insert(self, entry: Entry, region: str) -> None:
+        bisect.insort(self.entries, entry)
+        bucket = self.by_region.get(region)
+        if bucket is None:
+            bucket = self.by_region[region] = []
+            self.layout += 1
+        bisect.insort(bucket, entry)
 
     def fill(self, items: list[tuple[NodeInfo, float, bool]]) -> None:
         """Bulk-load an empty ordering (one sort instead of n insertions)."""
@@ -143,3 +173,20 @@ class Ordering:
         self.entries = entries
         for entry in entries:
             self.by_region.setdefault(entry[2].region, []).append(entry)
+
+
+def _move(entries: list[Entry], old: Entry, new: Entry) -> None:
+    """Replace ``old`` (in ``entries``) with ``new`` (same node, same seq) where it sorts:
+    O(log n) compares and a shift of the entries between the two places."""
+    i = bisect.bisect_left(entries, old)
+    key, seq = new[0], new[1]
+    if key == old[0]:  # same place (seqs are unique: no node is compared)
+        entries[i] = new
+    elif key < old[0]:  # towards the head
+        j = bisect.bisect_left(entries, (key, seq), 0, i)
+        entries[j + 1 : i + 1] = entries[j:i]
+        entries[j] = new
+    else:
+        j = bisect.bisect_left(entries, (key, seq), i + 1)
+        entries[i : j - 1] = entries[i + 1 : j]
+        entries[j - 1] = new

@@ -92,6 +92,10 @@ class Candidate(msgspec.Struct):
         return self.health.latency_p50_ms
 
 
+_HEALTHY, _DEGRADED, _UNKNOWN = HealthState.HEALTHY, HealthState.DEGRADED, HealthState.UNKNOWN
+"""Module globals: an Enum member read through its class costs a quarter microsecond."""
+
+
 def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -> Candidate:
     """Fill the normalised inputs of a candidate (total left at 0 for the policy)."""
     region = request.qos.region
@@ -101,11 +105,11 @@ def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -
     load = max(node.in_flight, node.local_in_flight) / node.capacity
     latency = health.latency_p50_ms / LATENCY_HORIZON_MS
     status = health.status  # identity tests: Enum.__hash__ is slow on the hot path
-    if status is HealthState.HEALTHY:
+    if status is _HEALTHY:
         health_score = 1.0
-    elif status is HealthState.DEGRADED:
+    elif status is _DEGRADED:
         health_score = 0.5
-    elif status is HealthState.UNKNOWN:
+    elif status is _UNKNOWN:
         health_score = 0.3
     else:
         health_score = 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
+from dataclasses import dataclass
 
 from gateway.policies import Candidate
 from shared.messages import InferRequest
@@ -38,6 +39,29 @@ def mix64(a: int, b: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
     return z ^ (z >> 31)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Router settings."""
+
+    max_candidates: int = 10
+    """How many of the best eligible candidates a top-k strategy chooses among."""
+    min_score: float = 0.1
+    """Candidates scoring below this are not selectable."""
+    strategy: LoadBalanceStrategy = LoadBalanceStrategy.POWER_OF_TWO
+    seed: int | None = None
+    """Seed of the random strategies (None: from the OS)."""
+    spread_tolerance: float = 0.25
+    """POWER_OF_TWO: candidates scoring within what this fraction (plus the best's load)
+    of the best's p50 latency is worth, plus ``spread_tolerance_ms``, are near-equal."""
+    spread_tolerance_ms: float = 5.0
+    challenge: float = 8.0
+    """POWER_OF_TWO: when the band has one selectable member, the runner-up takes the
+    request if it is less loaded and within this many bands of the best."""
+    explore_max_in_flight: int = 1
+    """POWER_OF_TWO: an UNKNOWN node outside the band is still drawn, with at most this
+    many of this gateway's requests in flight (a new node's bounded share)."""
 
 
 class Chooser:

@@ -6,7 +6,9 @@ from collections import Counter, deque
 
 import pytest
 
+from gateway.catalog import NodeInfo
 from gateway.health import HealthConfig, HealthState
+from gateway.ordering import Entry
 from gateway.policies import Candidate, CompositePolicy, HealthPolicy, LatencyPolicy, Policy
 from gateway.router import LoadBalanceStrategy, RouterConfig
 from shared.errors import AllNodesUnhealthy
@@ -189,3 +191,38 @@ def test_a_policy_without_bounds_still_spreads_over_the_band() -> None:
     node(w, "slow", 2.0)
     served = Counter(w.router.route(req()).node_id for _ in range(400))
     assert served["slow"] == 0 and served["a"] > 120 and served["b"] > 120, served
+
+
+def test_the_heads_are_the_best_placed_two_of_both_lists() -> None:
+    """``Spreader._heads``: the two best-placed available nodes, whichever list they are in
+    (a region with one available node, two better-placed nodes outside it), excluded,
+    draining and full nodes and the region's own nodes in the global list skipped."""
+    w = World(P2C)
+    spreader = w.router._spreader
+    nodes = {
+        nid: NodeInfo(node_id=nid, region=region, seq=seq, capacity=4)
+        for seq, (nid, region) in enumerate(
+            [("r1", "eu"), ("r2", "eu"), ("o1", "us"), ("o2", "us"), ("o3", "us")], 1
+        )
+    }
+    nodes["r2"].draining = True
+
+    def entries(*pairs: tuple[str, float]) -> list[Entry]:
+        return sorted((-base, nodes[nid].seq, nodes[nid]) for nid, base in pairs)
+
+    first = entries(("r1", 3.0), ("r2", 3.5))  # the region's list (hi1 = 1.3 added)
+    second = entries(("r1", 3.0), ("r2", 3.5), ("o1", 3.6), ("o2", 3.4), ("o3", 3.2))
+    n = spreader._index.n
+
+    def heads(exclude: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+        got = spreader._heads(first, 1.3, second, 0.0, "eu", exclude)
+        return [(h[3].node_id, round(-h[0] * n, 6)) for h in got]
+
+    # bounds: r1 4.3, o1 3.6, o2 3.4, o3 3.2 (r2 draining; r1, r2 in the global list skipped)
+    assert heads() == [("r1", 4.3), ("o1", 3.6)]
+    assert heads(("r1",)) == [("o1", 3.6), ("o2", 3.4)]
+    nodes["o1"].local_in_flight = 4  # full
+    assert heads(("r1",)) == [("o2", 3.4), ("o3", 3.2)]
+    first = entries(("r1", 1.0), ("r2", 3.5))  # r1 now placed below both: 2.3
+    assert heads() == [("o2", 3.4), ("o3", 3.2)]
+    assert heads(("o2", "o3", "r1")) == []
