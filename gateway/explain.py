@@ -41,7 +41,14 @@ def classify(index: CandidateIndex, request: InferRequest, exclude: Collection[s
     if full:
         return Overloaded(f"All eligible nodes at capacity for capability: {cap}")
     if privacy_only:
-        return PolicyViolation(cap)
+        regions = request.qos.allowed_regions if request.qos is not None else None
+        if regions is not None:  # data residency, or privacy: say which the request asked
+            return PolicyViolation(
+                cap,
+                f"no node in the allowed regions ({', '.join(regions)}) serves {cap} "
+                "with the privacy level asked",
+            )
+        return PolicyViolation(cap, f"no node with the privacy level asked serves {cap}")
     return AllNodesUnhealthy(cap)
 
 

@@ -107,7 +107,8 @@ class FrontDoor:
         # cancels its request (LocalClient: the engine cancels the node's job).
         self._runner, self.port = await serving.serve(
             self.app, self.host, self.requested_port, shutdown_timeout=5.0,
-            handler_cancellation=True,
+            handler_cancellation=True, max_line_size=serving.MAX_LINE_BYTES,
+            max_field_size=serving.MAX_LINE_BYTES,
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -124,6 +125,7 @@ class FrontDoor:
         """Authenticate first; answer every failure as an OpenAI error, never a traceback
         page; a client that went away is a quiet line."""
         try:
+            serving.check_headers(request)
             tenant = self._tenant(request)
             if tenant is not None:
                 request[TENANT] = tenant
@@ -135,7 +137,10 @@ class FrontDoor:
                 raise
             if exc.status == 413:
                 return error_response(
-                    413, f"request body too large (at most {self.max_body} bytes)", "too_large"
+                    413,
+                    f"request body too large: a request may put at most {self.max_body} bytes "
+                    "on NATS, and bodies over twice that are refused unread",
+                    "too_large",
                 )
             return error_response(exc.status, exc.reason, exc.reason.lower().replace(" ", "_"))
         except asyncio.CancelledError:

@@ -44,6 +44,8 @@ _decoder = msgspec.json.Decoder()
 async def read_json(request: web.Request) -> tuple[dict[str, Any], int]:
     """The JSON object of the body, and its size in bytes."""
     raw = await request.read()
+    if not raw.strip():
+        raise HttpError(400, "the request body is empty: a JSON object is expected", "bad_request")
     try:
         body = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -89,13 +91,16 @@ def split_chat(messages: list[Any]) -> tuple[str, list[Any], list[list[int]]]:
 
 
 def fields(headers: Mapping[str, str], req: schema.Request, tenant: str | None) -> dict[str, Any]:
-    """The NATS request fields common to every endpoint. The request id is the client's
-    ``X-Request-Id`` when it is a valid one — an identity within the caller's tenant only
-    (docs/protocol.md, "Request identity"): another API key's requests never collide with
-    it — else a fresh one."""
+    """The NATS request fields common to every endpoint. With API keys, the request id is
+    the client's ``X-Request-Id`` when it is a valid one — an identity within the caller's
+    tenant only (docs/protocol.md, "Request identity"): another API key's requests never
+    collide with it. Otherwise (no key: callers cannot be told apart, nor from untenanted
+    NATS callers) it is a fresh random one, so that no caller reaches another's request
+    by guessing or reusing its id."""
     given = headers.get(CLIENT_REQUEST_ID, "")
+    own = tenant is not None and _REQUEST_ID.match(given)
     out: dict[str, Any] = {
-        "request_id": given if _REQUEST_ID.match(given) else secrets.token_hex(8),
+        "request_id": given if own else secrets.token_hex(8),
         "model": req.model,
         "tenant_id": tenant,
     }

@@ -72,7 +72,7 @@ class PolicyViolation(FedError):
     def __init__(self, capability: str = "", detail: str = "") -> None:
         self.capability = capability
         super().__init__(
-            f"Privacy policy violation: {detail or 'no allowed node serves ' + capability}"
+            f"Policy violation: {detail or 'no allowed node serves ' + capability}"
         )
 
 

@@ -87,14 +87,17 @@ async def test_too_large_is_an_openai_413_naming_the_limit(synth: Door, size: in
         await front.stop()
 
 
-async def test_x_request_id_is_the_nats_id_within_the_tenant(synth: Door) -> None:
-    """A valid X-Request-Id is echoed and is the request id on NATS (scoped to the
-    caller's tenant); an id outside the contract's alphabet is echoed and replaced. The
-    front door hands requests to its gateway in-process: NATS sees them as dispatches."""
+async def test_without_api_keys_x_request_id_is_echoed_never_the_identity(
+    synth: Door,
+) -> None:
+    """Without API keys callers cannot be told apart: X-Request-Id is echoed, and the NATS
+    request id is always a fresh random one (so nobody reaches another caller's request by
+    reusing its id; with keys it is the identity within the tenant: test_request_id.py).
+    The front door hands requests to its gateway in-process: NATS sees the dispatches."""
     nc = await synth.fed.client()
     sub = await nc.subscribe("fed.node.*.infer")
     await nc.flush()
-    for given, used_on_nats in (("mine-1", True), ("mine-1", True), ("not valid!", False)):
+    for given, used_on_nats in (("mine-1", False), ("mine-1", False), ("not valid!", False)):
         headers = {"X-Request-Id": given, "traceparent": TRACE}
         async with synth.http.post(
             synth.base + "/v1/chat/completions", json=CHAT, headers=headers
@@ -221,3 +224,23 @@ async def test_a_closed_session_is_harmless(synth: Door) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(synth.base + "/v1/chat/completions", json=CHAT) as resp:
             assert resp.status == 200
+
+
+async def test_oversized_headers_are_a_json_431_and_never_a_traceback(
+    synth: Door, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Headers over fedgate's 32 KiB total: an OpenAI-shaped 431. A header line over
+    aiohttp's own 64 KiB limit is refused by its parser (plain 400, documented) with one
+    info line, not an error-level traceback that any client could repeat at will."""
+    url = synth.base + "/v1/chat/completions"
+    async with synth.http.post(url, json=CHAT, headers={"X-Big": "a" * 40_000}) as resp:
+        assert resp.status == 431 and resp.content_type == "application/json"
+        error = (await resp.json())["error"]
+    assert error["code"] == "headers_too_large" and "32768" in error["message"]
+    caplog.clear()
+    async with aiohttp.ClientSession() as fresh:
+        async with fresh.post(url, json=CHAT, headers={"X-Huge": "a" * 100_000}) as resp:
+            assert resp.status == 400
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.records  # no ERROR
+    status, answer = await synth.post("/v1/chat/completions", CHAT)  # still serving
+    assert status == 200, answer

@@ -54,3 +54,40 @@ async def test_same_x_request_id_two_tenants(nats_url: str) -> None:
         assert sc == 409 and c["error"]["code"] == "duplicate", c
         ran = sorted(d["request"]["input"] for d in node.work)
         assert ran == ["secret of a", "secret of b"], json.dumps(ran)
+
+
+async def test_same_x_request_id_without_api_keys_never_meets(nats_url: str) -> None:
+    """Anonymous callers (no API keys) cannot be told apart: two using the same
+    X-Request-Id both get their own answer, and a NATS caller reusing it meets neither
+    (the trial of issue 11 cancelled an HTTP caller's request by its id)."""
+    async with federation(nats_url) as fed:
+        gateway = await fed.gateway(GatewayConfig())
+        front = FrontDoor(gateway, port=0)
+        await front.start()
+        node = await RawNode(await fed.client(), "n1", slow_echo).start()
+        await fed.seen("n1")
+        nc = await fed.client()
+        base = f"http://127.0.0.1:{front.port}/v1/chat/completions"
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def call(text: str, delay: float) -> tuple[int, Any]:
+                    await asyncio.sleep(delay)  # sleep-ok: the second caller arrives later
+                    headers = {"X-Request-Id": "shared-2"}
+                    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+                    async with http.post(base, json=body, headers=headers) as resp:
+                        assert resp.headers["X-Request-Id"] == "shared-2"
+                        return resp.status, await resp.json()
+
+                async def cancel_by_id() -> None:
+                    await asyncio.sleep(0.2)  # sleep-ok: while both calls are in flight
+                    await nc.publish("fed.cancel.shared-2", b"")
+
+                (sa, a), (sb, b), _ = await asyncio.gather(
+                    call("first", 0.0), call("second", 0.1), cancel_by_id()
+                )
+        finally:
+            await front.stop()
+            await node.stop()
+        assert sa == 200 and a["choices"][0]["message"]["content"] == "ANSWER TO first"
+        assert sb == 200 and b["choices"][0]["message"]["content"] == "ANSWER TO second"
