@@ -71,9 +71,7 @@ class PolicyViolation(FedError):
 
     def __init__(self, capability: str = "", detail: str = "") -> None:
         self.capability = capability
-        super().__init__(
-            f"Policy violation: {detail or 'no allowed node serves ' + capability}"
-        )
+        super().__init__(f"Policy violation: {detail or 'no allowed node serves ' + capability}")
 
 
 class _CapabilityError(FedError):
