@@ -183,7 +183,22 @@ def stats_panel(d: Board) -> tuple[str, RenderableType]:
             f"{s['p99_latency_ms']}ms",
             str(s.get("in_flight", "-")),
         )
-    return "GATEWAY STATS", Group(lines, t)
+    return "GATEWAY STATS", Group(lines, t, *_limit_lines(ss))
+
+
+def _limit_lines(ss: list[dict[str, Any]]) -> list[Text]:
+    """Tenant limits, summed over the gateways: ``acme budget 9850/10000 (refused 3)``."""
+    used: dict[tuple[str, str], list[int]] = {}
+    for s in ss:
+        for x in s.get("limits") or []:
+            row = used.setdefault((str(x["tenant"]), str(x["limit"])), [0, int(x["max"]), 0])
+            row[0] += int(x["used"])
+            row[2] += int(x["refused"])
+    lines = []
+    for (tenant, limit), (n, top, refused) in sorted(used.items()):
+        style = "red" if refused else ""
+        lines.append(Text(f"Tenant {tenant} {limit}: {n}/{top} (refused {refused})", style))
+    return lines
 
 
 def policies_panel(d: Board) -> tuple[str, RenderableType]:

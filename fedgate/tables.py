@@ -102,7 +102,18 @@ def stats_table(replies: list[dict[str, Any]]) -> RenderableType:
             f"{s.get('healthy_nodes')}/{s.get('nodes')}",
         )
     errors = [_error_line(s) for s in replies if "error" in s]
-    return Group(t, *errors) if errors else t
+    parts: list[RenderableType] = [t]
+    limits = [
+        (s.get("gateway"), x) for s in replies if "error" not in s for x in s.get("limits", [])
+    ]
+    if limits:
+        cols = ["GATEWAY", "TENANT", "LIMIT", "MAX", "USED", "HELD", "REFUSED"]
+        lt = table(cols, numeric=cols[3:])
+        for gw, x in limits:
+            lt.add_row(*map(fmt, [gw, x["tenant"], x["limit"], x["max"], x["used"], x["held"]]),
+                       Text(fmt(x["refused"]), style="red" if x["refused"] else ""))  # fmt: skip
+        parts += [Text(), lt]
+    return Group(*parts, *errors) if len(parts) > 1 or errors else t
 
 
 def route_table(replies: list[dict[str, Any]]) -> RenderableType:

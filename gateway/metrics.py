@@ -42,9 +42,12 @@ class GatewayMetrics:
         *,
         load: Callable[[], m.GatewayLoad],
         fleet: Callable[[], m.NodesReply],
+        limits: Callable[[], list[m.TenantLimitView]] = list,
     ) -> None:
         self._read_load = load
         self._read_fleet = fleet
+        self._read_limits = limits
+        self._limits: list[m.TenantLimitView] = []
         self._load = m.GatewayLoad()
         self._fleet = m.NodesReply(gateway=gateway_id)
         self.registry = CollectorRegistry()
@@ -90,6 +93,19 @@ class GatewayMetrics:
             "fedgate.heartbeat.age", [self._heartbeat_age], unit="s",
             description="Seconds since each node's last heartbeat",
         )  # fmt: skip
+        gauge(
+            "fedgate.tenant.limit.used", [self._limit_used],
+            description="Per tenant and limit: requests/tokens handed out this window "
+            "(slots in use for concurrent), at this gateway",
+        )  # fmt: skip
+        gauge(
+            "fedgate.tenant.limit.max", [self._limit_max],
+            description="Per tenant and limit: the configured maximum (fleet-wide)",
+        )  # fmt: skip
+        counter(
+            "fedgate.tenant.refused", [self._limit_refused],
+            description="Requests answered 429 rate_limited, per tenant and limit",
+        )  # fmt: skip
         self._runner: web.AppRunner | None = None
         self._closed = False
 
@@ -121,6 +137,7 @@ class GatewayMetrics:
         """Take the read models this scrape reports."""
         self._load = self._read_load()
         self._fleet = self._read_fleet()
+        self._limits = self._read_limits()
 
     def _in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._load.in_flight)
@@ -147,6 +164,18 @@ class GatewayMetrics:
             if node.incarnation:  # a node registered through the API sends no heartbeats
                 age_s = round(node.heartbeat_age_ms / 1000, 3)
                 yield Observation(age_s, {"node": node.node_id})
+
+    def _limit_used(self, _: CallbackOptions) -> Iterable[Observation]:
+        for x in self._limits:
+            yield Observation(x.used, {"tenant": x.tenant, "limit": x.limit})
+
+    def _limit_max(self, _: CallbackOptions) -> Iterable[Observation]:
+        for x in self._limits:
+            yield Observation(x.max, {"tenant": x.tenant, "limit": x.limit})
+
+    def _limit_refused(self, _: CallbackOptions) -> Iterable[Observation]:
+        for x in self._limits:
+            yield Observation(x.refused, {"tenant": x.tenant, "limit": x.limit})
 
     # -- scrape endpoint -------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from gateway.limits import Pool, Ticket
 from shared import errors
 from shared.config import TenantLimits
 from shared.connection import RateLimitedLog
+from shared.messages import TenantLimitView
 
 log = logging.getLogger("fedgate.gateway")
 
@@ -284,6 +285,26 @@ class Limiter:
             self._noisy.warning("limits-store", f"tenant limits store failed: {exc!r}")
             return False
         return True
+
+    def views(self) -> list[TenantLimitView]:
+        """Each tenant's limits at this gateway, as the read model ``fed.gateway.stats``
+        and the metrics report."""
+        out = []
+        for tenant, pools in self.pools.items():
+            for p in pools:
+                p.roll(self.clock())
+                concurrent = p.kind == lim.CONCURRENT
+                out.append(
+                    TenantLimitView(
+                        tenant=tenant,
+                        limit=p.kind,
+                        max=p.limit,
+                        used=p.in_use if concurrent else p.used,
+                        held=p.free(),
+                        refused=p.refused,
+                    )
+                )
+        return out
 
     def settle(self, ticket: Ticket, used_tokens: int) -> None:
         """The request ended having used ``used_tokens`` (prompt + completion)."""

@@ -137,7 +137,10 @@ class GatewayService:
         if self.config.metrics_port is not None:
             from gateway.metrics import GatewayMetrics
 
-            self.metrics = GatewayMetrics(self.gateway_id, load=self.load, fleet=self.views.nodes)
+            self.metrics = GatewayMetrics(
+                self.gateway_id, load=self.load, fleet=self.views.nodes,
+                limits=lambda: self.views.limits(),
+            )  # fmt: skip
             stack.push_async_callback(self.metrics.close)
             self.recorder.metrics = self.metrics
         stack.push_async_callback(self.control.close)
@@ -177,6 +180,7 @@ class GatewayService:
         )
         stack.push_async_callback(limiter.close)
         self.engine.limiter = limiter
+        self.views.limits = limiter.views
 
     async def _subscribe(self) -> None:
         s, subscribe = self.subjects, self.nc.subscribe

@@ -63,6 +63,8 @@ class Views:
         self.load = load
         """The engine's live figures (in flight, queued, retries, failovers)."""
         self.clock = clock
+        self.limits: Callable[[], list[m.TenantLimitView]] = list
+        """Tenant limits at this gateway (the service sets it when limits are configured)."""
 
     def nodes(self) -> m.NodesReply:
         """``fed.gateway.nodes``: every node with its health, circuit and load."""
@@ -127,6 +129,7 @@ class Views:
             failovers=load.failovers,
             nodes=len(self.catalog.nodes()),
             healthy_nodes=self.health.healthy_count(),
+            limits=self.limits(),
         )
 
     def route(self, request: m.InferRequest) -> m.RouteReply:

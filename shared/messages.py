@@ -361,6 +361,20 @@ class GatewayLoad(Base, frozen=True, kw_only=True):
     """Streams continued on another node after chunks were relayed."""
 
 
+class TenantLimitView(Base, frozen=True, kw_only=True):
+    """One tenant's limit at one gateway (docs/tenants.md): ``limit`` is ``concurrent``,
+    ``rpm``, ``tpm`` or ``budget``; ``used`` what this gateway handed out in the current
+    window (requests or tokens; slots in use for ``concurrent``); ``held`` what it holds
+    of the fleet-wide allowance and has not handed out; ``refused`` its 429s so far."""
+
+    tenant: str
+    limit: str
+    max: int
+    used: int = 0
+    held: int = 0
+    refused: int = 0
+
+
 class StatsReply(Base, frozen=True, kw_only=True):
     """A gateway's answer on ``fed.gateway.stats`` (latencies in integer milliseconds)."""
 
@@ -384,6 +398,8 @@ class StatsReply(Base, frozen=True, kw_only=True):
     failovers: int = 0
     nodes: int = 0
     healthy_nodes: int = 0
+    limits: list[TenantLimitView] = []
+    """Tenant limits at this gateway (empty without ``tenant_limits``)."""
 
 
 class CandidateView(Base, frozen=True, kw_only=True):

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import msgspec
 import pytest
+from rich.console import Console
 
+from fedgate.tables import stats_table
 from shared import errors
+from shared import messages as m
 from shared.client import FedClient
 from shared.config import GatewayConfig, TenantLimits
 from shared.natsserver import NatsServer
 from tests.helpers import federation
+from worker.backends.synthetic import SyntheticBackend, SyntheticOptions
 
 MAX_TOKENS = 50
 
@@ -78,6 +83,17 @@ async def test_budget_holds_across_three_gateways_and_32_concurrent_callers(js_u
         # another tenant is not limited
         other = await clients[0].infer("generate", "hi", tenant_id="other")
         assert other.result.output
+        # visible in fed.gateway.stats (what `fedgate stats` and the dashboard show)
+        nc = await fed.client()
+        reply = m.stats_reply_decoder.decode((await nc.request("fed.gateway.stats", b"")).data)
+        assert [(x.tenant, x.limit, x.max) for x in reply.limits] == [("acme", "budget", budget)]
+        views = [x for gw in fed.gateways for x in gw.views.stats().limits]
+        assert sum(x.refused for x in views) == len(refused)
+        assert sum(x.used for x in views) >= used
+        text = Console(width=200, record=True)
+        text.print(stats_table([msgspec.to_builtins(reply)]))
+        shown = text.export_text()
+        assert "acme" in shown and "budget" in shown
 
 
 async def test_concurrency_limit_holds_across_gateways(js_url: str) -> None:
@@ -86,7 +102,8 @@ async def test_concurrency_limit_holds_across_gateways(js_url: str) -> None:
     async with federation(js_url) as fed:
         for _ in range(3):
             await fed.gateway(_config(TenantLimits(max_concurrent=4)))
-        node = await fed.node("w0", capacity=64)
+        slow = SyntheticBackend(SyntheticOptions(ttft_ms=50, token_interval_ms=5))
+        node = await fed.node("w0", slow, capacity=64)
         await fed.seen("w0")
         clients = [FedClient(await fed.client()) for _ in range(3)]
         peak = 0
