@@ -13,29 +13,22 @@ never lease more than a limit between them:
   renewed every ``lease_s / 3`` and shrink to what is in use plus one spare, so that a
   gateway that dies frees its slots within ``lease_s`` (10 s).
 
-If the store fails (JetStream down), requests are still admitted on what this gateway
-already holds; one that needs a lease is refused ``503 unavailable`` (a limit is never
-overshot because the store could not be asked; docs/tenants.md). ``LocalStore`` keeps
-the allowance in-process (one gateway, or ``limits_store = "local"``: each gateway
-enforces the limits alone).
+The stores are in gateway/quota_store.py: when the bucket does not answer (JetStream down
+or not enabled) the limits become this gateway's alone, with a warning, until it answers
+again — never unlimited, never a refusal of everything (docs/tenants.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Protocol
-
-from nats.aio.client import Client
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from gateway import limits as lim
 from gateway.limits import Pool, Ticket
+from gateway.quota_store import DegradingStore, KvStore, LeaseStore, LocalStore
 from shared import errors
 from shared.config import TenantLimits
 from shared.connection import RateLimitedLog
@@ -43,10 +36,6 @@ from shared.messages import TenantLimitView
 
 log = logging.getLogger("fedgate.gateway")
 
-BUCKET = "fedgate_limits"
-BUCKET_TTL_S = 2 * 86_400.0
-"""Keys live two days after their last write: longer than any window (at most a day)."""
-CAS_TRIES = 32
 LABELS = {
     lim.CONCURRENT: "concurrent requests",
     lim.RPM: "requests per minute",
@@ -59,132 +48,6 @@ _KEY_SAFE = re.compile(r"^[-_=A-Za-z0-9]{1,64}$")
 def key_tenant(tenant: str) -> str:
     """A tenant id as a key token (ids with other characters are hex-encoded)."""
     return tenant if _KEY_SAFE.match(tenant) else "x" + tenant.encode().hex()[:120]
-
-
-class LeaseStore(Protocol):
-    """Where gateways share allowances."""
-
-    async def take(self, key: str, want: int, limit: int) -> int:
-        """Lease up to ``want`` units of ``key`` (never beyond ``limit`` in total)."""
-
-    async def give(self, key: str, amount: int) -> None:
-        """Return ``amount`` unused units of ``key``."""
-
-    async def add(self, key: str, amount: int) -> None:
-        """Add ``amount`` to the counter ``key`` (what was spent)."""
-
-    async def read(self, key: str) -> int:
-        """The counter ``key`` (0 when absent)."""
-
-    async def hold(self, key: str, holder: str, total: int, limit: int, lease_s: float) -> int:
-        """Set ``holder``'s held slots to at most ``total`` (others' unexpired holds
-        count against ``limit``) for ``lease_s``; returns the slots held."""
-
-
-class LocalStore:
-    """The allowance in this process (one gateway, or each gateway alone)."""
-
-    def __init__(self) -> None:
-        self.counters: dict[str, int] = {}
-
-    async def take(self, key: str, want: int, limit: int) -> int:
-        used = self.counters.get(key, 0)
-        grant = max(0, min(want, limit - used))
-        self.counters[key] = used + grant
-        return grant
-
-    async def give(self, key: str, amount: int) -> None:
-        self.counters[key] = max(0, self.counters.get(key, 0) - amount)
-
-    async def add(self, key: str, amount: int) -> None:
-        self.counters[key] = self.counters.get(key, 0) + amount
-
-    async def read(self, key: str) -> int:
-        return self.counters.get(key, 0)
-
-    async def hold(self, key: str, holder: str, total: int, limit: int, lease_s: float) -> int:
-        return max(0, min(total, limit))
-
-
-class KvStore:
-    """The allowance in the JetStream key-value bucket ``fedgate_limits`` (CAS updates)."""
-
-    def __init__(self, kv: KeyValue, clock: Callable[[], float] = time.time) -> None:
-        self.kv = kv
-        self.clock = clock
-
-    @classmethod
-    async def open(cls, nc: Client) -> KvStore:
-        """Bind the bucket, creating it on first use; raises ``errors.Unavailable`` with
-        a hint when JetStream is not enabled on the server."""
-        js = nc.jetstream()
-        try:
-            try:
-                kv = await js.key_value(BUCKET)
-            except BucketNotFoundError:
-                kv = await js.create_key_value(bucket=BUCKET, history=1, ttl=BUCKET_TTL_S)
-        except Exception as exc:
-            raise errors.Unavailable(
-                f"tenant limits need JetStream (nats-server -js) for the {BUCKET} bucket, or "
-                f'limits_store = "local" (each gateway alone): {exc!r}'
-            ) from exc
-        return cls(kv)
-
-    async def _read(self, key: str) -> tuple[bytes, int | None]:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return b"", None
-        return entry.value or b"", entry.revision
-
-    async def _write(self, key: str, value: bytes, revision: int | None) -> bool:
-        """Compare-and-set; False when another gateway wrote first."""
-        try:
-            if revision is None:
-                await self.kv.create(key, value)
-            else:
-                await self.kv.update(key, value, last=revision)
-        except KeyWrongLastSequenceError:
-            return False
-        return True
-
-    async def take(self, key: str, want: int, limit: int) -> int:
-        for _ in range(CAS_TRIES):
-            raw, rev = await self._read(key)
-            used = int(raw or b"0")
-            grant = max(0, min(want, limit - used))
-            if grant == 0:
-                return 0
-            if await self._write(key, str(used + grant).encode(), rev):
-                return grant
-        raise errors.Unavailable(f"limits bucket: {key} too contended")
-
-    async def give(self, key: str, amount: int) -> None:
-        await self.add(key, -amount)
-
-    async def add(self, key: str, amount: int) -> None:
-        for _ in range(CAS_TRIES):
-            raw, rev = await self._read(key)
-            value = max(0, int(raw or b"0") + amount)
-            if await self._write(key, str(value).encode(), rev):
-                return
-
-    async def read(self, key: str) -> int:
-        raw, _ = await self._read(key)
-        return int(raw or b"0")
-
-    async def hold(self, key: str, holder: str, total: int, limit: int, lease_s: float) -> int:
-        for _ in range(CAS_TRIES):
-            raw, rev = await self._read(key)
-            now = self.clock()
-            holds: dict[str, list[float]] = json.loads(raw) if raw else {}
-            live = {g: v for g, v in holds.items() if v[1] > now and g != holder}
-            others = sum(int(v[0]) for v in live.values())
-            granted = max(0, min(total, limit - others))
-            live[holder] = [granted, now + lease_s]
-            if await self._write(key, json.dumps(live).encode(), rev):
-                return granted
-        raise errors.Unavailable(f"limits bucket: {key} too contended")
 
 
 class Limiter:
@@ -365,3 +228,6 @@ class Limiter:
                         pool.balance = 0
                 except Exception as exc:  # the store is gone: nothing to give back to
                     log.debug("could not give back %s: %r", pool.key(), exc)
+
+
+__all__ = ["DegradingStore", "KvStore", "LeaseStore", "Limiter", "LocalStore", "key_tenant"]

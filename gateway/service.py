@@ -38,7 +38,8 @@ from gateway.fleet import Fleet
 from gateway.handlers import Intake
 from gateway.health import HealthChecker, HealthConfig
 from gateway.membership import Membership
-from gateway.quota import KvStore, LeaseStore, Limiter, LocalStore
+from gateway.quota import Limiter
+from gateway.quota_store import DegradingStore, LeaseStore, LocalStore
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.router import LoadBalanceStrategy, Router, RouterConfig
@@ -165,16 +166,14 @@ class GatewayService:
         self._spawn(self.membership.probe_loop(self.config.probe_interval_s), "prober")
 
     async def _limits(self, stack: contextlib.AsyncExitStack) -> None:
-        """Tenant limits, when configured: their store (raises ``errors.Unavailable`` when
-        ``limits_store = "kv"`` and JetStream is off), given back on stop."""
+        """Tenant limits, when configured: their store (``kv``: the JetStream bucket, or
+        this gateway alone while it does not answer, with a warning), given back on stop."""
         cfg = self.config
         if not cfg.tenant_limits:
             return
         if cfg.limits_store not in ("kv", "local"):
             raise ValueError(f"limits_store must be kv or local, not {cfg.limits_store!r}")
-        store: LeaseStore = (
-            LocalStore() if cfg.limits_store == "local" else await KvStore.open(self.nc)
-        )
+        store: LeaseStore = LocalStore() if cfg.limits_store == "local" else DegradingStore(self.nc)
         limiter = Limiter(
             cfg.tenant_limits, store, self.gateway_id, default_max_tokens=cfg.default_max_tokens
         )

@@ -135,7 +135,30 @@ async def test_concurrency_limit_holds_across_gateways(js_url: str) -> None:
         assert outcomes.count("ok") >= 4 and set(outcomes) <= {"ok", "429"}
 
 
-async def test_without_jetstream_the_gateway_says_what_is_missing(nats_url: str) -> None:
+async def test_without_jetstream_limits_hold_per_gateway_with_a_warning(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No JetStream (the bucket cannot be reached): the gateway still starts and enforces
+    each limit on its own, with one warning: never unlimited, never refusing everything."""
     async with federation(nats_url) as fed:
-        with pytest.raises(errors.Unavailable, match="JetStream"):
-            await fed.gateway(_config(TenantLimits(max_concurrent=1)))
+        gw = await fed.gateway(_config(TenantLimits(max_concurrent=2)))
+        slow = SyntheticBackend(SyntheticOptions(ttft_ms=300))
+        await fed.node("w0", slow, capacity=64)
+        await fed.seen("w0")
+        client = FedClient(await fed.client())
+
+        async def ask() -> str:
+            try:
+                await client.infer("generate", "hi", tenant_id="acme")
+                return "ok"
+            except errors.RateLimited:
+                return "429"
+
+        outcomes = await asyncio.gather(*(ask() for _ in range(5)))
+        assert sorted(outcomes) == ["429", "429", "429", "ok", "ok"], outcomes
+        assert gw.engine.limiter is not None and gw.engine.limiter.store.degraded  # type: ignore[attr-defined]
+        warnings = [
+            r for r in caplog.records if "each gateway enforces the limits alone" in r.message
+        ]
+        assert len(warnings) == 1
+        assert await ask() == "ok"  # slots come back
