@@ -22,8 +22,8 @@ from shared.client import FedClient
 from shared.messages import QoS
 from shared.natsserver import NatsServer
 from tests.helpers import connect, eventually, federation
-from tests.llm.conftest import free_port
 from tests.integration.test_protocol import fast
+from tests.llm.conftest import free_port
 
 REGIONS = ("us", "eu")
 
