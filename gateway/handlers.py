@@ -82,6 +82,10 @@ class Intake:
             await refuse(reply, errors.BadRequest("body is not a JSON object"), msg.headers)
             return
         request = msgspec.structs.replace(request, capability=capability)
+        if request.tenant_id == m.ANONYMOUS_HTTP_TENANT:
+            why = f"tenant_id {m.ANONYMOUS_HTTP_TENANT} is reserved for the HTTP front door"
+            await refuse(reply, errors.BadRequest(why), msg.headers)
+            return
         if request.stream:
             refused = refusal(request)
             if refused is not None:
@@ -147,6 +151,8 @@ class Intake:
                 tenant = m.cancel_request_decoder.decode(msg.data).tenant_id or ""
             except msgspec.DecodeError:
                 return
+        if tenant == m.ANONYMOUS_HTTP_TENANT:
+            return  # reserved for the front door's callers: not a NATS caller's to cancel
         flight = self.engine.by_ident.get((tenant, self.subjects.last_token(msg.subject)))
         if flight is not None:
             await self.engine.cancel(flight)

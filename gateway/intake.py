@@ -91,18 +91,16 @@ def split_chat(messages: list[Any]) -> tuple[str, list[Any], list[list[int]]]:
 
 
 def fields(headers: Mapping[str, str], req: schema.Request, tenant: str | None) -> dict[str, Any]:
-    """The NATS request fields common to every endpoint. With API keys, the request id is
-    the client's ``X-Request-Id`` when it is a valid one — an identity within the caller's
-    tenant only (docs/protocol.md, "Request identity"): another API key's requests never
-    collide with it. Otherwise (no key: callers cannot be told apart, nor from untenanted
-    NATS callers) it is a fresh random one, so that no caller reaches another's request
-    by guessing or reusing its id."""
+    """The NATS request fields common to every endpoint. The request id is the client's
+    ``X-Request-Id`` when it is a valid one — an identity within the caller's tenant only
+    (docs/protocol.md, "Request identity"): another API key's requests never collide with
+    it — else a fresh one. Without API keys the tenant is ``ANONYMOUS_HTTP_TENANT``, which
+    no NATS caller may claim: HTTP ids never meet untenanted NATS callers'."""
     given = headers.get(CLIENT_REQUEST_ID, "")
-    own = tenant is not None and _REQUEST_ID.match(given)
     out: dict[str, Any] = {
-        "request_id": given if own else secrets.token_hex(8),
+        "request_id": given if _REQUEST_ID.match(given) else secrets.token_hex(8),
         "model": req.model,
-        "tenant_id": tenant,
+        "tenant_id": m.ANONYMOUS_HTTP_TENANT if tenant is None else tenant,
     }
     if req.qos is not None:
         out["qos"] = req.qos

@@ -88,6 +88,12 @@ class QoS(Base, frozen=True, kw_only=True):
 DEFAULT_QOS = QoS()
 
 
+ANONYMOUS_HTTP_TENANT = "http-anonymous"
+"""The tenant of HTTP callers when the front door has no API keys: their request ids
+live apart from untenanted NATS callers'. Reserved: over NATS it is a ``400`` (a NATS
+caller cannot reach, cancel or collide with their requests)."""
+
+
 class InferRequest(Base, frozen=True, kw_only=True):
     """A request body published on ``infer.<capability>``."""
 

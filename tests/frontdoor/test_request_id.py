@@ -56,10 +56,10 @@ async def test_same_x_request_id_two_tenants(nats_url: str) -> None:
         assert ran == ["secret of a", "secret of b"], json.dumps(ran)
 
 
-async def test_same_x_request_id_without_api_keys_never_meets(nats_url: str) -> None:
-    """Anonymous callers (no API keys) cannot be told apart: two using the same
-    X-Request-Id both get their own answer, and a NATS caller reusing it meets neither
-    (the trial of issue 11 cancelled an HTTP caller's request by its id)."""
+async def test_without_api_keys_nats_callers_never_meet_http_ids(nats_url: str) -> None:
+    """No API keys: a NATS caller reusing an HTTP caller's id (untenanted, or claiming the
+    reserved tenant) neither collides with nor cancels it (the trial of issue 11
+    cancelled an HTTP caller's request by its id)."""
     async with federation(nats_url) as fed:
         gateway = await fed.gateway(GatewayConfig())
         front = FrontDoor(gateway, port=0)
@@ -71,23 +71,32 @@ async def test_same_x_request_id_without_api_keys_never_meets(nats_url: str) -> 
         try:
             async with aiohttp.ClientSession() as http:
 
-                async def call(text: str, delay: float) -> tuple[int, Any]:
-                    await asyncio.sleep(delay)  # sleep-ok: the second caller arrives later
+                async def call() -> tuple[int, Any]:
                     headers = {"X-Request-Id": "shared-2"}
-                    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+                    body = {"model": "m", "messages": [{"role": "user", "content": "mine"}]}
                     async with http.post(base, json=body, headers=headers) as resp:
                         assert resp.headers["X-Request-Id"] == "shared-2"
                         return resp.status, await resp.json()
 
-                async def cancel_by_id() -> None:
-                    await asyncio.sleep(0.2)  # sleep-ok: while both calls are in flight
+                async def meddle() -> tuple[Any, Any]:
+                    await asyncio.sleep(0.2)  # sleep-ok: while the HTTP call is in flight
                     await nc.publish("fed.cancel.shared-2", b"")
+                    reserved = json.dumps({"tenant_id": "http-anonymous"}).encode()
+                    await nc.publish("fed.cancel.shared-2", reserved)
+                    own = json.dumps({"input": "theirs", "request_id": "shared-2"}).encode()
+                    other = await nc.request("infer.generate", own, timeout=5)
+                    claim = json.dumps(
+                        {"input": "x", "request_id": "shared-3", "tenant_id": "http-anonymous"}
+                    ).encode()
+                    refused = await nc.request("infer.generate", claim, timeout=5)
+                    return other, refused
 
-                (sa, a), (sb, b), _ = await asyncio.gather(
-                    call("first", 0.0), call("second", 0.1), cancel_by_id()
-                )
+                (status, answer), (other, refused) = await asyncio.gather(call(), meddle())
         finally:
             await front.stop()
             await node.stop()
-        assert sa == 200 and a["choices"][0]["message"]["content"] == "ANSWER TO first"
-        assert sb == 200 and b["choices"][0]["message"]["content"] == "ANSWER TO second"
+        assert status == 200 and answer["choices"][0]["message"]["content"] == "ANSWER TO mine"
+        assert not (other.headers or {}).get("Fed-Error"), other.headers
+        assert json.loads(other.data)["output"] == "ANSWER TO theirs"
+        assert (refused.headers or {}).get("Fed-Error") == "bad_request", refused.headers
+        assert "reserved" in (refused.headers or {}).get("Nats-Service-Error", "")
