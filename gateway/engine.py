@@ -24,14 +24,14 @@ from typing import Any
 
 from gateway.core import steps
 from gateway.core.cooldown import Cooldowns
-from gateway.core.flight import ATTEMPT, DONE, QUEUED, Flight
+from gateway.core.flight import ATTEMPT, DONE, NEW, QUEUED, Flight
 from gateway.core.lifecycle import Lifecycle, answered_tokens
 from gateway.core.steps import ROUTE, Failure, Step
 from gateway.core.table import FlightTable
 from gateway.fleet import Fleet
 from gateway.outcome import Blame
 from gateway.recorder import Recorder
-from gateway.wire import Wire, dispatch_body, error_headers, ok_headers, trace_of
+from gateway.wire import Wire, direct_reply, dispatch_body, error_headers, ok_headers, trace_of
 from shared import errors
 from shared import messages as m
 from shared.headers import TRACEPARENT
@@ -54,6 +54,7 @@ class Engine:
         request_timeout_s: float,
         spawn: Spawn,
         clock: Callable[[], float],
+        direct: bool = True,
     ) -> None:
         self.fleet = fleet
         self.wire = wire
@@ -62,6 +63,8 @@ class Engine:
         self.spawn = spawn
         self.clock = clock
         self.request_timeout_s = request_timeout_s
+        self.direct = direct
+        """Ask nodes to answer NATS callers directly (docs/protocol.md, "Direct replies")."""
         self.table = table
         self.inbox = table.inbox
         """Prefix of every flight's reply subjects (``<inbox>.<key>.<tag>``)."""
@@ -100,9 +103,11 @@ class Engine:
 
         The caller is a NATS ``reply`` subject or an in-process ``sink`` queue.
         """
+        t0 = time.perf_counter_ns()
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.request_timeout_s
         flight = self.table.open(request, raw, request_id, reply, self.clock(), timeout_s, digest)
         flight.sink = sink
+        flight.t0_ns = t0
         if headers and TRACEPARENT in headers:
             flight.trace_headers = trace_of(headers)
         self.recorder.accepted(flight, subject, headers)
@@ -170,12 +175,17 @@ class Engine:
         if span is not None:
             self.recorder.routed(span, node.node_id, candidate.score)
         now = self.clock()
+        fresh = flight.phase is NEW
         attempt = flight.start_attempt(node.node_id, candidate.score, now, self.epoch)
         self.fleet.hold(node.node_id)
         subject = self.wire.subjects.node_infer(node.node_id)
         failover = resume is not None
         headers = self.recorder.dispatched(flight, attempt, node.region, subject, failover)
-        body = dispatch_body(flight, attempt, resume, max(1, int((flight.deadline - now) * 1000)))
+        direct = b""  # a NATS caller: the node answers it itself, relay.py reads copies
+        if self.direct and flight.sink is None and flight.reply:
+            direct = direct_reply(flight, attempt, fresh)
+        remaining_ms = max(1, int((flight.deadline - now) * 1000))
+        body = dispatch_body(flight, attempt, resume, remaining_ms, direct)
         try:
             await self.wire.dispatch(subject, flight, attempt, body, headers)
         except Exception as exc:  # disconnected with a full buffer, closed, ...
@@ -243,9 +253,14 @@ class Engine:
     # -- answers -----------------------------------------------------------------------------
 
     async def finish_ok(
-        self, flight: Flight, data: bytes, node_headers: dict[str, str] | None
+        self,
+        flight: Flight,
+        data: bytes,
+        node_headers: dict[str, str] | None,
+        delivered: bool = False,
     ) -> None:
-        """The node finished: answer the caller with its result or terminal message."""
+        """The node finished: answer the caller with its result or terminal message
+        (``delivered``: the node answered the caller itself, direct reply)."""
         t0 = time.perf_counter_ns()
         if flight.phase is DONE:
             return
@@ -254,7 +269,8 @@ class Engine:
         self.release(flight, success=True, tokens=tokens)
         hdrs = ok_headers(flight, node_headers, tokens, t0)
         self._close(flight, None, tokens)
-        await self.wire.answer(flight, data, hdrs)
+        if not delivered:
+            await self.wire.answer(flight, data, hdrs)
         self.recorder.answered(flight, "ok", tokens)
 
     async def finish_error(self, flight: Flight, error: errors.FedError) -> None:

@@ -14,7 +14,12 @@ holding its request is still alive whenever it has been silent for ``liveness_s`
 once when that gateway is gone). A request that lost its gateway, or that no gateway
 answered, before any output is resent with the same ``request_id`` through another
 gateway of the queue group (tenacity); a stream that lost its gateway after output
-ends with ``Interrupted`` rather than repeating chunks.
+ends with ``Interrupted`` rather than repeating chunks, unless its node answers it
+directly (docs/protocol.md, "Direct replies"): then it goes on while the node's chunks
+keep coming (``direct_grace_s`` of silence at most), and may finish without its gateway.
+A direct stream's chunks carry their dispatch's ``attempt``: a chunk already received,
+a late chunk of an attempt given up on, and an older attempt's success terminal after a
+newer attempt's chunks are dropped.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class FedClient:
         own_connection: bool = False,
         liveness_s: float = 0.5,
         ack_timeout_s: float = 2.0,
+        direct_grace_s: float = 2.0,
     ) -> None:
         self.nc = nc
         self.subjects = subjects or Subjects()
@@ -83,6 +89,8 @@ class FedClient:
         """Silence after which the client checks that its gateway is still there."""
         self.ack_timeout_s = ack_timeout_s
         """How long to wait for a gateway to acknowledge a request before resending."""
+        self.direct_grace_s = direct_grace_s
+        """Silence a direct stream waits through once its gateway is gone."""
         self._own = own_connection
         self._inbox = ""
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
@@ -249,6 +257,8 @@ class _Call:
         self.token = ""
         self.liveness: str | None = None
         self.gateway = ""
+        self.direct = False
+        """A node answers this call directly: it may finish without its gateway."""
         self._sends = 0
         self._loop = asyncio.get_running_loop()
         self._expires = self._loop.time() + self.deadline_s
@@ -289,10 +299,12 @@ class _Call:
                 lost = await self._check_gateway()
                 if lost is None:
                     continue
+                # An answer sent just before the gateway forgot the request may still be on
+                # its way (another subscription), or a node answers us directly and may
+                # finish without the gateway: give it a moment first.
+                grace = self.client.direct_grace_s if self.direct else self.client.liveness_s
                 try:
-                    # An answer sent just before the gateway forgot the request may still
-                    # be on its way (another subscription): give it a moment first.
-                    msg = await asyncio.wait_for(self.queue.get(), self.client.liveness_s)
+                    msg = await asyncio.wait_for(self.queue.get(), min(grace, remaining))
                 except TimeoutError:
                     raise errors.Unavailable(lost) from None
             hdrs = msg.headers
@@ -390,19 +402,22 @@ class Stream:
             headers = telemetry.inject(self._span, headers)
         call = self._call = _Call(self.client, subject, self.request, headers)
         parts: list[str] = []
+        latest = 0  # the newest attempt whose chunks came directly from its node
         try:
             msg = await call.first()
             while True:
                 if not msg.data:
-                    self._finish(msg)
-                    return
-                chunk = m.chunk_decoder.decode(msg.data)
-                if chunk.seq != len(parts) + 1:
-                    raise errors.Interrupted(
-                        f"chunk {len(parts) + 1} of {self.request_id} lost (got seq {chunk.seq})"
-                    )
-                parts.append(chunk.text)
-                yield chunk
+                    if not _stale_terminal(msg, latest):
+                        self._finish(msg)
+                        return
+                else:
+                    chunk = m.direct_chunk_decoder.decode(msg.data)
+                    if _take(chunk, len(parts), latest):
+                        if chunk.attempt:
+                            latest = chunk.attempt
+                            call.direct = True
+                        parts.append(chunk.text)
+                        yield chunk
                 try:
                     msg = await call.next()
                 except errors.Unavailable as exc:
@@ -445,3 +460,35 @@ class Stream:
         """Cancel this request (the gateway answers ``cancelled`` and the node stops)."""
         if not self._finished:
             await self.client.cancel(self.request_id, self.request.tenant_id)
+
+
+def _take(chunk: m.DirectChunk, have: int, latest: int) -> bool:
+    """Whether a stream that has ``have`` chunks takes ``chunk`` (``latest``: the newest
+    attempt seen on a direct chunk); raises ``Interrupted`` when the stream cannot go on.
+
+    Dropped: a chunk already received (a late duplicate) and a chunk of an older attempt
+    than one already heard from (its node was given up on). A gap, or a newer attempt
+    resuming before what this stream already holds (the gateway failed over without
+    seeing everything the caller got), ends the stream.
+    """
+    if chunk.attempt and chunk.attempt < latest:
+        return False
+    if chunk.seq <= have:
+        if chunk.attempt > latest > 0 or (chunk.attempt and not latest and have):
+            raise errors.Interrupted(
+                f"attempt {chunk.attempt} resumed at chunk {chunk.seq}, after {have} received"
+            )
+        return False
+    if chunk.seq != have + 1:
+        raise errors.Interrupted(f"chunk {have + 1} lost (got seq {chunk.seq})")
+    return True
+
+
+def _stale_terminal(msg: Msg, latest: int) -> bool:
+    """A success terminal of an attempt older than one whose chunks came since (its node
+    finished directly after the gateway had failed over): not this stream's end."""
+    hdrs = msg.headers
+    if not latest or not hdrs or hdrs.get(h.STATUS) != "ok":
+        return False
+    attempts = hdrs.get(h.ATTEMPTS, "")
+    return attempts.isdigit() and int(attempts) < latest

@@ -95,6 +95,10 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     two choices over latency and load spreads identical nodes evenly."""
     decisions: bool = True
     """Publish each routing decision on ``fed.decisions``."""
+    direct_replies: bool = True
+    """Nodes answer NATS callers directly (the gateway observes a copy; needs nodes
+    allowed to publish to callers' inboxes); off: every reply is relayed by the gateway
+    (docs/protocol.md, "Direct replies")."""
     access_log: bool = False
     """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0
