@@ -118,8 +118,8 @@ class DirectReply(Base, frozen=True, kw_only=True):
     A node that reads it publishes its chunks and its success answer to ``to`` (chunks
     numbered from ``seq_from + 1``, each a ``DirectChunk`` with the dispatch's attempt),
     and a copy of each, without a reply subject, to ``observe`` (copy first, then the
-    caller). Errors still go to the dispatch's reply subject. A node that ignores it answers the dispatch's reply
-    subject as before, and the gateway relays."""
+    caller). Errors still go to the dispatch's reply subject. A node that ignores it
+    answers the dispatch's reply subject as before, and the gateway relays."""
 
     to: str
     """The caller's reply subject."""

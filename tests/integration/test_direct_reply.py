@@ -58,7 +58,9 @@ async def counted_gateway(fed: Federation, config: GatewayConfig) -> Counted:
     counts: collections.Counter[str] = collections.Counter()
     publish = nc.publish
 
-    async def counting(subject: str, payload: bytes = b"", reply: str = "", headers: Any = None) -> None:
+    async def counting(
+        subject: str, payload: bytes = b"", reply: str = "", headers: Any = None
+    ) -> None:
         counts[subject] += 1
         await publish(subject, payload, reply=reply, headers=headers)
 
@@ -163,7 +165,9 @@ async def test_a_fedclient_stream_and_the_caller_going_away(fed: Federation, nc:
     assert text == expected_text("m", "via client", None, 12)
     assert (s.served_by, s.tokens, s.attempts) == ("n1", 12, 1)
     # A caller that leaves: its node learns it from NATS and tells the gateway (probe).
-    call = await StreamCall.open(nc, "infer.generate", {"stream": True, "params": {"max_tokens": 500}})
+    call = await StreamCall.open(
+        nc, "infer.generate", {"stream": True, "params": {"max_tokens": 500}}
+    )
     await call.until_chunks(2)
     await call.sub.unsubscribe()
     await eventually(lambda: not node._jobs, 3, "the node's job was cancelled")
