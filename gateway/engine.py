@@ -267,9 +267,9 @@ class Engine:
         node_headers = node_headers or {}
         tokens = answered_tokens(flight, node_headers, data)
         self.release(flight, success=True, tokens=tokens)
-        hdrs = ok_headers(flight, node_headers, tokens, t0)
+        hdrs = None if delivered else ok_headers(flight, node_headers, tokens, t0)
         self._close(flight, None, tokens)
-        if not delivered:
+        if hdrs is not None:
             await self.wire.answer(flight, data, hdrs)
         self.recorder.answered(flight, "ok", tokens)
 

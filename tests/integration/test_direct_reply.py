@@ -25,7 +25,7 @@ from shared.config import GatewayConfig
 from tests.helpers import Federation, eventually, federation
 from tests.integration.test_protocol import StreamCall, ask, assert_ok_result, fast, slow
 from tests.rawnode import RawNode, echo
-from worker.backends.synthetic import expected_text
+from worker.backends.synthetic import SyntheticBackend, SyntheticOptions, expected_text
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TOKENS = 50
@@ -172,6 +172,28 @@ async def test_a_fedclient_stream_and_the_caller_going_away(fed: Federation, nc:
     await call.sub.unsubscribe()
     await eventually(lambda: not node._jobs, 3, "the node's job was cancelled")
     await eventually(lambda: svc.in_flight == 0, 2, "the gateway forgot the request")
+
+
+async def test_a_direct_stream_fails_over_mid_stream_as_one_sequence(
+    fed: Federation, nc: Client
+) -> None:
+    """The first node fails after 4 chunks (its error goes to the gateway); the second,
+    told ``seq_from`` 4 and the resume, goes on at seq 5, to the caller directly."""
+    gw = await counted_gateway(fed, fast())
+    failing = SyntheticBackend(SyntheticOptions(fail_after_tokens=4, token_interval_ms=5))
+    await fed.node("bad", failing, cost=0.0, models={"m": ("generate",)})
+    await fed.seen("bad")
+    await fed.node("good", slow(5), cost=1.0, models={"m": ("generate",)})
+    await fed.seen("good")
+    body = {"input": "over", "stream": True, "params": {"max_tokens": 12, "seed": 4}}
+    call = await StreamCall.open(nc, "infer.generate", body)
+    terminal = await call.finish()
+    call.assert_contiguous()
+    assert call.text == expected_text("m", "over", 4, 12)
+    assert [c["attempt"] for c in call.chunks] == [1] * 4 + [2] * 8
+    hdrs = terminal.headers or {}
+    assert (hdrs["Fed-Served-By"], hdrs["Fed-Attempts"], hdrs["Fed-Tokens"]) == ("good", "2", "12")
+    assert gw.counts[call.sub.subject] == 0 and gw.svc.failovers == 1
 
 
 # -- the client's rules (shared/client.py), on their own ------------------------------
