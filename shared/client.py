@@ -43,6 +43,7 @@ from shared import headers as h
 from shared import messages as m
 from shared.config import NatsConfig
 from shared.connection import connect
+from shared.streams import stale_terminal, take
 from shared.subjects import Subjects
 
 
@@ -407,12 +408,12 @@ class Stream:
             msg = await call.first()
             while True:
                 if not msg.data:
-                    if not _stale_terminal(msg, latest):
+                    if not stale_terminal(msg, latest):
                         self._finish(msg)
                         return
                 else:
                     chunk = m.direct_chunk_decoder.decode(msg.data)
-                    if _take(chunk, len(parts), latest):
+                    if take(chunk, len(parts), latest):
                         if chunk.attempt:
                             latest = chunk.attempt
                             call.direct = True
@@ -460,35 +461,3 @@ class Stream:
         """Cancel this request (the gateway answers ``cancelled`` and the node stops)."""
         if not self._finished:
             await self.client.cancel(self.request_id, self.request.tenant_id)
-
-
-def _take(chunk: m.DirectChunk, have: int, latest: int) -> bool:
-    """Whether a stream that has ``have`` chunks takes ``chunk`` (``latest``: the newest
-    attempt seen on a direct chunk); raises ``Interrupted`` when the stream cannot go on.
-
-    Dropped: a chunk already received (a late duplicate) and a chunk of an older attempt
-    than one already heard from (its node was given up on). A gap, or a newer attempt
-    resuming before what this stream already holds (the gateway failed over without
-    seeing everything the caller got), ends the stream.
-    """
-    if chunk.attempt and chunk.attempt < latest:
-        return False
-    if chunk.seq <= have:
-        if chunk.attempt > latest > 0 or (chunk.attempt and not latest and have):
-            raise errors.Interrupted(
-                f"attempt {chunk.attempt} resumed at chunk {chunk.seq}, after {have} received"
-            )
-        return False
-    if chunk.seq != have + 1:
-        raise errors.Interrupted(f"chunk {have + 1} lost (got seq {chunk.seq})")
-    return True
-
-
-def _stale_terminal(msg: Msg, latest: int) -> bool:
-    """A success terminal of an attempt older than one whose chunks came since (its node
-    finished directly after the gateway had failed over): not this stream's end."""
-    hdrs = msg.headers
-    if not latest or not hdrs or hdrs.get(h.STATUS) != "ok":
-        return False
-    attempts = hdrs.get(h.ATTEMPTS, "")
-    return attempts.isdigit() and int(attempts) < latest

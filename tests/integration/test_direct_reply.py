@@ -20,8 +20,9 @@ from nats.aio.msg import Msg
 from gateway.service import GatewayService
 from shared import errors
 from shared import messages as m
-from shared.client import FedClient, _stale_terminal, _take
+from shared.client import FedClient
 from shared.config import GatewayConfig
+from shared.streams import stale_terminal, take
 from tests.helpers import Federation, eventually, federation
 from tests.integration.test_protocol import StreamCall, ask, assert_ok_result, fast, slow
 from tests.rawnode import RawNode, echo
@@ -204,27 +205,27 @@ def chunk(seq: int, attempt: int = 0) -> m.DirectChunk:
 
 
 def test_the_client_takes_the_next_chunk_and_drops_repeats_and_stale_attempts() -> None:
-    assert _take(chunk(1, 1), 0, 0)
-    assert _take(chunk(3, 2), 2, 1)  # a failover: the new attempt goes on at 3
-    assert not _take(chunk(2, 1), 2, 1)  # a repeat
-    assert not _take(chunk(4, 1), 3, 2)  # a late chunk of the attempt given up on
-    assert _take(chunk(3), 2, 0)  # relayed chunks carry no attempt
+    assert take(chunk(1, 1), 0, 0)
+    assert take(chunk(3, 2), 2, 1)  # a failover: the new attempt goes on at 3
+    assert not take(chunk(2, 1), 2, 1)  # a repeat
+    assert not take(chunk(4, 1), 3, 2)  # a late chunk of the attempt given up on
+    assert take(chunk(3), 2, 0)  # relayed chunks carry no attempt
 
 
 def test_the_client_ends_a_stream_it_cannot_continue() -> None:
     with pytest.raises(errors.Interrupted):
-        _take(chunk(4, 1), 2, 1)  # a gap
+        take(chunk(4, 1), 2, 1)  # a gap
     with pytest.raises(errors.Interrupted):
-        _take(chunk(3, 2), 3, 1)  # attempt 2 resumed before what the caller holds
+        take(chunk(3, 2), 3, 1)  # attempt 2 resumed before what the caller holds
 
 
 def test_an_older_attempts_success_terminal_is_not_the_end() -> None:
     def terminal(attempts: str) -> Msg:
         return Msg(None, subject="x", headers={"Fed-Status": "ok", "Fed-Attempts": attempts})  # type: ignore[arg-type]
 
-    assert _stale_terminal(terminal("1"), 2)
-    assert not _stale_terminal(terminal("2"), 2)
-    assert not _stale_terminal(terminal("1"), 0)
+    assert stale_terminal(terminal("1"), 2)
+    assert not stale_terminal(terminal("2"), 2)
+    assert not stale_terminal(terminal("1"), 0)
 
 
 def test_the_dispatch_offers_direct_and_an_old_decoder_ignores_it() -> None:
