@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.core import steps
 from gateway.core.cooldown import Cooldowns
-from gateway.core.flight import ATTEMPT, DONE, QUEUED, Flight
+from gateway.core.flight import ATTEMPT, DONE, NEW, QUEUED, Flight
 from gateway.core.lifecycle import Lifecycle, answered_tokens
 from gateway.core.steps import ROUTE, Failure, Step
 from gateway.core.table import FlightTable
@@ -33,7 +33,7 @@ from gateway.limits import max_tokens, prompt_tokens
 from gateway.outcome import Blame
 from gateway.quota import Limiter
 from gateway.recorder import Recorder
-from gateway.wire import Wire, dispatch_body, error_headers, ok_headers, trace_of
+from gateway.wire import Wire, direct_reply, dispatch_body, error_headers, ok_headers, trace_of
 from shared import errors
 from shared import messages as m
 from shared.headers import TRACEPARENT
@@ -56,6 +56,7 @@ class Engine:
         request_timeout_s: float,
         spawn: Spawn,
         clock: Callable[[], float],
+        direct: bool = True,
     ) -> None:
         self.fleet = fleet
         self.wire = wire
@@ -64,6 +65,8 @@ class Engine:
         self.spawn = spawn
         self.clock = clock
         self.request_timeout_s = request_timeout_s
+        self.direct = direct
+        """Ask nodes to answer NATS callers directly (docs/protocol.md, "Direct replies")."""
         self.table = table
         self.inbox = table.inbox
         """Prefix of every flight's reply subjects (``<inbox>.<key>.<tag>``)."""
@@ -104,6 +107,7 @@ class Engine:
 
         The caller is a NATS ``reply`` subject or an in-process ``sink`` queue.
         """
+        t0 = time.perf_counter_ns()
         ticket = None
         if self.limiter is not None:  # raises RateLimited (429) before anything is held
             ticket = await self.limiter.admit(
@@ -112,6 +116,7 @@ class Engine:
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.request_timeout_s
         flight = self.table.open(request, raw, request_id, reply, self.clock(), timeout_s, digest)
         flight.sink = sink
+        flight.t0_ns = t0
         flight.ticket = ticket
         if headers and TRACEPARENT in headers:
             flight.trace_headers = trace_of(headers)
@@ -180,12 +185,17 @@ class Engine:
         if span is not None:
             self.recorder.routed(span, node.node_id, candidate.score)
         now = self.clock()
+        fresh = flight.phase is NEW
         attempt = flight.start_attempt(node.node_id, candidate.score, now, self.epoch)
         self.fleet.hold(node.node_id)
         subject = self.wire.subjects.node_infer(node.node_id)
         failover = resume is not None
         headers = self.recorder.dispatched(flight, attempt, node.region, subject, failover)
-        body = dispatch_body(flight, attempt, resume, max(1, int((flight.deadline - now) * 1000)))
+        direct = b""  # a NATS caller: the node answers it itself, relay.py reads copies
+        if self.direct and flight.sink is None and flight.reply:
+            direct = direct_reply(flight, attempt, fresh)
+        remaining_ms = max(1, int((flight.deadline - now) * 1000))
+        body = dispatch_body(flight, attempt, resume, remaining_ms, direct)
         try:
             await self.wire.dispatch(subject, flight, attempt, body, headers)
         except Exception as exc:  # disconnected with a full buffer, closed, ...
@@ -253,9 +263,14 @@ class Engine:
     # -- answers -----------------------------------------------------------------------------
 
     async def finish_ok(
-        self, flight: Flight, data: bytes, node_headers: dict[str, str] | None
+        self,
+        flight: Flight,
+        data: bytes,
+        node_headers: dict[str, str] | None,
+        delivered: bool = False,
     ) -> None:
-        """The node finished: answer the caller with its result or terminal message."""
+        """The node finished: answer the caller with its result or terminal message
+        (``delivered``: the node answered the caller itself, direct reply)."""
         t0 = time.perf_counter_ns()
         if flight.phase is DONE:
             return
@@ -264,9 +279,10 @@ class Engine:
         if flight.ticket is not None:  # what the tenant's limits are charged
             flight.prompt_tokens = prompt_tokens(node_headers, data)
         self.release(flight, success=True, tokens=tokens)
-        hdrs = ok_headers(flight, node_headers, tokens, t0)
+        hdrs = None if delivered else ok_headers(flight, node_headers, tokens, t0)
         self._close(flight, None, tokens)
-        await self.wire.answer(flight, data, hdrs)
+        if hdrs is not None:
+            await self.wire.answer(flight, data, hdrs)
         self.recorder.answered(flight, "ok", tokens)
 
     async def finish_error(self, flight: Flight, error: errors.FedError) -> None:

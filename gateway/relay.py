@@ -5,6 +5,10 @@
                                          terminal message or result (finish_ok), an
                                          error (judged: lifecycle.read_node_error), or
                                          "no responders" (the node is gone)
+    tag = "d<attempt>"                   a direct node's copy of what it sent the caller
+                                         itself (docs/protocol.md, "Direct replies"):
+                                         read, never re-published (unless a resend moved
+                                         the caller since the dispatch)
     tag = "p<attempt>"                   the answer to a liveness ping ("no responders" =
                                          the node is gone)
     tag = "c"                            "no responders" on a relayed chunk: the caller
@@ -20,7 +24,7 @@ import time
 
 from nats.aio.msg import Msg
 
-from gateway.core.flight import ATTEMPT, Flight
+from gateway.core.flight import ATTEMPT, Attempt, Flight
 from gateway.core.lifecycle import read_node_error
 from gateway.core.steps import Failure
 from gateway.engine import Engine
@@ -55,7 +59,10 @@ class Relay:
             return  # late message of a finished request
         attempt = flight.current
         if attempt is None or tag != attempt.tag:
-            await self._side_reply(flight, tag, msg)
+            if attempt is not None and tag == attempt.dtag:
+                await self._copy(flight, attempt, msg, t0)
+            else:
+                await self._side_reply(flight, tag, msg)
             return
         if flight.phase is not ATTEMPT:
             return  # the attempt was already given up (timed out, stalled): ignore its rest
@@ -102,6 +109,37 @@ class Relay:
             await self._publish(flight.reply, data, reply=flight.caller_probe)
         else:
             sink.put_nowait((data, None))
+        flight.overhead_ns += time.perf_counter_ns() - t0
+
+    async def _copy(self, flight: Flight, attempt: Attempt, msg: Msg, t0: int) -> None:
+        """A direct node's copy of a chunk or of its success answer, which the caller got
+        from the node itself: the flight's bookkeeping only, no publish."""
+        if flight.phase is not ATTEMPT:
+            return
+        data = msg.data
+        now = self.clock()
+        attempt.last_activity = now
+        attempt.pinged = False
+        if attempt.first_chunk_at is None:
+            attempt.first_chunk_at = now
+        delivered = attempt.direct == flight.reply and flight.sink is None
+        if not data or not flight.request.stream:  # the terminal message, or a result
+            await self.engine.finish_ok(flight, data, msg.headers, delivered)
+            return
+        seq = node_seq(data)  # the node numbers as the caller sees (DirectReply.seq_from)
+        if seq <= flight.seq:
+            return  # a repeat: nothing new
+        if seq != flight.seq + 1:
+            # Lost on the way here (the caller may have it, or sees the gap itself): what
+            # the caller holds is unknown now, so this stream cannot resume elsewhere.
+            flight.gapped = True
+        flight.seq = seq
+        flight.chunk_log.append(data)
+        if not delivered:  # a resend moved the caller after the dispatch: relay
+            if flight.sink is None:
+                await self._publish(flight.reply, data, reply=flight.caller_probe)
+            else:
+                flight.sink.put_nowait((data, None))
         flight.overhead_ns += time.perf_counter_ns() - t0
 
     async def _chunk_lost(self, flight: Flight, expected: int, got: int) -> None:

@@ -96,6 +96,7 @@ class GatewayService:
             recorder=self.recorder, lifecycle=Lifecycle(Limits.of(cfg)),
             table=FlightTable(nc.new_inbox(), secrets.token_hex(6), cfg.poison_after_nodes),
             request_timeout_s=cfg.request_timeout_s, spawn=self._spawn, clock=clock,
+            direct=cfg.direct_replies,
         )  # fmt: skip
         self.intake = Intake(nc, engine, subjects, cfg.max_payload_bytes)
         self.relay = Relay(engine)

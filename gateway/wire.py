@@ -10,6 +10,11 @@ same bytes and headers reach both. The chunks of a stream are the one exception,
 the hot path's sake: ``gateway/relay.py`` forwards each as the node sent it (re-encoded
 only when a failover shifted ``seq``; ``renumber`` here), with ``Flight.caller_probe``
 as its reply subject.
+
+Direct replies (docs/protocol.md): a dispatch to a NATS caller carries ``direct``
+(``direct_reply`` here); a node that reads it sends its chunks and its success answer
+to the caller itself, and the gateway publishes nothing per chunk: it only reads the
+copies (``gateway/relay.py``) and answers errors.
 """
 
 from __future__ import annotations
@@ -46,9 +51,14 @@ def max_body(configured: int, server_max_payload: int) -> int:
 
 
 def dispatch_body(
-    flight: Flight, attempt: Attempt, resume: m.Resume | None, remaining_ms: int
+    flight: Flight,
+    attempt: Attempt,
+    resume: m.Resume | None,
+    remaining_ms: int,
+    direct: bytes = b"",
 ) -> bytes:
-    """The dispatch of ``attempt``: the caller's body as it came, and the additions."""
+    """The dispatch of ``attempt``: the caller's body as it came, and the additions
+    (``direct``: an encoded ``DirectReply``, or nothing)."""
     return b"".join((
         b'{"request":', flight.raw,
         b',"attempt":', attempt.tag.encode(),
@@ -56,7 +66,31 @@ def dispatch_body(
         b',"capability":"', flight.capability.encode(),
         b'","request_id":"', flight.request_id.encode(),
         b'","timeout_ms":', str(remaining_ms).encode(),
-        b',"job_id":"', flight.job_id.encode(), b'"}',
+        b',"job_id":"', flight.job_id.encode(),
+        b'","direct":' if direct else b'"', direct, b"}",
+    ))  # fmt: skip
+
+
+def direct_reply(flight: Flight, attempt: Attempt, fresh: bool) -> bytes:
+    """The ``direct`` part of ``attempt``'s dispatch (an encoded ``DirectReply``): the
+    node answers ``flight.reply`` itself, with the headers the gateway would have put on
+    the answer (``fresh``: the first dispatch of a request just accepted, whose overhead
+    is still running). Built by hand: it is on every request's path."""
+    spent = flight.overhead_ns
+    if fresh and flight.t0_ns:
+        spent += time.perf_counter_ns() - flight.t0_ns
+    attempt.direct = flight.reply
+    enc = m.encoder.encode
+    trace = flight.trace_headers
+    return b"".join((
+        b'{"to":', enc(flight.reply),
+        b',"observe":', enc(flight.inbox + attempt.dtag),
+        b',"probe":', enc(flight.caller_probe),
+        b',"seq_from":', str(flight.seq).encode(),
+        b',"headers":{"Fed-Attempts":"', attempt.tag.encode(),
+        b'","Fed-Request-Id":', enc(flight.request_id),
+        b',"Fed-Overhead-Us":"', str(spent // 1000).encode(),
+        b'"', b"," + enc(trace)[1:-1] if trace else b"", b"}}",
     ))  # fmt: skip
 
 

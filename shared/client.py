@@ -14,7 +14,12 @@ holding its request is still alive whenever it has been silent for ``liveness_s`
 once when that gateway is gone). A request that lost its gateway, or that no gateway
 answered, before any output is resent with the same ``request_id`` through another
 gateway of the queue group (tenacity); a stream that lost its gateway after output
-ends with ``Interrupted`` rather than repeating chunks.
+ends with ``Interrupted`` rather than repeating chunks, unless its node answers it
+directly (docs/protocol.md, "Direct replies"): then it goes on while the node's chunks
+keep coming (``direct_grace_s`` of silence at most), and may finish without its gateway.
+A direct stream's chunks carry their dispatch's ``attempt``: a chunk already received,
+a late chunk of an attempt given up on, and an older attempt's success terminal after a
+newer attempt's chunks are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from shared import headers as h
 from shared import messages as m
 from shared.config import NatsConfig
 from shared.connection import connect
+from shared.streams import stale_terminal, take
 from shared.subjects import Subjects
 
 
@@ -74,6 +80,7 @@ class FedClient:
         own_connection: bool = False,
         liveness_s: float = 0.5,
         ack_timeout_s: float = 2.0,
+        direct_grace_s: float = 2.0,
     ) -> None:
         self.nc = nc
         self.subjects = subjects or Subjects()
@@ -83,6 +90,8 @@ class FedClient:
         """Silence after which the client checks that its gateway is still there."""
         self.ack_timeout_s = ack_timeout_s
         """How long to wait for a gateway to acknowledge a request before resending."""
+        self.direct_grace_s = direct_grace_s
+        """Silence a direct stream waits through once its gateway is gone."""
         self._own = own_connection
         self._inbox = ""
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
@@ -249,6 +258,8 @@ class _Call:
         self.token = ""
         self.liveness: str | None = None
         self.gateway = ""
+        self.direct = False
+        """A node answers this call directly: it may finish without its gateway."""
         self._sends = 0
         self._loop = asyncio.get_running_loop()
         self._expires = self._loop.time() + self.deadline_s
@@ -289,10 +300,12 @@ class _Call:
                 lost = await self._check_gateway()
                 if lost is None:
                     continue
+                # An answer sent just before the gateway forgot the request may still be on
+                # its way (another subscription), or a node answers us directly and may
+                # finish without the gateway: give it a moment first.
+                grace = self.client.direct_grace_s if self.direct else self.client.liveness_s
                 try:
-                    # An answer sent just before the gateway forgot the request may still
-                    # be on its way (another subscription): give it a moment first.
-                    msg = await asyncio.wait_for(self.queue.get(), self.client.liveness_s)
+                    msg = await asyncio.wait_for(self.queue.get(), min(grace, remaining))
                 except TimeoutError:
                     raise errors.Unavailable(lost) from None
             hdrs = msg.headers
@@ -390,19 +403,22 @@ class Stream:
             headers = telemetry.inject(self._span, headers)
         call = self._call = _Call(self.client, subject, self.request, headers)
         parts: list[str] = []
+        latest = 0  # the newest attempt whose chunks came directly from its node
         try:
             msg = await call.first()
             while True:
                 if not msg.data:
-                    self._finish(msg)
-                    return
-                chunk = m.chunk_decoder.decode(msg.data)
-                if chunk.seq != len(parts) + 1:
-                    raise errors.Interrupted(
-                        f"chunk {len(parts) + 1} of {self.request_id} lost (got seq {chunk.seq})"
-                    )
-                parts.append(chunk.text)
-                yield chunk
+                    if not stale_terminal(msg, latest):
+                        self._finish(msg)
+                        return
+                else:
+                    chunk = m.direct_chunk_decoder.decode(msg.data)
+                    if take(chunk, len(parts), latest):
+                        if chunk.attempt:
+                            latest = chunk.attempt
+                            call.direct = True
+                        parts.append(chunk.text)
+                        yield chunk
                 try:
                     msg = await call.next()
                 except errors.Unavailable as exc:

@@ -117,6 +117,10 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     """Publish each attempt's and canary's outcome on ``fed.outcomes`` and apply the other
     gateways' to this one's health and circuits, so that all gateways agree on the fleet
     (docs/routing.md, "Several gateways")."""
+    direct_replies: bool = True
+    """Nodes answer NATS callers directly (the gateway observes a copy; needs nodes
+    allowed to publish to callers' inboxes); off: every reply is relayed by the gateway
+    (docs/protocol.md, "Direct replies")."""
     access_log: bool = False
     """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0

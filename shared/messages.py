@@ -118,6 +118,29 @@ class Resume(Base, frozen=True, kw_only=True):
     tokens: int
 
 
+class DirectReply(Base, frozen=True, kw_only=True):
+    """(addition) How a node answers the caller itself (docs/protocol.md, "Direct replies").
+
+    A node that reads it publishes its chunks and its success answer to ``to`` (chunks
+    numbered from ``seq_from + 1``, each a ``DirectChunk`` with the dispatch's attempt),
+    and a copy of each, without a reply subject, to ``observe`` (copy first, then the
+    caller). Errors still go to the dispatch's reply subject. A node that ignores it
+    answers the dispatch's reply subject as before, and the gateway relays."""
+
+    to: str
+    """The caller's reply subject."""
+    observe: str
+    """Where the gateway observes: a copy of every chunk and of the success answer."""
+    probe: str = ""
+    """Where the node reports the caller gone: an empty message with ``Status: 503`` (the
+    "no responders" NATS answers the node on its chunks once the caller's inbox is gone)."""
+    seq_from: int = 0
+    """Chunks the caller already has: the node's first chunk is ``seq_from + 1``."""
+    headers: dict[str, str] = {}
+    """Headers to put on the success answer to the caller (``Fed-Attempts``,
+    ``Fed-Request-Id``, ``Fed-Overhead-Us``, the caller's trace context)."""
+
+
 class Dispatch(Base, frozen=True, kw_only=True):
     """What a gateway sends to ``fed.node.<id>.infer``."""
 
@@ -135,6 +158,9 @@ class Dispatch(Base, frozen=True, kw_only=True):
     """Unique per request at its gateway (the same on every attempt): a node keys its
     running jobs (newest dispatch wins, cancel, caller gone) by it when present, since
     two tenants may use the same ``request_id``. Subject-token safe."""
+    direct: DirectReply | None = None
+    """Answer the caller directly (docs/protocol.md, "Direct replies"); None: the
+    dispatch's reply subject gets everything, as before."""
 
 
 class Chunk(Base, frozen=True, kw_only=True):
@@ -151,6 +177,14 @@ class Chunk(Base, frozen=True, kw_only=True):
     logprobs: dict[str, Any] | None = None
     """The engine's log-probabilities of this chunk's tokens (OpenAI's ``logprobs`` object
     of a choice: ``content`` for a chat, ``tokens``/``token_logprobs``/... for a text)."""
+
+
+class DirectChunk(Chunk, frozen=True, kw_only=True):
+    """(addition) A chunk a node sent the caller itself: with its dispatch's number, so
+    a client drops a late chunk of an attempt the gateway gave up on."""
+
+    attempt: int = 0
+    """The dispatch that produced it (0: relayed by a gateway, or unknown)."""
 
 
 class Result(Base, frozen=True, kw_only=True):
@@ -467,6 +501,7 @@ encoder = msgspec.json.Encoder()
 request_decoder = SafeDecoder(InferRequest)
 dispatch_decoder = SafeDecoder(Dispatch)
 chunk_decoder = SafeDecoder(Chunk)
+direct_chunk_decoder = SafeDecoder(DirectChunk)
 result_decoder = SafeDecoder(Result)
 heartbeat_decoder = SafeDecoder(Heartbeat)
 leave_decoder = SafeDecoder(Leave)

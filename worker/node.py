@@ -83,6 +83,8 @@ class Node:
         """False while the backend's ``ready()`` hook says no (e.g. its upstream is down)."""
         self.served = 0
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._probes: dict[str, str] = {}
+        """Job key -> where to tell its gateway that the caller is gone (direct replies)."""
         self._subs: list[Subscription] = []
         self._inbox_sub: Subscription | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -253,9 +255,15 @@ class Node:
             task.cancel()
 
     async def _on_gone(self, msg: Msg) -> None:
-        # A 503 status on our "gone" inbox: the gateway we stream to has disappeared.
+        # A 503 status on our "gone" inbox: who we stream to has disappeared (the gateway;
+        # with a direct reply, the caller: its gateway is told so on the probe subject).
         if msg.headers and msg.headers.get(h.NATS_STATUS) == "503":
-            task = self._jobs.get(msg.subject.rpartition(".")[2])
+            key = msg.subject.rpartition(".")[2]
+            probe = self._probes.pop(key, None)
+            if probe:
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(probe, b"", headers={h.NATS_STATUS: "503"})
+            task = self._jobs.get(key)
             if task is not None:
                 task.cancel()
 
@@ -319,15 +327,22 @@ class Node:
                 },
             )
         task = asyncio.create_task(
-            self._run(job, request_id, dispatch.attempt, msg.reply, timeout_s, span, key),
+            self._run(
+                job, request_id, dispatch.attempt, msg.reply, timeout_s, span, key, dispatch.direct
+            ),
             name=f"job-{key}",
         )
         self._jobs[key] = task
+        if dispatch.direct is not None and dispatch.direct.probe:
+            self._probes[key] = dispatch.direct.probe
+        else:
+            self._probes.pop(key, None)
         task.add_done_callback(functools.partial(self._job_done, key))
 
     def _job_done(self, key: str, task: asyncio.Task[None]) -> None:
         if self._jobs.get(key) is task:
             del self._jobs[key]
+            self._probes.pop(key, None)
 
     async def _run(
         self,
@@ -338,14 +353,17 @@ class Node:
         timeout_s: float,
         span: Any = None,
         key: str = "",
+        direct: m.DirectReply | None = None,
     ) -> None:
         key = key or request_id
         if span is None:
-            await self._serve(job, request_id, attempt, reply, timeout_s, key)
+            await self._serve(job, request_id, attempt, reply, timeout_s, key, direct)
             return
         error, tokens = "cancelled", 0
         try:
-            error, tokens = await self._serve(job, request_id, attempt, reply, timeout_s, key)
+            error, tokens = await self._serve(
+                job, request_id, attempt, reply, timeout_s, key, direct
+            )
         finally:
             span.set_attribute("fed.tokens", tokens)
             if self._ttft_ms is not None:
@@ -363,15 +381,22 @@ class Node:
         reply: str,
         timeout_s: float,
         key: str = "",
+        direct: m.DirectReply | None = None,
     ) -> tuple[str, int]:
         """Run one job and answer on ``reply``; returns ("" or the error text, tokens).
-        ``key`` names the job on this node (the dispatch's job id, else its request id)."""
+        ``key`` names the job on this node (the dispatch's job id, else its request id).
+        With ``direct`` (docs/protocol.md, "Direct replies") the chunks and the success
+        answer go to the caller itself, a copy of each first to the gateway; errors go to
+        ``reply`` either way."""
         started = time.perf_counter()
         streaming = job.request.stream
         gone = f"{self._gone_prefix}.{key or request_id}"
         out = Output(job.resume_tokens)
         coalesce_s = self.stream_interval_s
-        chunks = 0
+        to, copy, chunks = reply, "", 0  # chunks: the seq of the last chunk sent
+        if direct is not None:
+            to, copy, chunks = direct.to, direct.observe, direct.seq_from
+        tag = attempt if direct is not None else 0
         produced = False
         flushed = started
         clock = self.signals.clock(started)
@@ -391,11 +416,11 @@ class Node:
                     if coalesce_s and now - flushed < coalesce_s:
                         continue  # coalescing: gather pieces, one chunk per window
                     chunks += 1
-                    await self._chunk(reply, gone, chunks, out)
+                    await self._chunk(to, gone, chunks, out, copy, tag)
                     flushed = now
                 if streaming and out.pending:
                     chunks += 1
-                    await self._chunk(reply, gone, chunks, out)
+                    await self._chunk(to, gone, chunks, out, copy, tag)
                 if streaming and out.embedding is not None:
                     raise errors.BadRequest("embeddings do not stream; send stream: false")
         except asyncio.CancelledError:
@@ -427,7 +452,12 @@ class Node:
             }
             if out.prompt_tokens is not None:
                 headers[h.PROMPT_TOKENS] = str(out.prompt_tokens)
-            await self.nc.publish(reply, b"", headers=headers)
+            if direct is None:
+                await self.nc.publish(reply, b"", headers=headers)
+            else:
+                headers = {**direct.headers, **headers}
+                await self.nc.publish(copy, b"", headers=headers)
+                await self.nc.publish(to, b"", headers=headers)
         else:
             text, calls, logprobs = out.take_all()
             result = m.Result(
@@ -445,15 +475,34 @@ class Node:
                 tool_calls=calls,
                 logprobs=logprobs,
             )
-            # No headers: the gateway reads ``tokens`` from the body (decoding a small JSON
-            # is cheaper for it than parsing a header block).
-            await self.nc.publish(reply, m.encode(result), reply=gone)
+            # No headers to the gateway: it reads ``tokens`` from the body (decoding a small
+            # JSON is cheaper for it than parsing a header block).
+            data = m.encode(result)
+            if direct is None:
+                await self.nc.publish(reply, data, reply=gone)
+            else:
+                await self.nc.publish(copy, data)
+                hdrs = {**direct.headers, h.SERVED_BY: self.node_id}
+                await self.nc.publish(to, data, headers=hdrs)
         return "", tokens
 
-    async def _chunk(self, reply: str, gone: str, seq: int, out: Output) -> None:
+    async def _chunk(
+        self, reply: str, gone: str, seq: int, out: Output, copy: str = "", attempt: int = 0
+    ) -> None:
+        """One chunk to ``reply`` (and first a copy to ``copy``, a direct reply's)."""
         text, tokens, calls, logprobs = out.take()
-        chunk = m.Chunk(seq=seq, text=text, tokens=tokens, tool_calls=calls, logprobs=logprobs)
-        await self.nc.publish(reply, m.encode(chunk), reply=gone)
+        if not copy:
+            chunk = m.Chunk(seq=seq, text=text, tokens=tokens, tool_calls=calls, logprobs=logprobs)
+            await self.nc.publish(reply, m.encode(chunk), reply=gone)
+            return
+        data = m.encode(
+            m.DirectChunk(
+                seq=seq, text=text, tokens=tokens, tool_calls=calls, logprobs=logprobs,
+                attempt=attempt,
+            )
+        )  # fmt: skip
+        await self.nc.publish(copy, data)
+        await self.nc.publish(reply, data, reply=gone)
 
     async def _error(self, reply: str, error: errors.FedError) -> None:
         """Answer ``error`` (its contract headers, ``Retry-After`` included) as this node."""

@@ -46,6 +46,8 @@ class Attempt:
     """One dispatch of a flight to one node."""
 
     __slots__ = (
+        "direct",
+        "dtag",
         "epoch",
         "first_chunk_at",
         "last_activity",
@@ -80,6 +82,10 @@ class Attempt:
         """The gateway's connection epoch at dispatch (an outage in between blames nobody)."""
         self.span: Any = None
         """The ``send infer`` span (only when tracing is on)."""
+        self.direct = ""
+        """The caller's subject the node was asked to answer directly ("" = relayed)."""
+        self.dtag = "d" + self.tag
+        """The last token of the subject where a direct node sends the gateway copies."""
 
 
 class Flight:
@@ -97,6 +103,7 @@ class Flight:
         "deadline",
         "digest",
         "failovers",
+        "gapped",
         "ident",
         "inbox",
         "job_id",
@@ -114,6 +121,7 @@ class Flight:
         "sink",
         "span",
         "started",
+        "t0_ns",
         "ticket",
         "trace_headers",
         "tried",
@@ -168,6 +176,9 @@ class Flight:
         self.chunk_log: list[bytes] = []
         """Every chunk exactly as relayed to the caller (its seq is the caller's)."""
         self.failovers = 0
+        self.gapped = False
+        """A direct node's copies reached this gateway with a gap: what the caller has is
+        not known here, so the stream cannot resume elsewhere."""
         self.busy = 0
         """Attempts a node refused for lack of capacity (they spend the retry budget too)."""
         self.busy_nodes: list[str] = []
@@ -178,6 +189,8 @@ class Flight:
         self.last_error: tuple[int, str, str] | None = None
         """(code, kind, text) of the last failed attempt."""
         self.overhead_ns = 0
+        self.t0_ns = 0
+        """``perf_counter_ns`` when the gateway began with the request (0: unknown)."""
         self.trace_headers: dict[str, str] | None = None
         """The caller's traceparent/tracestate, forwarded on every hop."""
         self.span: Any = None

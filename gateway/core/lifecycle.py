@@ -123,6 +123,9 @@ class Lifecycle:
                 return Finish(errors.Timeout(detail=error.message))
             if flight.attempts > lim.max_retries:
                 return Finish(errors.Interrupted(error.message))
+            if flight.gapped:
+                why = f"chunks of a direct stream missed the gateway: {error.message}"
+                return Finish(errors.Interrupted(why))
             text, tokens, tools = flight.relayed()
             if tools:
                 why = f"a stream that relayed tool calls cannot resume: {error.message}"
