@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
+
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import ModelCatalog
 from gateway.health import HealthChecker
@@ -129,7 +131,7 @@ class Views:
             failovers=load.failovers,
             nodes=len(self.catalog.nodes()),
             healthy_nodes=self.health.healthy_count(),
-            limits=self.limits(),
+            limits=self.limits() or msgspec.UNSET,
         )
 
     def route(self, request: m.InferRequest) -> m.RouteReply:

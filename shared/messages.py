@@ -438,8 +438,9 @@ class StatsReply(Base, frozen=True, kw_only=True):
     failovers: int = 0
     nodes: int = 0
     healthy_nodes: int = 0
-    limits: list[TenantLimitView] = []
-    """Tenant limits at this gateway (empty without ``tenant_limits``)."""
+    limits: list[TenantLimitView] | msgspec.UnsetType = msgspec.UNSET
+    """Tenant limits at this gateway; absent from the reply without ``tenant_limits`` (so
+    the reply of a gateway without limits is byte for byte what it was)."""
 
 
 class CandidateView(Base, frozen=True, kw_only=True):

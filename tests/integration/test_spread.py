@@ -20,7 +20,7 @@ REQUESTS = 200
 @pytest.mark.parametrize("concurrency", [1, 16])
 async def test_two_identical_workers_share_the_traffic(nats_url: str, concurrency: int) -> None:
     async with federation(nats_url) as fed:
-        await fed.gateway(GatewayConfig(probe_interval_s=0.5))  # defaults but the probe pace
+        gw = await fed.gateway(GatewayConfig(probe_interval_s=0.5))  # defaults but the probe pace
         options = SyntheticOptions(ttft_ms=2, token_interval_ms=1)
         nodes = [
             await fed.node(n, SyntheticBackend(options), models={"m": ("generate",)}, capacity=16)
@@ -44,8 +44,9 @@ async def test_two_identical_workers_share_the_traffic(nats_url: str, concurrenc
 
         await asyncio.gather(*(one(i) for i in range(REQUESTS)))
         assert sum(served.values()) == REQUESTS
+        health = {n: gw.health.get_cached_health(n) for n in served}  # for the message
         for node_id, count in served.items():
             share = count / REQUESTS
-            assert 0.40 <= share <= 0.60, (served, node_id)
+            assert 0.40 <= share <= 0.60, (served, node_id, health)
         # what the nodes themselves counted (canaries included) agrees
         assert all(node.served >= 0.4 * REQUESTS for node in nodes)
