@@ -203,10 +203,24 @@ def fedgate_cmd(*args: str) -> list[str]:
 class Proc:
     """A real fedgate child process (worker or gateway)."""
 
-    def __init__(self, *args: str) -> None:
-        env = dict(os.environ, FEDGATE_LOG_LEVEL="warning")
+    def __init__(self, *args: str, log_path: str | None = None, log_level: str = "warning") -> None:
+        env = dict(os.environ, FEDGATE_LOG_LEVEL=log_level)
         self.args = args
-        self.proc = subprocess.Popen(fedgate_cmd(*args), env=env, stdin=subprocess.DEVNULL)
+        self.log_path = log_path
+        """Where its stderr (the log) goes, if not to the test's own stderr."""
+        stderr = open(log_path, "ab") if log_path else None
+        self.proc = subprocess.Popen(
+            fedgate_cmd(*args), env=env, stdin=subprocess.DEVNULL, stderr=stderr
+        )
+        if stderr is not None:
+            stderr.close()  # the child has its own descriptor
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of its log file ("" without one)."""
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -36,12 +36,21 @@ ALLOWED = {200, 400, 403, 404, 405, 413, 429, 503, 504}
 503/504 for a capability nobody serves or a deadline of a few milliseconds."""
 
 
+GATEWAY: list[Proc] = []
+"""The gateway process (its log explains a failure)."""
+
+
 @pytest.fixture(scope="module")
-def door(module_nats: NatsServer) -> Iterator[str]:
+def door(module_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     url = module_nats.url
+    log = str(tmp_path_factory.mktemp("fuzz") / "gateway.log")
     with processes() as procs:
-        gw = Proc("gateway", "--nats", url, "--http-port", str(port), "--request-timeout", "5")
+        gw = Proc(
+            "gateway", "--nats", url, "--http-port", str(port), "--request-timeout", "5",
+            log_path=log, log_level="info",
+        )  # fmt: skip
+        GATEWAY[:] = [gw]
         procs.append(gw)
         procs.append(
             Proc(
@@ -82,7 +91,9 @@ def _check(case: Any, response: Any) -> None:
     assert status in ALLOWED, f"{status} {response.text[:300]} for {where}"
     if status == 200 and kind.startswith("text/event-stream"):
         if not response.text.rstrip().endswith("data: [DONE]"):
-            TRUNCATED.append(where)  # reported at the end, with every case
+            # reported at the end, with the whole body and the gateway's log
+            rid = response.headers.get("X-Fed-Request-Id")
+            TRUNCATED.append(f"{where} REQUEST-ID {rid} BODY {response.text!r}")
         return
     assert kind.startswith("application/json"), f"{kind} for {where}"
     body = response.json()
@@ -136,4 +147,5 @@ def test_front_door_fuzz(door: str) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"]
     print(f"fuzz: {sent} requests in {elapsed:.1f}s")
-    assert not TRUNCATED, f"{len(TRUNCATED)} stream(s) cut without [DONE]: {TRUNCATED}"
+    log = GATEWAY[0].log_tail(60) if GATEWAY else ""
+    assert not TRUNCATED, f"{len(TRUNCATED)} stream(s) cut without [DONE]: {TRUNCATED}\n{log}"
