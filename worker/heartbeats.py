@@ -1,9 +1,10 @@
 """Heartbeats of a worker node: what it says about itself, and the loop that says it.
 
 ``Heartbeats`` is a mixin of ``worker.node.Node`` (it reads the node's attributes): one
-``m.Heartbeat`` every ``heartbeat_interval_s`` seconds on ``fed.heartbeat.<node_id>``,
-with the backend's optional ``ready()`` and ``engine_load()`` hooks asked first, and
-the node's smoothed time to first token (ms) and output rate (tokens/s).
+``m.Heartbeat`` every ``heartbeat_interval_s`` seconds on ``fed.heartbeat.<node_id>``
+(``fed``: the default internal root), the backend's optional ``ready()`` and
+``engine_load()`` hooks asked first, with the node's smoothed time to first token (ms)
+and output rate (tokens/s).
 """
 
 from __future__ import annotations
