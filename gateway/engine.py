@@ -12,7 +12,8 @@ the node and asks ``lifecycle.after_failure``), ``finish_ok``/``finish_error`` (
 answer), ``caller_gone`` or ``cancel``; the callbacks (gateway/handlers.py,
 gateway/relay.py, gateway/sweeper.py, gateway/local.py) only call these. Decisions come
 from the pure core (gateway/core/), messages from ``gateway.wire``, observations go to
-``gateway.recorder``.
+``gateway.recorder``. The answers (``finish_ok``, ``finish_error``, ``cancel``,
+``caller_gone``) and the close of a flight are ``gateway.answers.Answers``, a mixin.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.answers import Answers
 from gateway.core import steps
 from gateway.core.cooldown import Cooldowns
 from gateway.core.flight import ATTEMPT, DONE, NEW, QUEUED, Flight
-from gateway.core.lifecycle import Lifecycle, answered_tokens
+from gateway.core.lifecycle import Lifecycle
 from gateway.core.steps import ROUTE, Failure, Step
 from gateway.core.table import FlightTable
 from gateway.fleet import Fleet
-from gateway.limits import max_tokens, prompt_tokens
+from gateway.limits import max_tokens
 from gateway.outcome import Blame
 from gateway.quota import Limiter
 from gateway.recorder import Recorder
-from gateway.wire import Wire, direct_reply, dispatch_body, error_headers, ok_headers, trace_of
+from gateway.wire import Wire, direct_reply, dispatch_body, trace_of
 from shared import errors
 from shared import messages as m
 from shared.headers import TRACEPARENT
@@ -42,7 +44,7 @@ Spawn = Callable[[Any, str], None]
 """Runs a coroutine as a task owned by the service's task group."""
 
 
-class Engine:
+class Engine(Answers):
     """Holds every accepted request of one gateway until it is answered exactly once."""
 
     def __init__(
@@ -259,71 +261,3 @@ class Engine:
         """A heartbeat may have freed capacity: try the queue."""
         if self.waiting:
             await self.drain()
-
-    # -- answers -----------------------------------------------------------------------------
-
-    async def finish_ok(
-        self,
-        flight: Flight,
-        data: bytes,
-        node_headers: dict[str, str] | None,
-        delivered: bool = False,
-    ) -> None:
-        """The node finished: answer the caller with its result or terminal message
-        (``delivered``: the node answered the caller itself, direct reply)."""
-        t0 = time.perf_counter_ns()
-        if flight.phase is DONE:
-            return
-        node_headers = node_headers or {}
-        tokens = answered_tokens(flight, node_headers, data)
-        if flight.ticket is not None:  # what the tenant's limits are charged
-            flight.prompt_tokens = prompt_tokens(node_headers, data)
-        self.release(flight, success=True, tokens=tokens)
-        hdrs = None if delivered else ok_headers(flight, node_headers, tokens, t0)
-        self._close(flight, None, tokens)
-        if hdrs is not None:
-            await self.wire.answer(flight, data, hdrs)
-        self.recorder.answered(flight, "ok", tokens)
-
-    async def finish_error(self, flight: Flight, error: errors.FedError) -> None:
-        """Answer the caller with ``error``."""
-        if flight.phase is DONE:
-            return
-        self.release(flight, success=None)
-        self._close(flight, error.message)
-        await self.wire.answer(flight, b"", error_headers(flight, error))
-        self.recorder.answered(flight, error.kind)
-
-    async def stop_job(self, flight: Flight) -> None:
-        """Tell the node of the current attempt, if one holds a node, to stop."""
-        attempt = flight.current
-        if attempt is not None and flight.phase is ATTEMPT:
-            await self.wire.cancel(attempt.node_id, flight)
-
-    async def cancel(self, flight: Flight) -> None:
-        """The caller cancelled: stop the node's job, answer ``499``."""
-        if not flight.done:
-            await self.stop_job(flight)
-            await self.finish_error(flight, errors.Cancelled("cancelled by the caller"))
-
-    async def caller_gone(self, flight: Flight) -> None:
-        """Nobody listens for the answer any more: stop the node's job, forget it."""
-        if flight.done:
-            return
-        await self.stop_job(flight)
-        self.release(flight, success=None)
-        self._close(flight, "caller gone")
-        self.recorder.answered(flight, "caller_gone")
-
-    def _close(self, flight: Flight, error: str | None, tokens: int = 0) -> None:
-        """The flight is over: settle its blame, let go of its place in every table."""
-        self.recorder.closed(flight, error, tokens)
-        self.table.close(flight)
-        if flight.ticket is not None and self.limiter is not None:
-            self.limiter.settle(flight.ticket, flight.prompt_tokens + (tokens or flight.seq))
-            flight.ticket = None
-        if flight.blame.pending:  # not poison after all: the nodes' errors were theirs
-            for node_id in flight.blame.settle():
-                self.fleet.penalise(node_id)
-        if not self.flights:
-            self.idle.set()

@@ -1,6 +1,6 @@
 """How a stream's client reads chunks that may come straight from nodes (docs/protocol.md,
 "Direct replies"): which chunk to take, which to drop, when the stream cannot go on, and
-which success terminal is not the end. Pure functions, used by ``shared/client.py``.
+which success terminal is not the end. Pure functions, used by ``shared/exchange.py``.
 """
 
 from __future__ import annotations

@@ -1,227 +1,46 @@
 """Reading an inference engine's Prometheus ``/metrics``: load, KV cache, TTFT and ITL.
 
-``parse(text)`` turns one exposition (text format 0.0.4, parsed by
-``prometheus_client.parser``) into a ``Reading``; ``Scraper`` fetches it in the
-background every ``interval_s`` (never on a request's path) and keeps the latest one,
-with the histograms differenced over a time-aged window so that the latencies are
-*recent* percentiles, not the engine's lifetime ones.
-
-Metric names, per engine (sources: vLLM's "Production Metrics" page and
-``vllm/v1/metrics/loggers.py``; SGLang's ``sglang/srt/metrics/collector.py``;
-llama.cpp's ``tools/server/README.md`` "GET /metrics", served with ``--metrics``):
-
-- ``vllm``: ``vllm:num_requests_running``, ``vllm:num_requests_waiting``; KV cache
-  ``vllm:kv_cache_usage_perc`` (older: ``vllm:gpu_cache_usage_perc``; both 0..1);
-  histograms ``vllm:time_to_first_token_seconds`` and ``vllm:inter_token_latency_seconds``
-  (older: ``vllm:time_per_output_token_seconds``).
-- ``sglang``: ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``; KV cache
-  ``sglang:token_usage`` (0..1); histograms ``sglang:time_to_first_token_seconds`` and
-  ``sglang:inter_token_latency_seconds`` (older: ``sglang:time_per_output_token_seconds``).
-- ``llamacpp``: ``llamacpp:requests_processing``, ``llamacpp:requests_deferred``; KV
-  cache ``llamacpp:kv_cache_usage_ratio`` (older builds only); no latency histograms
-  (the worker's own TTFT/ITL are reported instead).
-
-Several series of one name (labels ``model_name``, ``engine`` for data-parallel
-ranks...) are added up for the counts and the histograms; the KV cache is the fullest
-series (the rank that fills first refuses first). ``llama_cpp.server`` (the Python
-package) has no ``/metrics``: its worker reports its own counters (``worker.signals``).
+``Scraper`` fetches the exposition in the background every ``interval_s`` (never on a
+request's path), parses it (``worker.engine_reading.parse``, where the metric names of
+each engine are listed) and keeps the latest ``EngineState``, with the histograms
+differenced over a time-aged window (``worker.histograms.HistogramWindow``) so that
+the latencies are *recent* percentiles, not the engine's lifetime ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
+
+from worker.engine_reading import ENGINES, Names, Reading, parse
+from worker.histograms import WINDOW_S, Buckets, HistogramWindow, quantile
+
+__all__ = [
+    "ENGINES",
+    "MAX_BACKOFF_S",
+    "MAX_BYTES",
+    "WINDOW_S",
+    "Buckets",
+    "EngineState",
+    "HistogramWindow",
+    "Names",
+    "Reading",
+    "Scraper",
+    "metrics_url",
+    "parse",
+    "quantile",
+]
 
 log = logging.getLogger("fedgate.worker.engine")
 
-Buckets = tuple[tuple[float, float], ...]
-"""A cumulative histogram: (upper bound in seconds, observations <= bound), sorted by
-bound, the last bound ``+Inf``."""
-
 MAX_BYTES = 8 * 1024 * 1024
 """The largest exposition read (vLLM's is ~100 KB); beyond it the scrape fails."""
-WINDOW_S = 60.0
-"""How far back the latency percentiles look."""
 MAX_BACKOFF_S = 30.0
 """Longest pause between two attempts while the endpoint keeps failing."""
-
-
-@dataclass(frozen=True, slots=True)
-class Names:
-    """The metric names of one engine; of alternatives, the first one present is read."""
-
-    running: tuple[str, ...]
-    waiting: tuple[str, ...]
-    kv_cache: tuple[str, ...] = ()
-    ttft: tuple[str, ...] = ()
-    itl: tuple[str, ...] = ()
-
-    def all(self) -> tuple[str, ...]:
-        """Every name, in no particular order."""
-        return self.running + self.waiting + self.kv_cache + self.ttft + self.itl
-
-
-ENGINES: dict[str, Names] = {
-    "vllm": Names(
-        running=("vllm:num_requests_running",),
-        waiting=("vllm:num_requests_waiting",),
-        kv_cache=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-        ttft=("vllm:time_to_first_token_seconds",),
-        itl=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-    ),
-    "sglang": Names(
-        running=("sglang:num_running_reqs",),
-        waiting=("sglang:num_queue_reqs",),
-        kv_cache=("sglang:token_usage",),
-        ttft=("sglang:time_to_first_token_seconds",),
-        itl=("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
-    ),
-    "llamacpp": Names(
-        running=("llamacpp:requests_processing",),
-        waiting=("llamacpp:requests_deferred",),
-        kv_cache=("llamacpp:kv_cache_usage_ratio",),
-    ),
-}
-"""Engine (the heartbeat's ``engine.source``) -> its metric names."""
-
-_WANTED = tuple(sorted({n for names in ENGINES.values() for n in names.all()}))
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One exposition, as read: gauges now, histograms cumulative since engine start."""
-
-    source: str
-    """The engine: a key of ``ENGINES``."""
-    running: int
-    waiting: int
-    kv_cache_usage: float | None = None
-    """0..1, or None when the engine exports none."""
-    ttft: Buckets | None = None
-    itl: Buckets | None = None
-
-
-def parse(text: str) -> Reading | None:
-    """The engine's reading in an exposition, or None when it is no engine's we know.
-
-    Raises ``ValueError`` on text that is not the Prometheus text format."""
-    # Only the lines naming a metric we read go to the parser (an exposition holds
-    # hundreds of others); HELP and TYPE lines name their metric too.
-    kept = "\n".join(line for line in text.splitlines() if any(n in line for n in _WANTED))
-    gauges: dict[str, list[float]] = {}
-    histograms: dict[str, dict[float, float]] = {}
-    for family in text_string_to_metric_families(kept + "\n"):
-        for sample in family.samples:
-            if sample.name.endswith("_bucket") and "le" in sample.labels:
-                counts = histograms.setdefault(family.name, {})
-                bound = float(sample.labels["le"])
-                counts[bound] = counts.get(bound, 0.0) + sample.value
-            elif sample.name == family.name:
-                gauges.setdefault(family.name, []).append(sample.value)
-    for source, names in ENGINES.items():
-        running = _first(gauges, names.running)
-        waiting = _first(gauges, names.waiting)
-        if running is None and waiting is None:
-            continue
-        kv = _first(gauges, names.kv_cache)
-        return Reading(
-            source=source,
-            running=_count(running),
-            waiting=_count(waiting),
-            kv_cache_usage=None if kv is None else _fraction(max(kv)),
-            ttft=_buckets(histograms, names.ttft),
-            itl=_buckets(histograms, names.itl),
-        )
-    return None
-
-
-def _first(found: dict[str, list[float]], names: tuple[str, ...]) -> list[float] | None:
-    return next((found[n] for n in names if n in found), None)
-
-
-def _count(values: list[float] | None) -> int:
-    total = sum(v for v in values or () if math.isfinite(v))
-    return max(0, round(total))
-
-
-def _fraction(value: float) -> float | None:
-    return min(1.0, max(0.0, value)) if math.isfinite(value) else None
-
-
-def _buckets(found: dict[str, dict[float, float]], names: tuple[str, ...]) -> Buckets | None:
-    counts = next((found[n] for n in names if n in found), None)
-    if not counts or math.inf not in counts:
-        return None
-    return tuple(sorted(counts.items()))
-
-
-def quantile(q: float, buckets: Buckets) -> float | None:
-    """The ``q`` quantile (0..1) of a cumulative histogram, in its unit, interpolated
-    linearly inside the bucket as Prometheus' ``histogram_quantile`` does (the first
-    bucket starts at 0; one landing in ``+Inf`` is the highest finite bound). None
-    when it holds no observation."""
-    total = buckets[-1][1] if buckets else 0.0
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower
-            return lower + (bound - lower) * (rank - below) / (count - below)
-        lower, below = bound, count
-    return lower
-
-
-class HistogramWindow:
-    """Cumulative histograms seen over time; ``recent()`` is what was observed within
-    about ``window_s`` (the newest one minus the oldest kept). With a single one yet,
-    it is the engine's whole history. A count that went down (the engine restarted)
-    starts the window afresh."""
-
-    def __init__(self, window_s: float = WINDOW_S) -> None:
-        self.window_s = window_s
-        self._seen: deque[tuple[float, Buckets]] = deque()
-
-    def add(self, now: float, buckets: Buckets) -> None:
-        """Record the histogram read at ``now`` (monotonic seconds)."""
-        if self._seen and not _grew(self._seen[-1][1], buckets):
-            self._seen.clear()
-        self._seen.append((now, buckets))
-        while len(self._seen) > 2 and self._seen[1][0] <= now - self.window_s:
-            self._seen.popleft()
-
-    def recent(self) -> Buckets | None:
-        """The observations of the window, cumulative by bound."""
-        if not self._seen:
-            return None
-        newest = self._seen[-1][1]
-        if len(self._seen) == 1:
-            return newest
-        oldest = dict(self._seen[0][1])
-        return tuple((bound, count - oldest.get(bound, 0.0)) for bound, count in newest)
-
-    def percentiles_ms(self) -> tuple[float, float] | None:
-        """(p50, p90) of the window in milliseconds, or None when it saw nothing."""
-        recent = self.recent()
-        p50 = quantile(0.5, recent) if recent else None
-        p90 = quantile(0.9, recent) if recent else None
-        if p50 is None or p90 is None:
-            return None
-        return round(p50 * 1000, 3), round(p90 * 1000, 3)
-
-
-def _grew(old: Buckets, new: Buckets) -> bool:
-    before = dict(old)
-    return set(before) == {b for b, _ in new} and all(c >= before[b] for b, c in new)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from shared import errors
 from worker.backends.base import Job, Piece
 from worker.backends.llama_params import IGNORED, NEUTRAL, PASSED, plain_chat, sampling
 from worker.backends.load import Load, QueueCounter
-from worker.backends.openai import budget, chat_messages
+from worker.backends.openai_wire import budget, chat_messages
 
 __all__ = [
     "IGNORED",

@@ -26,7 +26,8 @@ for ``max_tokens - resume_tokens``. Upstream failures map onto the contract in
 ``openai_errors``.
 
 ``ready()`` asks ``/v1/models`` on a fresh connection (cached for ``ready_ttl_s``) so the
-node advertises itself as draining while its upstream is down.
+node advertises itself as draining while its upstream is down. The wire format
+(request bodies, streamed events, the SDK client) is ``openai_wire``.
 """
 
 from __future__ import annotations
@@ -40,19 +41,23 @@ from typing import Any
 import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream
-from openai._streaming import ServerSentEvent, SSEDecoder
 
 from shared import errors
 from worker.backends import openai_errors
 from worker.backends.base import Job, Piece
+from worker.backends.openai_wire import (
+    RESERVED,
+    SDKClient,
+    budget,
+    chat_messages,
+    choice_piece,
+    pooled,
+    usage_count,
+)
+
+__all__ = ["RESERVED", "OpenAIBackend", "OpenAIOptions", "budget", "chat_messages", "pooled"]
 
 log = logging.getLogger("fedgate.worker.openai")
-
-RESERVED = frozenset(
-    {"messages", "prompt", "input", "model", "stream", "stream_options", "n"}
-    | {"max_tokens", "max_completion_tokens", "continue_final_message", "add_generation_prompt"}
-)
-"""``params`` keys the backend sets itself; every other key goes upstream as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,50 +82,6 @@ class OpenAIOptions:
     """Timeout of a readiness probe (it runs before a heartbeat)."""
     stream_usage: bool = True
     """Ask for usage with ``stream_options.include_usage`` (off for a server refusing it)."""
-
-
-def budget(job: Job, default: int) -> int:
-    """Tokens still to produce: the whole-output ``max_tokens`` minus the resumed part."""
-    value = job.params.get("max_tokens")
-    total = (
-        value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
-    )
-    return total - job.resume_tokens
-
-
-def pooled(embedding: Any) -> list[float]:
-    """A sentence vector: as is, or the mean of per-token vectors (servers without pooling)."""
-    if embedding and isinstance(embedding[0], list):
-        width = len(embedding[0])
-        return [sum(float(row[i]) for row in embedding) / len(embedding) for i in range(width)]
-    return [float(v) for v in embedding]
-
-
-def chat_messages(job: Job, plain_as_chat: bool) -> list[dict[str, Any]] | None:
-    """The chat to send (a copy of ``params.messages``), or None for a plain completion."""
-    messages = job.messages
-    if messages is not None:
-        return list(messages)
-    if plain_as_chat:
-        return [{"role": "user", "content": job.prompt}]
-    return None
-
-
-class _Decoder(SSEDecoder):
-    """The SDK's decoder, less one deviation from the SSE spec: a block without ``data``
-    lines dispatches nothing (the SDK would hand on an empty event once an ``id:`` was
-    seen, which is not JSON)."""
-
-    def decode(self, line: str) -> ServerSentEvent | None:
-        sse = super().decode(line)
-        return sse if sse is None or sse.data else None
-
-
-class _Client(AsyncOpenAI):
-    """``AsyncOpenAI`` with that decoder."""
-
-    def _make_sse_decoder(self) -> SSEDecoder:
-        return _Decoder()
 
 
 class OpenAIBackend:
@@ -149,7 +110,7 @@ class OpenAIBackend:
     def _sdk(self) -> AsyncOpenAI:
         if self._client is None:
             opts = self.options
-            self._client = _Client(
+            self._client = SDKClient(
                 base_url=f"{self.base_url}/v1",
                 api_key=opts.api_key or "EMPTY",  # servers without auth ignore it
                 max_retries=0,  # the gateway retries, on another node
@@ -297,7 +258,7 @@ class OpenAIBackend:
                     if isinstance(event.get("usage"), dict):
                         usage = event["usage"]
                     for choice in event.get("choices") or ():
-                        piece = _piece(choice, chat)
+                        piece = choice_piece(choice, chat)
                         if piece is not None:
                             yield piece
                         finish = choice.get("finish_reason") or finish
@@ -312,8 +273,8 @@ class OpenAIBackend:
             text="",
             tokens=0,
             finish_reason=finish,
-            prompt_tokens=_count(usage, "prompt_tokens", minus=resumed),
-            completion_tokens=_count(usage, "completion_tokens"),
+            prompt_tokens=usage_count(usage, "prompt_tokens", minus=resumed),
+            completion_tokens=usage_count(usage, "completion_tokens"),
         )
 
     async def _embed(self, job: Job) -> Piece:
@@ -332,29 +293,5 @@ class OpenAIBackend:
         finally:
             self._active -= 1
         usage = answer.get("usage") or {}
-        tokens = _count(usage, "prompt_tokens") or len(job.prompt.split()) or 1
+        tokens = usage_count(usage, "prompt_tokens") or len(job.prompt.split()) or 1
         return Piece(text="", tokens=tokens, embedding=vector, prompt_tokens=tokens)
-
-
-def _piece(choice: dict[str, Any], chat: bool) -> Piece | None:
-    """The output in one streamed choice, or None when it has none."""
-    tool_calls = None
-    if chat:
-        delta = choice.get("delta") or {}
-        text = delta.get("content") or ""
-        calls = delta.get("tool_calls")
-        tool_calls = calls if isinstance(calls, list) and calls else None
-    else:
-        text = choice.get("text") or ""
-    logprobs = choice.get("logprobs")
-    logprobs = logprobs if isinstance(logprobs, dict) and any(logprobs.values()) else None
-    if not (text or tool_calls or logprobs):
-        return None
-    return Piece(text=str(text), tokens=1, tool_calls=tool_calls, logprobs=logprobs)
-
-
-def _count(usage: dict[str, Any], key: str, minus: int = 0) -> int | None:
-    value = usage.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return max(0, value - minus)
-    return None
