@@ -26,8 +26,9 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
+from gateway.affinity import AffinityConfig
 from gateway.breaker import CircuitBreaker, CircuitBreakerConfig
-from gateway.catalog import ModelCatalog
+from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.control import Control
 from gateway.core.flight import Flight
 from gateway.core.lifecycle import Lifecycle, Limits
@@ -38,11 +39,13 @@ from gateway.fleet import Fleet
 from gateway.handlers import Intake
 from gateway.health import HealthChecker, HealthConfig
 from gateway.membership import Membership
+from gateway.prefix_cost import PrefixCostModel
 from gateway.quota import KvStore, LeaseStore, Limiter, LocalStore
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.router import LoadBalanceStrategy, Router, RouterConfig
 from gateway.shared_outcomes import SharedOutcomes
+from gateway.shared_prefix import SharedPrefixes
 from gateway.stats import GatewayStats
 from gateway.sweeper import Sweeper
 from gateway.views import Views
@@ -80,7 +83,10 @@ class GatewayService:
         self.health = health if health is not None else HealthChecker(_health(cfg), clock=clock)
         self.breaker = breaker if breaker is not None else CircuitBreaker(_breaker(cfg), clock)
         if router is None:
-            router = Router(self.catalog, self.health, self.breaker, _router(cfg), clock=clock)
+            router = Router(
+                self.catalog, self.health, self.breaker, _router(cfg), clock=clock,
+                affinity=_affinity(cfg),
+            )  # fmt: skip
         self.router = router
         self.stats = stats if stats is not None else GatewayStats(clock=clock)
         self.decisions = Decisions(
@@ -117,6 +123,14 @@ class GatewayService:
                 nc, subjects.outcomes, gid, self.health, self.breaker, self._spawn
             )
             self.engine.fleet.share = self.membership.share = self.outcomes.record
+        self.prefixes: SharedPrefixes | None = None
+        if cfg.prefix_routing:
+            self.prefixes = SharedPrefixes(
+                nc, subjects, gid, router.prefixes, self.catalog, self._spawn, clock
+            )
+            router.affinity.publish = self.prefixes.record
+        self.catalog.add_listener(self._on_catalog)
+        self.decisions.terms = router.affinity.pop_terms
         self.sweeper = Sweeper(
             engine, self.health, self.decisions, self.membership, cfg.liveness_probe_s
         )
@@ -189,6 +203,8 @@ class GatewayService:
         self._subs += await self.control.subscribe()
         if self.outcomes is not None:
             self._subs.append(await self.outcomes.subscribe())
+        if self.prefixes is not None:
+            self._subs.append(await self.prefixes.subscribe())
         await self.nc.flush()
         # Intake last: the catalog fills from heartbeats first.
         self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))
@@ -219,6 +235,11 @@ class GatewayService:
     def on_reconnect(self) -> None:
         """NATS connection back."""
         self.engine.link(True)
+
+    def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
+        """A node that left (or restarted) holds nothing the index believed it held."""
+        if event is CatalogEvent.REMOVED:
+            self.router.prefixes.remove_node(node.node_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run ``coro`` in the service's task group (its failure is logged, never fatal)."""
@@ -311,6 +332,17 @@ def _breaker(cfg: GatewayConfig) -> CircuitBreakerConfig:
         half_open_successes=cfg.breaker_half_open_successes,
         half_open_max_probes=cfg.breaker_half_open_probes,
     )
+
+
+def _affinity(cfg: GatewayConfig) -> AffinityConfig:
+    cost = PrefixCostModel(
+        prefill_s_per_token=cfg.prefix_prefill_ms_per_token / 1000.0,
+        queue_s_per_load=cfg.prefix_queue_s_per_load,
+    )
+    return AffinityConfig(
+        enabled=cfg.prefix_routing, block_bytes=cfg.prefix_block_bytes, ttl_s=cfg.prefix_ttl_s,
+        max_entries=cfg.prefix_max_entries, cost=cost,
+    )  # fmt: skip
 
 
 def _router(cfg: GatewayConfig) -> RouterConfig:
