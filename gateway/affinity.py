@@ -56,6 +56,9 @@ class AffinityConfig:
     cost: PrefixCostModel = field(default_factory=lambda: DEFAULT_COST_MODEL)
 
 
+Terms = tuple[float, float | None, float | None]
+"""(cache match 0..1, engine load or None, predicted TTFT ms or None): ``fed.decisions``."""
+
 Publish = Callable[[str, list[int]], None]
 """``(node_id, block hashes)``: tell the other gateways (gateway/shared_prefix.py)."""
 
@@ -81,9 +84,9 @@ class Affinity:
         self.clock = clock
         self.band = band
         self.publish: Publish | None = None
-        self.terms: dict[str, tuple[float, float | None, float | None]] = {}
-        """request id -> (cache match, engine load, predicted TTFT ms) of its chosen node,
-        until its decision is written (``pop_terms``)."""
+        self.terms: dict[int, tuple[InferRequest, Terms]] = {}
+        """id(request) -> (the request, its chosen node's terms), until its decision is
+        written (``pop_terms``; the request is held so that its id is not reused)."""
         self.min_chars = max(1, -(-config.block_bytes // 4))
         """Inputs shorter (in chars; UTF-8 has at most 4 bytes a char) have no block."""
         self._last: tuple[InferRequest | None, list[int]] = (None, [])
@@ -158,19 +161,20 @@ class Affinity:
             self.prefixes.record(node_id, keys, self.clock())
             if self.publish is not None:
                 self.publish(node_id, keys)
-        rid = request.request_id
         s, node = chosen.scores, chosen.node
-        if rid and (s.ttft_ms >= 0.0 or node.engine is not None):
+        if s.ttft_ms >= 0.0 or node.engine is not None:
             terms = self.terms
             if len(terms) >= MAX_TERMS:
                 del terms[next(iter(terms))]
             ttft = round(s.ttft_ms, 1) if s.ttft_ms >= 0.0 else None
             engine = round(node.engine_load, 4) if node.engine is not None else None
-            terms[rid] = (round(s.cache, 4), engine, ttft)
+            terms[id(request)] = (request, (round(s.cache, 4), engine, ttft))
 
-    def pop_terms(self, request_id: str) -> tuple[float, float | None, float | None] | None:
-        """The terms ``routed`` kept for ``request_id`` (once)."""
-        return self.terms.pop(request_id, None)
+    def pop_terms(self, request: InferRequest) -> Terms | None:
+        """The terms ``routed`` kept for ``request`` (once): (cache match 0..1, engine
+        load or None, predicted TTFT ms or None) of the node it was last routed to."""
+        held = self.terms.pop(id(request), None)
+        return held[1] if held is not None and held[0] is request else None
 
     def annotate(self, cands: list[Candidate], request: InferRequest) -> None:
         """Fill ``scores.cache`` and ``scores.ttft_ms`` of a dry run's candidates."""

@@ -41,8 +41,9 @@ class Decisions:
         self.access_log = access_log
         self._clock = clock
         self._pending: list[m.Decision] = []
-        self.terms: Callable[[str], tuple[float, float | None, float | None] | None] = _none
-        """request id -> (cache match, engine load, predicted TTFT ms) of its chosen node
+        self.terms: Callable[[m.InferRequest], tuple[float, float | None, float | None] | None]
+        self.terms = _none
+        """request -> (cache match, engine load, predicted TTFT ms) of its chosen node
         (the router's prefix stage: ``Affinity.pop_terms``), once."""
 
     def record(self, flight: Flight, outcome: str, reason: str) -> None:
@@ -50,7 +51,7 @@ class Decisions:
         strategy that chose its node ("" when none was chosen)."""
         if self.access_log:
             self._log(flight, outcome)
-        terms = self.terms(flight.request_id)
+        terms = self.terms(flight.request)
         if not self.publish:
             return
         cache, engine_load, ttft = terms if terms is not None else (UNSET, None, None)
@@ -93,5 +94,5 @@ class Decisions:
         )  # fmt: skip
 
 
-def _none(_: str) -> None:
+def _none(_: m.InferRequest) -> None:
     return None

@@ -193,9 +193,9 @@ def test_dry_run_and_decision_terms() -> None:
     request = ask(SYSTEM + " q", "rq")
     chosen = w.router.route(request)
     w.router.affinity.routed(request, chosen)
-    terms = w.router.affinity.pop_terms("rq")
+    terms = w.router.affinity.pop_terms(request)
     assert terms is not None and terms[0] > 0.9 and terms[2] is not None
-    assert w.router.affinity.pop_terms("rq") is None
+    assert w.router.affinity.pop_terms(request) is None
 
 
 def test_short_requests_skip_the_stage() -> None:
