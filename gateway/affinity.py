@@ -22,6 +22,7 @@ the excess of the best prediction over the SLO, at least 1 s).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -200,7 +201,9 @@ class Affinity:
         floor = cands[0].score - self.band(cands[0]) if cands else -1.0
         seen = {c.node_id for c in cands}
         added = 0
-        for nid in sorted(holders):  # sorted: every gateway considers the same ones
+        # The first by id: every gateway considers the same ones (nsmallest: a prefix
+        # every node of a large fleet holds is not sorted whole).
+        for nid in heapq.nsmallest(4 * self.config.max_warm, holders):
             if added >= self.config.max_warm:
                 break
             node = self.catalog.node(nid)

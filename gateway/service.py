@@ -26,8 +26,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from gateway.affinity import AffinityConfig
-from gateway.breaker import CircuitBreaker, CircuitBreakerConfig
+from gateway import settings
+from gateway.breaker import CircuitBreaker
 from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.control import Control
 from gateway.core.flight import Flight
@@ -37,13 +37,12 @@ from gateway.decisions import Decisions
 from gateway.engine import Engine
 from gateway.fleet import Fleet
 from gateway.handlers import Intake
-from gateway.health import HealthChecker, HealthConfig
+from gateway.health import HealthChecker
 from gateway.membership import Membership
-from gateway.prefix_cost import PrefixCostModel
 from gateway.quota import KvStore, LeaseStore, Limiter, LocalStore
 from gateway.recorder import Recorder
 from gateway.relay import Relay
-from gateway.router import LoadBalanceStrategy, Router, RouterConfig
+from gateway.router import Router
 from gateway.shared_outcomes import SharedOutcomes
 from gateway.shared_prefix import SharedPrefixes
 from gateway.stats import GatewayStats
@@ -80,12 +79,16 @@ class GatewayService:
         self.clock = clock
         # The fleet: plain objects on one clock (explicit None checks: empty is falsy).
         self.catalog = catalog if catalog is not None else ModelCatalog(clock=clock)
-        self.health = health if health is not None else HealthChecker(_health(cfg), clock=clock)
-        self.breaker = breaker if breaker is not None else CircuitBreaker(_breaker(cfg), clock)
+        self.health = (
+            health if health is not None else HealthChecker(settings.health(cfg), clock=clock)
+        )
+        self.breaker = (
+            breaker if breaker is not None else CircuitBreaker(settings.breaker(cfg), clock)
+        )
         if router is None:
             router = Router(
-                self.catalog, self.health, self.breaker, _router(cfg), clock=clock,
-                affinity=_affinity(cfg),
+                self.catalog, self.health, self.breaker, settings.router(cfg), clock=clock,
+                affinity=settings.affinity(cfg),
             )  # fmt: skip
         self.router = router
         self.stats = stats if stats is not None else GatewayStats(clock=clock)
@@ -312,43 +315,3 @@ async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
         await coro
     except Exception:
         log.exception("%s failed", name)
-
-
-def _health(cfg: GatewayConfig) -> HealthConfig:
-    return HealthConfig(
-        failure_threshold=cfg.health_failure_threshold,
-        recovery_threshold=cfg.health_recovery_threshold,
-        degraded_latency_s=cfg.health_degraded_latency_s,
-        check_interval_s=cfg.health_check_interval_s,
-        # Successes that change no state reach the router at most every 50 ms per node.
-        publish_interval_s=0.05,
-    )
-
-
-def _breaker(cfg: GatewayConfig) -> CircuitBreakerConfig:
-    return CircuitBreakerConfig(
-        failure_threshold=cfg.breaker_failure_threshold,
-        reset_timeout_s=cfg.breaker_reset_timeout_s,
-        half_open_successes=cfg.breaker_half_open_successes,
-        half_open_max_probes=cfg.breaker_half_open_probes,
-    )
-
-
-def _affinity(cfg: GatewayConfig) -> AffinityConfig:
-    cost = PrefixCostModel(
-        prefill_s_per_token=cfg.prefix_prefill_ms_per_token / 1000.0,
-        queue_s_per_load=cfg.prefix_queue_s_per_load,
-    )
-    return AffinityConfig(
-        enabled=cfg.prefix_routing, block_bytes=cfg.prefix_block_bytes, ttl_s=cfg.prefix_ttl_s,
-        max_entries=cfg.prefix_max_entries, cost=cost,
-    )  # fmt: skip
-
-
-def _router(cfg: GatewayConfig) -> RouterConfig:
-    try:
-        strategy = LoadBalanceStrategy[cfg.strategy.upper()]
-    except KeyError as exc:
-        names = ", ".join(s.name.lower() for s in LoadBalanceStrategy)
-        raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {names}") from exc
-    return RouterConfig(strategy=strategy)
