@@ -277,11 +277,14 @@ class ModelCatalog:
         return self._nodes.get(node_id)
 
     def touch(self, node_id: str) -> bool:
-        """A heartbeat identical to the node's last one: only its liveness is refreshed."""
+        """A heartbeat identical to the node's last one: its liveness is refreshed, and
+        its engine signals (the same ``measured_at``) dropped once stale."""
         node = self._nodes.get(node_id)
         if node is None:
             return False
         node.last_seen = self._clock()
+        if node.engine is not None:
+            apply_engine(node, node.engine, self._wall() * 1000.0)
         return True
 
     def nodes(self) -> list[NodeInfo]:

@@ -121,6 +121,21 @@ def test_stale_engine_signals_are_ignored() -> None:
     assert got["n1"] >= 10, got
 
 
+def test_engine_signals_repeated_unchanged_go_stale() -> None:
+    """A worker whose engine stopped answering repeats its last reading: identical
+    heartbeats only touch the node, and the reading is dropped once too old."""
+    w = world()
+    wall = [time.time()]
+    w.catalog._wall = lambda: wall[0]
+    w.catalog.apply_heartbeat("n1", hb(capacity=4, engine=engine(running=4, waiting=6)))
+    node = w.catalog.node("n1")
+    assert node is not None and node.engine_load == 2.5
+    wall[0] += 2.0
+    assert w.catalog.touch("n1") and node.engine_load == 2.5  # 2 intervals: still fresh
+    wall[0] += 2.0
+    assert w.catalog.touch("n1") and node.engine is None and node.load == 0.0
+
+
 def test_slo_routes_to_the_node_that_meets_it() -> None:
     w = world()
     w.catalog.apply_heartbeat("n0", hb(capacity=4, engine=engine(ttft_p50_ms=3000.0)))
