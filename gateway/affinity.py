@@ -126,10 +126,13 @@ class Affinity:
         keys = self.hashes(request) if prefix else []
         fractions: dict[str, float] = {}
         cands = top
+        match = None
         if keys:
             match = self.prefixes.match(keys, self.clock())
             depth, holders = match.deepest()
-            if depth:
+            if not depth:
+                match = None
+            else:
                 cands = list(top)
                 self._add_warm(cands, holders, request, exclude)
                 for c in cands:
@@ -145,8 +148,10 @@ class Affinity:
                 seen = {c.node_id for c in cands}
                 extra = [c for c in more() if c.node_id not in seen]
                 if extra:
-                    self._predict(extra, fractions, tokens)
+                    if match is not None:
+                        fractions.update((c.node_id, match.fraction(c.node_id)) for c in extra)
                     cands = cands + extra
+                    self._predict(cands, fractions, tokens)  # one balance guard for all
                     met = [c for c in cands if self._meets(c, request)]
             if not met:
                 raise self._refusal(cands, request, tokens, fractions)
