@@ -140,7 +140,11 @@ def route_table(replies: list[dict[str, Any]]) -> RenderableType:
             continue
         best = max((c["score"] for c in candidates if c["eligible"]), default=None)
         heads = [k.upper() for k in SCORE_KEYS]
-        t = table(["NODE", "REGION", "ELIGIBLE", "SCORE", *heads, "WHY"], ["SCORE", *heads])
+        terms = ["CACHE", "RUN/WAIT/KV", "TTFT~MS"]  # the prefix/SLO stage (issue 14)
+        t = table(
+            ["NODE", "REGION", "ELIGIBLE", "SCORE", *heads, *terms, "WHY"],
+            ["SCORE", *heads, *terms],
+        )
         for c in candidates:
             why = verdict(c, chosen, best)
             style = "green" if why.startswith("chosen") else "red" if not c["eligible"] else ""
@@ -150,11 +154,23 @@ def route_table(replies: list[dict[str, Any]]) -> RenderableType:
                 "yes" if c["eligible"] else "no",
                 fmt(c.get("score")),
                 *(fmt(c.get("scores", {}).get(k)) for k in SCORE_KEYS),
+                fmt(c.get("cache_match")),
+                engine_cell(c),
+                fmt(c.get("predicted_ttft_ms")),
                 Text(why, style=style),
             )
         parts.append(Text())
         parts.append(t)
     return Group(*parts)
+
+
+def engine_cell(candidate: dict[str, Any]) -> str:
+    """``running/waiting/kv%`` of a candidate's engine signals, ``-`` when it has none."""
+    if candidate.get("running") is None:
+        return "-"
+    kv = candidate.get("kv_cache_usage")
+    kv_text = "-" if kv is None else f"{kv:.0%}"
+    return f"{candidate['running']}/{candidate.get('waiting', 0)}/{kv_text}"
 
 
 def verdict(candidate: dict[str, Any], chosen: str | None, best: float | None) -> str:

@@ -8,8 +8,9 @@ incarnation is ignored, silent nodes expire). Indexes by capability and by
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.clock import MONOTONIC, Clock
@@ -22,6 +23,7 @@ from gateway.nodeinfo import (
     ModelEntry,
     ModelMetadata,
     NodeInfo,
+    apply_engine,
     models_of,
     node_from_heartbeat,
 )
@@ -46,8 +48,15 @@ _RETIRED_MAX = 4096
 class ModelCatalog:
     """In-memory catalog of nodes, models and capabilities with incremental indexes."""
 
-    def __init__(self, clock: Clock = MONOTONIC, expiry_intervals: int = 3) -> None:
+    def __init__(
+        self,
+        clock: Clock = MONOTONIC,
+        expiry_intervals: int = 3,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall = wall
+        """Epoch seconds: the age of a heartbeat's engine signals (``measured_at``)."""
         self._expiry_intervals = expiry_intervals
         self._nodes: dict[str, NodeInfo] = {}
         self._raw_models: dict[str, tuple[ModelInfo, ...]] = {}
@@ -214,6 +223,7 @@ class ModelCatalog:
         node.interval_ms = hb.interval_ms
         node.queue_depth = hb.queue_depth
         node.ttft_ms = hb.ttft_ms
+        apply_engine(node, hb.engine, self._wall() * 1000.0)
         moved = False
         if hb.models is not self._raw_models.get(node_id) and hb.models != self._raw_models.get(
             node_id
@@ -235,7 +245,7 @@ class ModelCatalog:
     def _from_heartbeat(self, node_id: str, hb: Heartbeat) -> NodeInfo:
         models = models_of(hb.models)
         self._raw_models[node_id] = hb.models
-        return node_from_heartbeat(node_id, hb, models, self._clock())
+        return node_from_heartbeat(node_id, hb, models, self._clock(), self._wall() * 1000.0)
 
     def remove_node(self, node_id: str, incarnation: str | None = None) -> bool:
         """A leave: drop the node unless ``incarnation`` names another one; True if dropped."""
@@ -267,11 +277,14 @@ class ModelCatalog:
         return self._nodes.get(node_id)
 
     def touch(self, node_id: str) -> bool:
-        """A heartbeat identical to the node's last one: only its liveness is refreshed."""
+        """A heartbeat identical to the node's last one: its liveness is refreshed, and
+        its engine signals (the same ``measured_at``) dropped once stale."""
         node = self._nodes.get(node_id)
         if node is None:
             return False
         node.last_seen = self._clock()
+        if node.engine is not None:
+            apply_engine(node, node.engine, self._wall() * 1000.0)
         return True
 
     def nodes(self) -> list[NodeInfo]:

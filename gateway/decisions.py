@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from msgspec import UNSET
 from nats.aio.client import Client
 
 from gateway.core.flight import Flight
@@ -40,14 +41,20 @@ class Decisions:
         self.access_log = access_log
         self._clock = clock
         self._pending: list[m.Decision] = []
+        self.terms: Callable[[m.InferRequest], tuple[float, float | None, float | None] | None]
+        self.terms = _none
+        """request -> (cache match, engine load, predicted TTFT ms) of its chosen node
+        (the router's prefix stage: ``Affinity.pop_terms``), once."""
 
     def record(self, flight: Flight, outcome: str, reason: str) -> None:
         """A request ended with ``outcome`` (``ok`` or its error kind); ``reason`` is the
         strategy that chose its node ("" when none was chosen)."""
         if self.access_log:
             self._log(flight, outcome)
+        terms = self.terms(flight.request)
         if not self.publish:
             return
+        cache, engine_load, ttft = terms if terms is not None else (UNSET, None, None)
         self._pending.append(
             m.Decision(
                 request_id=flight.request_id,
@@ -59,6 +66,9 @@ class Decisions:
                 reason=reason,
                 gateway=self.gateway_id,
                 outcome=outcome,
+                cache_match=cache,
+                engine_load=UNSET if engine_load is None else engine_load,
+                predicted_ttft_ms=UNSET if ttft is None else ttft,
             )
         )
 
@@ -82,3 +92,7 @@ class Decisions:
             extra={"request_id": flight.request_id, "trace_id": trace_id,
                    "node_id": flight.node_id or ""},
         )  # fmt: skip
+
+
+def _none(_: m.InferRequest) -> None:
+    return None

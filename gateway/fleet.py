@@ -8,7 +8,7 @@ blamed later when the request ends: ``penalise``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import ModelCatalog
@@ -16,6 +16,7 @@ from gateway.core.flight import Attempt
 from gateway.health import HealthChecker
 from gateway.policies import Candidate
 from gateway.router import Router
+from shared.messages import InferRequest
 
 ShareOutcome = Callable[..., None]
 """``(kind, node_id, latency_s=0.0, tokens=0, ttft_s=None)``: see gateway/shared_outcomes.py."""
@@ -24,7 +25,7 @@ ShareOutcome = Callable[..., None]
 class Fleet:
     """Catalog, health, breakers and router, as one gateway's engine sees them."""
 
-    __slots__ = ("breaker", "catalog", "health", "route", "router", "share")
+    __slots__ = ("_routed", "breaker", "catalog", "health", "route", "router", "share")
 
     def __init__(
         self, catalog: ModelCatalog, health: HealthChecker, breaker: CircuitBreaker, router: Router
@@ -33,11 +34,19 @@ class Fleet:
         self.health = health
         self.breaker = breaker
         self.router = router
-        self.route: Callable[..., Candidate] = router.route
+        self.route: Callable[..., Candidate] = self._route
         """``route(request, exclude)``: the node for the next attempt (raises the routing
-        ``FedError`` when none)."""
+        ``FedError`` when none); its prompt is then recorded as held by that node."""
+        self._routed = router.affinity.routed
         self.share: ShareOutcome | None = None
         """``SharedOutcomes.record``: tells the other gateways each outcome (None: alone)."""
+
+    def _route(self, request: InferRequest, exclude: Collection[str] = ()) -> Candidate:
+        """``router.route``, then the choice told to the prefix index (this gateway's and,
+        through ``fed.prefix.<node_id>``, every other's: gateway/shared_prefix.py)."""
+        chosen = self.router.route(request, exclude)
+        self._routed(request, chosen)
+        return chosen
 
     def serving(self, capability: str, model: str | None) -> list[str]:
         """Every node serving ``capability`` (and ``model``), eligible or not."""

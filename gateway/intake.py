@@ -25,11 +25,13 @@ from shared import messages as m
 from shared.client import FedClient
 
 __all__ = [
-    "CLIENT_REQUEST_ID", "ENVELOPE_BYTES", "capability", "check_size", "checked", "fields",
-    "forwarded", "headers", "max_body", "read_json", "split_chat",
+    "CLIENT_REQUEST_ID", "ENVELOPE_BYTES", "MAX_TTFT_HEADER", "capability", "check_size",
+    "checked", "fields", "forwarded", "headers", "max_body", "read_json", "split_chat",
 ]  # fmt: skip
 
 CLIENT_REQUEST_ID = "X-Request-Id"
+MAX_TTFT_HEADER = "x-fedgate-max-ttft-ms"
+"""The time-to-first-token SLO in ms (``qos.max_ttft_ms``; the header wins over the body)."""
 
 _TRACEPARENT = re.compile(
     r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -95,15 +97,26 @@ def fields(headers: Mapping[str, str], req: schema.Request, tenant: str | None) 
     ``X-Request-Id`` when it is a valid one — an identity within the caller's tenant only
     (docs/protocol.md, "Request identity"): another API key's requests never collide with
     it — else a fresh one. Without API keys the tenant is ``ANONYMOUS_HTTP_TENANT``, which
-    no NATS caller may claim: HTTP ids never meet untenanted NATS callers'."""
+    no NATS caller may claim: HTTP ids never meet untenanted NATS callers'.
+    ``x-fedgate-max-ttft-ms`` sets ``qos.max_ttft_ms`` (a ``400`` unless whole
+    milliseconds)."""
     given = headers.get(CLIENT_REQUEST_ID, "")
     out: dict[str, Any] = {
         "request_id": given if _REQUEST_ID.match(given) else secrets.token_hex(8),
         "model": req.model,
         "tenant_id": m.ANONYMOUS_HTTP_TENANT if tenant is None else tenant,
     }
-    if req.qos is not None:
-        out["qos"] = req.qos
+    qos = req.qos
+    slo = headers.get(MAX_TTFT_HEADER)
+    if slo is not None:
+        if not slo.isdigit() or not 1 <= int(slo) <= 86_400_000:
+            raise HttpError(
+                400, f"{MAX_TTFT_HEADER} must be whole milliseconds, 1 to 86400000",
+                "bad_request", MAX_TTFT_HEADER,
+            )  # fmt: skip
+        qos = msgspec.structs.replace(qos or m.DEFAULT_QOS, max_ttft_ms=int(slo))
+    if qos is not None:
+        out["qos"] = qos
     if req.timeout_ms is not None:
         out["timeout_ms"] = req.timeout_ms
     return out

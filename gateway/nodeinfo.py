@@ -13,10 +13,39 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shared.messages import Heartbeat, ModelInfo, Privacy
+from shared.messages import EngineSignals, Heartbeat, ModelInfo, Privacy
 
 STATIC_CAPACITY = 1_000_000
 """Capacity given to nodes registered through the reference API (effectively unbounded)."""
+ENGINE_STALE_INTERVALS = 3
+"""Engine signals measured more than this many heartbeat intervals ago are ignored."""
+KV_KNEE = 0.8
+"""KV-cache use above which the engine load is penalised (the engine starts evicting
+cached prefixes, then preempting running requests)."""
+KV_PENALTY = 0.5
+"""Load added when the KV cache is full (linear from ``KV_KNEE``): a full cache counts as
+half a node's capacity more queue."""
+
+
+def engine_load(engine: EngineSignals, capacity: int) -> float:
+    """The load an engine reports, as a fraction of the node's capacity:
+    ``(running + waiting) / capacity``, plus ``KV_PENALTY * (kv - KV_KNEE) / (1 - KV_KNEE)``
+    when the KV-cache use ``kv`` is above ``KV_KNEE``."""
+    load = (engine.running + engine.waiting) / capacity
+    kv = engine.kv_cache_usage
+    if kv is not None and kv > KV_KNEE:
+        load += KV_PENALTY * (kv - KV_KNEE) / (1.0 - KV_KNEE)
+    return load
+
+
+def apply_engine(node: NodeInfo, engine: EngineSignals | None, wall_ms: float) -> None:
+    """Keep ``engine`` on ``node`` when fresh (measured within ``ENGINE_STALE_INTERVALS``
+    heartbeat intervals of ``wall_ms``, the gateway's wall clock in epoch milliseconds),
+    else forget the node's engine signals: ``engine_load`` 0 and ``engine`` None."""
+    if engine is None or wall_ms - engine.measured_at > ENGINE_STALE_INTERVALS * node.interval_ms:
+        node.engine, node.engine_load = None, 0.0
+    else:
+        node.engine, node.engine_load = engine, engine_load(engine, node.capacity)
 
 
 @dataclass(slots=True, eq=False)
@@ -44,11 +73,17 @@ class NodeInfo:
     tokens_per_s: float | None = None
     seq: int = 0
     """Catalog insertion number: the stable tie-breaker of every ranking."""
+    engine: EngineSignals | None = None
+    """The node's latest fresh engine signals (None: none, or stale; ``apply_engine``)."""
+    engine_load: float = 0.0
+    """``engine_load(engine, capacity)`` of the fresh signals, else 0."""
 
     @property
     def load(self) -> float:
-        """max(reported in-flight, own dispatches) / capacity (can exceed 1.0)."""
-        return max(self.in_flight, self.local_in_flight) / self.capacity
+        """max(reported in-flight, own dispatches) / capacity, or the engine's load
+        (``engine_load``) when higher (can exceed 1.0)."""
+        load = max(self.in_flight, self.local_in_flight) / self.capacity
+        return load if load > self.engine_load else self.engine_load
 
     @property
     def at_capacity(self) -> bool:
@@ -124,11 +159,12 @@ def models_of(infos: Iterable[ModelInfo]) -> dict[str, frozenset[str]]:
 
 
 def node_from_heartbeat(
-    node_id: str, hb: Heartbeat, models: dict[str, frozenset[str]], now: float
+    node_id: str, hb: Heartbeat, models: dict[str, frozenset[str]], now: float, wall_ms: float
 ) -> NodeInfo:
     """A new NodeInfo from a node's heartbeat (``models`` from ``models_of``, ``now`` the
-    catalog clock's reading, in seconds)."""
-    return NodeInfo(
+    catalog clock's reading, in seconds; ``wall_ms`` epoch milliseconds, for the engine
+    signals' age)."""
+    node = NodeInfo(
         node_id=node_id,
         region=hb.region,
         models=models,
@@ -148,3 +184,5 @@ def node_from_heartbeat(
         ttft_ms=hb.ttft_ms,
         tokens_per_s=hb.tokens_per_s,
     )
+    apply_engine(node, hb.engine, wall_ms)
+    return node

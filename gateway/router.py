@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from gateway.affinity import Affinity, AffinityConfig
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import ModelCatalog, NodeInfo
 from gateway.clock import MONOTONIC, Clock
@@ -20,6 +21,7 @@ from gateway.explain import classify, explain
 from gateway.health import HealthChecker, NodeHealth
 from gateway.index import CandidateIndex
 from gateway.policies import Candidate, CompositePolicy, Policy
+from gateway.prefix_index import PrefixIndex
 from gateway.spread import Spreader
 from gateway.strategies import Chooser, LoadBalanceStrategy, RouterConfig
 from shared.messages import InferRequest
@@ -42,6 +44,7 @@ class Router:
         config: RouterConfig | None = None,
         policy: Policy | None = None,
         clock: Clock = MONOTONIC,
+        affinity: AffinityConfig | None = None,
     ) -> None:
         self.catalog = catalog
         self.health = health
@@ -55,6 +58,14 @@ class Router:
             self._index, self.config, self._rng, health.get_cached_health, breaker.admits
         )
         self._spread = self._spreader.pick
+        aff = affinity or AffinityConfig()
+        self.prefixes = PrefixIndex(ttl_s=aff.ttl_s, max_entries=aff.max_entries)
+        """What each node is believed to hold (fed by ``Fleet.route`` and fed.prefix.*)."""
+        self.affinity = Affinity(catalog, self._index, self.prefixes, aff, clock, self._warm_band)
+        self._rank = self.affinity.rank
+        prefix_strategy = self.config.strategy in (_POWER_OF_TWO, _LEAST_LATENCY)
+        self._prefix_chars = self.affinity.min_chars if aff.enabled and prefix_strategy else 1 << 62
+        """Inputs this long (chars) may hold a whole block: the prefix stage runs."""
 
     @property
     def policy(self) -> CompositePolicy:
@@ -67,7 +78,8 @@ class Router:
         return self
 
     def route(self, request: InferRequest, exclude: Collection[str] = ()) -> Candidate:
-        """Choose a node; raises NoCapacity, AllNodesUnhealthy, PolicyViolation, Overloaded.
+        """Choose a node; raises NoCapacity, AllNodesUnhealthy, PolicyViolation, Overloaded,
+        and for a request with an SLO, SloUnmet or SloUnattainable (gateway/affinity.py).
 
         A HALF_OPEN node's probe slot is taken here: the caller reports an outcome
         (breaker.record_success/record_failure) or calls breaker.release.
@@ -82,12 +94,33 @@ class Router:
         else:
             k = max(1, self.config.max_candidates)
             top = index.walk(index.ordering(request), request, exclude, k)
+        ranked = None
+        if top:  # the prefix/SLO stage (gateway/affinity.py), when it can change anything
+            qos, prefix = request.qos, len(request.input) >= self._prefix_chars
+            if prefix or qos.max_ttft_ms is not None or qos.max_itl_ms is not None:
+                more = lambda: self._more(request, exclude)  # noqa: E731
+                ranked = self._rank(top, request, exclude, more, prefix)
+                if ranked is not None:
+                    top = ranked
         while top:
-            chosen = top[0] if len(top) == 1 else self._chooser.pick(strategy, top, request)
+            if len(top) == 1 or ranked is not None:
+                chosen = top[0]
+            else:
+                chosen = self._chooser.pick(strategy, top, request)
             if self.breaker.try_acquire(chosen.node.node_id):
                 return chosen
             top.remove(chosen)
         raise classify(index, request, exclude)
+
+    def _more(self, request: InferRequest, exclude: Collection[str]) -> list[Candidate]:
+        """The ``max_candidates`` best (the SLO stage's wider look)."""
+        k = max(2, self.config.max_candidates)
+        return self._index.walk(self._index.ordering(request), request, exclude, k)
+
+    def _warm_band(self, best: Candidate) -> float:
+        """How far below ``best`` a node holding the prompt may score: ``challenge``
+        POWER_OF_TWO bands."""
+        return self.config.challenge * self._spreader.band(best.node, best.health)
 
     def spread_band(self, best: NodeInfo, health: NodeHealth) -> float:
         """How far below the score of ``best`` a POWER_OF_TWO candidate may be (see
@@ -99,5 +132,8 @@ class Router:
         return self._chooser.rendezvous_weight(key, node_id)
 
     def get_candidates(self, request: InferRequest) -> list[Candidate]:
-        """Every node for the request's capability/model, scored and explained, best first."""
-        return explain(self._index, request)
+        """Every node for the request's capability/model, scored and explained, best
+        first, with the prefix stage's terms (cache match, predicted TTFT)."""
+        out = explain(self._index, request)
+        self.affinity.annotate(out, request)
+        return out

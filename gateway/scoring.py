@@ -4,7 +4,8 @@ scores (a ``Candidate``: one node for one request, with its inputs).
 ``build_candidate`` turns a node, its health and a request into a ``Candidate`` whose
 ``Scores`` are normalised inputs (0..1, higher is better): latency from the p50 (0 at
 ``LATENCY_HORIZON_MS``), throughput from tokens/s (1 at 1000), cost, locality, health
-(``HEALTH_SCORES``), load (in-flight / capacity) and gpu. The policies of
+(``HEALTH_SCORES``), load (in-flight / capacity, or the engine's running + waiting over
+capacity when higher) and gpu; ``cache`` and ``ttft_ms`` are the prefix stage's. The policies of
 ``gateway.policies`` read them. ``Policy.is_eligible`` answers (eligible, reason), ``OK``
 when eligible. ``gateway.policies`` re-exports every name here.
 """
@@ -57,6 +58,11 @@ class Scores(msgspec.Struct, gc=False):
     total: float = 0.5
     load: float = 0.5
     gpu: float = 0.5
+    cache: float = 0.0
+    """Fraction of the request's prompt blocks the node is believed to hold (0..1;
+    filled by the prefix stage, gateway/affinity.py, only when it ran)."""
+    ttft_ms: float = -1.0
+    """Predicted time to first token, ms (gateway/prefix_cost.py); -1: not predicted."""
 
 
 class Candidate(msgspec.Struct):
@@ -103,6 +109,8 @@ def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -
     if tps is None:
         tps = node.tokens_per_s
     load = max(node.in_flight, node.local_in_flight) / node.capacity
+    if node.engine_load > load:  # the engine's running + waiting (gateway/nodeinfo.py)
+        load = node.engine_load
     latency = health.latency_p50_ms / LATENCY_HORIZON_MS
     status = health.status  # identity tests: Enum.__hash__ is slow on the hot path
     if status is _HEALTHY:

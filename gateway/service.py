@@ -26,8 +26,9 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from gateway.breaker import CircuitBreaker, CircuitBreakerConfig
-from gateway.catalog import ModelCatalog
+from gateway import settings
+from gateway.breaker import CircuitBreaker
+from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.control import Control
 from gateway.core.flight import Flight
 from gateway.core.lifecycle import Lifecycle, Limits
@@ -36,14 +37,15 @@ from gateway.decisions import Decisions
 from gateway.engine import Engine
 from gateway.fleet import Fleet
 from gateway.handlers import Intake
-from gateway.health import HealthChecker, HealthConfig
+from gateway.health import HealthChecker
 from gateway.membership import Membership
 from gateway.quota import Limiter
 from gateway.quota_store import DegradingStore, LeaseStore, LocalStore
 from gateway.recorder import Recorder
 from gateway.relay import Relay
-from gateway.router import LoadBalanceStrategy, Router, RouterConfig
+from gateway.router import Router
 from gateway.shared_outcomes import SharedOutcomes
+from gateway.shared_prefix import SharedPrefixes
 from gateway.stats import GatewayStats
 from gateway.sweeper import Sweeper
 from gateway.views import Views
@@ -78,10 +80,17 @@ class GatewayService:
         self.clock = clock
         # The fleet: plain objects on one clock (explicit None checks: empty is falsy).
         self.catalog = catalog if catalog is not None else ModelCatalog(clock=clock)
-        self.health = health if health is not None else HealthChecker(_health(cfg), clock=clock)
-        self.breaker = breaker if breaker is not None else CircuitBreaker(_breaker(cfg), clock)
+        self.health = (
+            health if health is not None else HealthChecker(settings.health(cfg), clock=clock)
+        )
+        self.breaker = (
+            breaker if breaker is not None else CircuitBreaker(settings.breaker(cfg), clock)
+        )
         if router is None:
-            router = Router(self.catalog, self.health, self.breaker, _router(cfg), clock=clock)
+            router = Router(
+                self.catalog, self.health, self.breaker, settings.router(cfg), clock=clock,
+                affinity=settings.affinity(cfg),
+            )  # fmt: skip
         self.router = router
         self.stats = stats if stats is not None else GatewayStats(clock=clock)
         self.decisions = Decisions(
@@ -119,6 +128,14 @@ class GatewayService:
                 nc, subjects.outcomes, gid, self.health, self.breaker, self._spawn
             )
             self.engine.fleet.share = self.membership.share = self.outcomes.record
+        self.prefixes: SharedPrefixes | None = None
+        if cfg.prefix_routing:
+            self.prefixes = SharedPrefixes(
+                nc, subjects, gid, router.prefixes, self.catalog, self._spawn, clock
+            )
+            router.affinity.publish = self.prefixes.record
+        self.catalog.add_listener(self._on_catalog)
+        self.decisions.terms = router.affinity.pop_terms
         self.sweeper = Sweeper(
             engine, self.health, self.decisions, self.membership, cfg.liveness_probe_s
         )
@@ -193,6 +210,8 @@ class GatewayService:
         self._subs += await self.control.subscribe()
         if self.outcomes is not None:
             self._subs.append(await self.outcomes.subscribe())
+        if self.prefixes is not None:
+            self._subs.append(await self.prefixes.subscribe())
         await self.nc.flush()
         # Intake last: the catalog fills from heartbeats first.
         self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))
@@ -223,6 +242,11 @@ class GatewayService:
     def on_reconnect(self) -> None:
         """NATS connection back."""
         self.engine.link(True)
+
+    def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
+        """A node that left (or restarted) holds nothing the index believed it held."""
+        if event is CatalogEvent.REMOVED:
+            self.router.prefixes.remove_node(node.node_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run ``coro`` in the service's task group (its failure is logged, never fatal)."""
@@ -295,32 +319,3 @@ async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
         await coro
     except Exception:
         log.exception("%s failed", name)
-
-
-def _health(cfg: GatewayConfig) -> HealthConfig:
-    return HealthConfig(
-        failure_threshold=cfg.health_failure_threshold,
-        recovery_threshold=cfg.health_recovery_threshold,
-        degraded_latency_s=cfg.health_degraded_latency_s,
-        check_interval_s=cfg.health_check_interval_s,
-        # Successes that change no state reach the router at most every 50 ms per node.
-        publish_interval_s=0.05,
-    )
-
-
-def _breaker(cfg: GatewayConfig) -> CircuitBreakerConfig:
-    return CircuitBreakerConfig(
-        failure_threshold=cfg.breaker_failure_threshold,
-        reset_timeout_s=cfg.breaker_reset_timeout_s,
-        half_open_successes=cfg.breaker_half_open_successes,
-        half_open_max_probes=cfg.breaker_half_open_probes,
-    )
-
-
-def _router(cfg: GatewayConfig) -> RouterConfig:
-    try:
-        strategy = LoadBalanceStrategy[cfg.strategy.upper()]
-    except KeyError as exc:
-        names = ", ".join(s.name.lower() for s in LoadBalanceStrategy)
-        raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {names}") from exc
-    return RouterConfig(strategy=strategy)

@@ -100,11 +100,12 @@ class Spreader:
             upper = (hi2 - second[0][0]) / n
             if upper > ceiling:
                 ceiling, ref = upper, second[0][2]
-        # Inlined here (a call costs what a dozen lines do): self.band, NodeInfo.load,
+        # Inlined here (a call costs what a dozen lines do): self.band, NodeInfo.load
+        # (engine-aware: the engine's running + waiting when higher, gateway/nodeinfo.py),
         # and in the heads, index.available.
         cfg = self.config
         ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
-        ref_load = max(ref.in_flight, ref.local_in_flight) / ref.capacity
+        ref_load = max(max(ref.in_flight, ref.local_in_flight) / ref.capacity, ref.engine_load)
         tolerance_ms = (cfg.spread_tolerance + ref_load) * ref_health.latency_p50_ms
         band = (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * index.ms_worth + 1e-9
         floor = ceiling - band
@@ -151,8 +152,8 @@ class Spreader:
             if a is not None and b is not None:
                 if random() < 0.5:  # the first of an equal-load pair wins: make it either
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
-                if max(b.in_flight, b.local_in_flight) / b.capacity < (
-                    max(a.in_flight, a.local_in_flight) / a.capacity
+                if max(max(b.in_flight, b.local_in_flight) / b.capacity, b.engine_load) < (
+                    max(max(a.in_flight, a.local_in_flight) / a.capacity, a.engine_load)
                 ):
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
                 c = index.candidate(a, -a_nb, request, exclude)
@@ -173,8 +174,8 @@ class Spreader:
                 if -pair[1][0] >= floor and random() < 0.5:
                     pair.reverse()  # both near-best: on equal load, either
                 a, b = pair[0][3], pair[1][3]
-                if max(b.in_flight, b.local_in_flight) / b.capacity < (
-                    max(a.in_flight, a.local_in_flight) / a.capacity
+                if max(max(b.in_flight, b.local_in_flight) / b.capacity, b.engine_load) < (
+                    max(max(a.in_flight, a.local_in_flight) / a.capacity, a.engine_load)
                 ):
                     pair.reverse()
             for _, _, neg_base, node in pair:

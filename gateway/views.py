@@ -24,7 +24,10 @@ _SCORE_FIELDS = ("health", "latency", "locality", "cost", "load", "gpu", "throug
 
 
 def candidate_view(c: Candidate) -> m.CandidateView:
-    """One candidate of a dry run: verdict, score and its breakdown."""
+    """One candidate of a dry run: verdict, score and its breakdown, with the prefix
+    stage's terms (cache match, predicted TTFT) and the node's engine signals."""
+    engine = c.node.engine
+    ttft = c.scores.ttft_ms
     return m.CandidateView(
         node_id=c.node_id,
         region=c.region,
@@ -38,6 +41,12 @@ def candidate_view(c: Candidate) -> m.CandidateView:
         latency_p99_ms=c.health.latency_p99_ms,
         load=round(c.node.load, 4),
         privacy=str(c.node.privacy),
+        cache_match=round(c.scores.cache, 4),
+        running=engine.running if engine is not None else msgspec.UNSET,
+        waiting=engine.waiting if engine is not None else msgspec.UNSET,
+        kv_cache_usage=engine.kv_cache_usage if engine is not None else msgspec.UNSET,
+        engine_ttft_p50_ms=engine.ttft_p50_ms if engine is not None else msgspec.UNSET,
+        predicted_ttft_ms=round(ttft, 1) if ttft >= 0.0 else msgspec.UNSET,
     )
 
 

@@ -121,6 +121,22 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     """Nodes answer NATS callers directly (the gateway observes a copy; needs nodes
     allowed to publish to callers' inboxes); off: every reply is relayed by the gateway
     (docs/protocol.md, "Direct replies")."""
+    prefix_routing: bool = True
+    """Prefix-cache-aware routing: prefer the node believed to hold the request's prompt
+    prefix, weighed against its load by predicted TTFT, and share what was routed with
+    the other gateways on ``fed.prefix.<node_id>`` (docs/routing.md, "Engine signals and
+    prefix caches"). The SLO admission (``qos.max_ttft_ms``) works either way."""
+    prefix_block_bytes: Annotated[int, Meta(ge=16, le=65536)] = 256
+    """Prompt bytes per hashed block (~64 tokens); the same on every gateway."""
+    prefix_ttl_s: PositiveSeconds = 120.0
+    """A prompt not routed again for this long is assumed evicted from the engine."""
+    prefix_max_entries: Annotated[int, Meta(ge=1)] = 250_000
+    """Most (node, block) entries in the prefix index (~180 B each)."""
+    prefix_prefill_ms_per_token: Annotated[float, Meta(gt=0, le=1000)] = 0.2
+    """Predicted prefill time per uncached prompt token, ms (0.2: a GPU; CPU llama.cpp
+    is 10-100x slower: set it so, a cache hit is then worth more)."""
+    prefix_queue_s_per_load: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    """Predicted TTFT added per unit of load (a node at capacity), seconds."""
     access_log: bool = False
     """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0

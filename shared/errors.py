@@ -7,11 +7,13 @@
     ├── NoCapacity                404 no_capacity
     ├── Duplicate                 409 duplicate
     ├── Overloaded                429 overloaded
+    ├── SloUnmet                  429 slo_unmet          (qos.max_ttft_ms: no node now; addition)
     ├── Cancelled                 499 cancelled
     ├── Internal                  500 internal
     ├── Interrupted               502 interrupted
     ├── UpstreamError             502 upstream_error     (the node's engine failed; addition)
     ├── AllNodesUnhealthy         503 all_unhealthy
+    ├── SloUnattainable           503 slo_unattainable   (qos.max_ttft_ms: no node ever; addition)
     ├── Timeout                   504 timeout
     ├── Unavailable               503 unavailable        (client side: no gateway answered)
     ├── NodeUnavailable           503 node_unavailable   (node -> gateway: cannot serve it here)
@@ -143,6 +145,36 @@ class Interrupted(FedError):
     code, kind = 502, "interrupted"
 
 
+class SloUnmet(FedError):
+    """No node is predicted to meet the request's ``qos.max_ttft_ms`` now, though one
+    could when less loaded: answered at once (never queued to miss its SLO), with
+    ``Retry-After``. Not an ``Overloaded``: the engine queues those."""
+
+    code, kind = 429, "slo_unmet"
+    retry_elsewhere = False
+    node_fault = False
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """The error headers, with ``Retry-After`` (whole seconds) when known."""
+        out = super().headers()
+        if self.retry_after_s is not None:
+            out[h.RETRY_AFTER] = str(max(1, math.ceil(self.retry_after_s)))
+        return out
+
+
+class SloUnattainable(FedError):
+    """No node could meet the request's ``qos.max_ttft_ms`` even idle (the prompt's
+    predicted prefill alone exceeds it): retrying will not help."""
+
+    code, kind = 503, "slo_unattainable"
+    retry_elsewhere = False
+    node_fault = False
+
+
 class AllNodesUnhealthy(_CapabilityError):
     code, kind = 503, "all_unhealthy"
     template = "All nodes unhealthy for capability: {capability}"
@@ -205,11 +237,13 @@ _BY_KIND: dict[str, type[FedError]] = {
         Duplicate,
         RateLimited,  # before Overloaded: an unknown kind with 429 reads as overloaded
         Overloaded,
+        SloUnmet,
         Cancelled,
         Internal,
         Interrupted,
         UpstreamError,
         AllNodesUnhealthy,
+        SloUnattainable,
         Timeout,
         Unavailable,
     )
@@ -230,7 +264,9 @@ def blame(kind: str, code: int = 500) -> type[FedError]:
     return cls
 
 
-_BY_CODE: dict[int, type[FedError]] = {cls.code: cls for cls in _BY_KIND.values()}
+_BY_CODE: dict[int, type[FedError]] = {
+    cls.code: cls for cls in _BY_KIND.values() if cls not in (SloUnmet, SloUnattainable)
+}
 
 
 def from_headers(headers: dict[str, str] | None) -> FedError | None:
@@ -247,7 +283,7 @@ def from_headers(headers: dict[str, str] | None) -> FedError | None:
     cls = cls or Internal
     err = cls.__new__(cls)
     FedError.__init__(err, headers.get(h.ERROR, "") or cls.kind)
-    if isinstance(err, Overloaded):
+    if isinstance(err, Overloaded | SloUnmet):
         ra = headers.get(h.RETRY_AFTER, "")
         err.retry_after_s = float(ra) if ra.replace(".", "", 1).isdigit() else None
     return err

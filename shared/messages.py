@@ -12,7 +12,7 @@ import enum
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 T = TypeVar("T")
 
@@ -83,6 +83,13 @@ class QoS(Base, frozen=True, kw_only=True):
         None
     )
     """Hard data-residency constraint: only nodes in these regions."""
+    max_ttft_ms: Millis | None = None
+    """Time-to-first-token SLO, ms (addition): only nodes predicted to meet it are chosen;
+    when none is now, ``429 slo_unmet`` with Retry-After at once, when none could even
+    idle, ``503 slo_unattainable`` (docs/routing.md, "Engine signals and prefix caches")."""
+    max_itl_ms: Millis | None = None
+    """Inter-token latency SLO, ms (addition): only nodes whose engine reports a recent
+    ITL p50 at most this (nodes that report none are not excluded)."""
 
 
 DEFAULT_QOS = QoS()
@@ -314,6 +321,13 @@ class Decision(Base, frozen=True, kw_only=True):
     reason: str
     gateway: str = ""
     outcome: str = ""
+    # Additions (issue 14), omitted when unset:
+    cache_match: float | UnsetType = UNSET
+    """Fraction of the prompt's blocks the chosen node was believed to hold, 0..1."""
+    engine_load: float | UnsetType = UNSET
+    """The chosen node's engine load, (running + waiting) / capacity (+ KV penalty)."""
+    predicted_ttft_ms: float | UnsetType = UNSET
+    """The TTFT predicted for the chosen node, ms."""
 
 
 # -- gateways among themselves -------------------------------------------------------
@@ -461,6 +475,19 @@ class CandidateView(Base, frozen=True, kw_only=True):
     latency_p99_ms: float | None = None
     load: float = 0.0
     privacy: str = "internal"
+    # Additions (issue 14), omitted when unset so that older replies re-encode as they were:
+    cache_match: float | UnsetType = UNSET
+    """Fraction of the request's prompt blocks the node is believed to hold, 0..1."""
+    running: int | UnsetType = UNSET
+    """Its engine's running requests (unset: no fresh engine signals)."""
+    waiting: int | UnsetType = UNSET
+    """Its engine's queued requests."""
+    kv_cache_usage: float | UnsetType | None = UNSET
+    """Its engine's KV-cache use, 0..1."""
+    engine_ttft_p50_ms: float | UnsetType | None = UNSET
+    """Its engine's reported TTFT median, ms."""
+    predicted_ttft_ms: float | UnsetType = UNSET
+    """The TTFT the gateway predicts for this request on it, ms (gateway/prefix_cost.py)."""
 
 
 class RouteReply(Base, frozen=True, kw_only=True):

@@ -68,6 +68,14 @@ class Subjects:
         """Every gateway's attempt and canary outcomes (gateway/shared_outcomes.py)."""
         return f"{self.internal}.outcomes"
 
+    def prefix(self, node_id: str) -> str:
+        """Prompts routed to ``node_id`` (gateway/shared_prefix.py; MessagePack)."""
+        return f"{self.internal}.prefix.{node_id}"
+
+    @property
+    def prefix_all(self) -> str:
+        return f"{self.internal}.prefix.*"
+
     # inspection
     @property
     def gateway_nodes(self) -> str:

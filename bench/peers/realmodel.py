@@ -20,6 +20,7 @@ no multi-turn chats sharing a system prompt, and it cannot tell a truncated repl
   restarted afterwards.
 
 Routers: ``direct``, ``fedgate`` (defaults), ``fedgate-patient`` (``PATIENT`` timeouts),
+``fedgate-noprefix`` (``--no-prefix-routing``),
 ``sglang:cache_aware`` (its prefix-aware policy), ``litellm:least-busy``; 3 chats in
 flight (one per server: more only queue inside llama.cpp). Every router gets prompts of
 its own (seeded by the router's position): no router finds the servers' caches warmed by
@@ -57,6 +58,9 @@ DEFAULT_ROUTERS = "direct,fedgate,fedgate-patient,sglang:cache_aware,litellm:lea
 PATIENT = ("--first-chunk-timeout", "60", "--request-timeout", "180")
 """``fedgate-patient``: a gateway whose timeouts allow a cold CPU prefill queued behind
 another (defaults: 10 s to the first chunk, 30 s a request)."""
+NO_PREFIX = ("--no-prefix-routing",)
+"""``fedgate-noprefix``: the gateway without prefix-cache-aware routing (the A/B of it)."""
+VARIANTS = {"fedgate-patient": PATIENT, "fedgate-noprefix": NO_PREFIX}
 VOCAB = (
     "system user answer question model server request token cache memory network policy "
     "region latency queue worker gateway stream budget limit error retry failover health "
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         running: list[Router] = []
         try:
             for name in names:
-                spec, extra = ("fedgate", PATIENT) if name == "fedgate-patient" else (name, ())
+                spec, extra = ("fedgate", VARIANTS[name]) if name in VARIANTS else (name, ())
                 running.append(
                     routers.start(spec, owner, servers.urls, timeout_s=180, capacity=1,
                                   gateway_args=extra, name=name)
