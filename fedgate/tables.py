@@ -179,10 +179,14 @@ def verdict(candidate: dict[str, Any], chosen: str | None, best: float | None) -
         return f"rejected: {candidate.get('reason') or 'not eligible'}"
     reason = candidate.get("reason") or ""
     if candidate["node_id"] == chosen:
-        return "chosen" + (f": {reason}" if reason else " (best score)")
+        if reason:
+            return f"chosen: {reason}"
+        if best is not None and candidate["score"] < best:
+            return "chosen by the strategy (prefix cache, load or SLO)"
+        return "chosen (best score)"
     if best is not None and candidate["score"] < best:
         return f"lost: score {candidate['score']:.2f} < best {best:.2f}"
-    return "lost: tie broken by the strategy" if not reason else f"lost: {reason}"
+    return f"lost: {reason}" if reason else "lost: the strategy chose another"
 
 
 def _error_line(reply: dict[str, Any]) -> Text:

@@ -268,10 +268,14 @@ class Affinity:
             )
         best = min((c.scores.ttft_ms for c in cands), default=0.0)
         excess_s = (best - (qos.max_ttft_ms or 0)) / 1000.0 if qos.max_ttft_ms else 1.0
+        asked = ", ".join(
+            f"{name} {value} ms"
+            for name, value in (("max_ttft_ms", qos.max_ttft_ms), ("max_itl_ms", qos.max_itl_ms))
+            if value is not None
+        )
         return SloUnmet(
-            f"no node of {cap} is predicted to meet the request's SLO now "
-            f"(best predicted TTFT {best:.0f} ms, max_ttft_ms={qos.max_ttft_ms}, "
-            f"max_itl_ms={qos.max_itl_ms})",
+            f"no node of {cap} is predicted to meet the request's SLO ({asked}) now: "
+            f"best predicted TTFT {best:.0f} ms",
             retry_after_s=max(1.0, excess_s),
         )
 

@@ -112,9 +112,8 @@ class Engine(Answers):
         t0 = time.perf_counter_ns()
         ticket = None
         if self.limiter is not None:  # raises RateLimited (429) before anything is held
-            ticket = await self.limiter.admit(
-                request.tenant_id or "", len(raw), max_tokens(request)
-            )
+            prompt = len(request.input.encode())  # a chat's text travels once, in input
+            ticket = await self.limiter.admit(request.tenant_id or "", prompt, max_tokens(request))
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.request_timeout_s
         flight = self.table.open(request, raw, request_id, reply, self.clock(), timeout_s, digest)
         flight.sink = sink

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 
 from gateway.service import GatewayService
 from shared.config import GatewayConfig, NatsConfig
-from shared.connection import connect
+from shared.connection import bounded, close_connection, connect
 from shared.runtime import stop_event
 
 log = logging.getLogger("fedgate.gateway")
@@ -45,6 +45,10 @@ async def start_gateway(
     return service, nc
 
 
+STOP_BOUND_S = 15.0
+"""Longest a graceful stop may take (requests in flight get ``grace_s`` of it)."""
+
+
 async def serve(
     nats_cfg: NatsConfig,
     cfg: GatewayConfig,
@@ -60,8 +64,8 @@ async def serve(
     stop = stop or stop_event()
     async with contextlib.AsyncExitStack() as stack:
         service, nc = await start_gateway(nats_cfg, cfg)
-        stack.push_async_callback(nc.drain)
-        stack.push_async_callback(service.stop)
+        stack.push_async_callback(close_connection, nc)
+        stack.push_async_callback(bounded, service.stop(), STOP_BOUND_S, "service stop")
         if cfg.http_port is not None:
             try:
                 from gateway.http import FrontDoor

@@ -74,6 +74,7 @@ class Limiter:
         self.pools: dict[str, list[Pool]] = {}
         self.store_errors = 0
         self._locks: dict[str, asyncio.Lock] = {}
+        self._shrinking: set[asyncio.Task[bool]] = set()
         self._noisy = RateLimitedLog(log)
 
     def _pools(self, tenant: str) -> list[Pool]:
@@ -123,10 +124,12 @@ class Limiter:
                 except Exception:  # the store is down: say the window's end
                     spent = None
             waits.append(p.retry_after(now, spent, lim.units(p, tokens)))
-        what = "max_tokens" if pool.kind in (lim.TPM, lim.BUDGET) else "a request"
+        if pool.kind in (lim.TPM, lim.BUDGET):
+            what = f"a request reserving {tokens} tokens (its prompt estimated + max_tokens)"
+        else:
+            what = "one more request"
         return errors.RateLimited(
-            f"tenant {tenant!r} is over its {LABELS[pool.kind]} ({pool.limit}) "
-            f"for {what} of {lim.units(pool, tokens)}",
+            f"tenant {tenant!r} is over its {LABELS[pool.kind]} ({pool.limit}) for {what}",
             retry_after_s=max(waits),
         )
 
@@ -134,7 +137,7 @@ class Limiter:
         """Lease more for ``pool``; False when the store failed (logged)."""
         try:
             if pool.kind == lim.CONCURRENT:
-                total = pool.in_use + need + max(1, pool.limit // 16)
+                total = pool.in_use + need + pool.limit // 16  # a spare only for big limits
                 pool.balance = await self.store.hold(
                     pool.key(), self.holder, total, pool.limit, self.lease_s
                 )
@@ -170,8 +173,15 @@ class Limiter:
         return out
 
     def settle(self, ticket: Ticket, used_tokens: int) -> None:
-        """The request ended having used ``used_tokens`` (prompt + completion)."""
+        """The request ended having used ``used_tokens`` (prompt + completion). Slots held
+        beyond what is in use (plus the spare) go back to the bucket at once, so that
+        another gateway can admit the tenant's next request."""
         lim.settle(ticket, used_tokens)
+        for pool, _ in ticket.pools:
+            if pool.kind == lim.CONCURRENT and pool.balance > pool.in_use + pool.limit // 16:
+                task = asyncio.get_running_loop().create_task(self._lease(pool, 0))
+                self._shrinking.add(task)
+                task.add_done_callback(self._shrinking.discard)
 
     async def renew_loop(self, tidy_s: float = 0.5) -> None:
         """Every ``tidy_s``: report what was spent, give back surplus counter leases; every

@@ -19,6 +19,7 @@ from gateway.policies import Candidate
 from gateway.router import Router
 from gateway.stats import GatewayStats
 from shared import messages as m
+from shared.errors import FedError
 
 _SCORE_FIELDS = ("health", "latency", "locality", "cost", "load", "gpu", "throughput")
 
@@ -146,7 +147,13 @@ class Views:
     def route(self, request: m.InferRequest) -> m.RouteReply:
         """A dry run: every candidate with its score breakdown; nothing is dispatched."""
         candidates = self.router.get_candidates(request)
-        chosen = next((c.node.node_id for c in candidates if c.eligible), None)
+        chosen: str | None = None
+        try:  # what routing would choose now: the strategy and the prefix/SLO stage too
+            chosen = self.router.route(request).node.node_id
+        except FedError:
+            pass
+        else:
+            self.breaker.release(chosen)  # a dry run holds no half-open probe slot
         return m.RouteReply(
             gateway=self.gateway_id,
             capability=request.capability,

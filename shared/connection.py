@@ -7,10 +7,11 @@ with a one-line message a person can act on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import nats
@@ -131,3 +132,24 @@ async def connect(
         if "authorization" in text.lower():
             raise NatsUnavailable(f"NATS at {cfg.url} refused our credentials: {text}") from exc
         raise NatsUnavailable(f"cannot connect to NATS at {cfg.url}: {text}") from exc
+
+
+async def bounded(stop: Coroutine[Any, Any, Any], seconds: float, what: str) -> None:
+    """Await ``stop`` for at most ``seconds`` (a stop must end even with NATS gone)."""
+    try:
+        await asyncio.wait_for(stop, seconds)
+    except TimeoutError:
+        logging.getLogger("fedgate").warning(
+            "%s took more than %.0f s: gave up waiting", what, seconds
+        )
+    except Exception as exc:  # NATS went away while stopping: nothing left to tell
+        logging.getLogger("fedgate").warning("%s: %r", what, exc)
+
+
+async def close_connection(nc: Client, drain_s: float = 5.0) -> None:
+    """Drain the connection when NATS is there (bounded), close it in any case."""
+    if nc.is_connected:
+        await bounded(nc.drain(), drain_s, "draining the NATS connection")
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()

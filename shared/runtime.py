@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -23,11 +24,20 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def stop_event() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM (the graceful-stop trigger of a service)."""
+    """An event set by SIGINT or SIGTERM (the graceful-stop trigger of a service). A
+    second signal while stopping exits at once (status 130): an operator is never left
+    with a process that ignores them."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if event.is_set():
+            logging.getLogger("fedgate").warning("second signal: exiting now")
+            os._exit(130)
+        event.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
+        loop.add_signal_handler(sig, on_signal)
     return event
 
 

@@ -7,7 +7,7 @@ import logging
 
 from shared import telemetry
 from shared.config import NatsConfig, WorkerConfig
-from shared.connection import connect
+from shared.connection import bounded, close_connection, connect
 from shared.messages import Privacy
 from shared.runtime import stop_event
 from shared.subjects import Subjects
@@ -61,11 +61,8 @@ async def serve(
         ready.set()
     await stop.wait()
     log.info("node %s draining", cfg.node_id)
-    await node.stop()
-    if nc.is_connected:
-        await nc.drain()
-    else:  # NATS already gone: nothing to drain, do not wait for it
-        await nc.close()
+    await bounded(node.stop(), cfg.drain_timeout_s + 10.0, "node stop")
+    await close_connection(nc)  # drained if NATS is there, closed in any case
     return 0
 
 

@@ -162,3 +162,19 @@ async def test_without_jetstream_limits_hold_per_gateway_with_a_warning(
         ]
         assert len(warnings) == 1
         assert await ask() == "ok"  # slots come back
+
+
+async def test_sequential_requests_of_a_one_slot_tenant_pass_any_gateway(js_url: str) -> None:
+    """max_concurrent 1 over 2 gateways, one request at a time: every one is served (the
+    trial of issue 15 saw half refused: an idle gateway kept its slot)."""
+    async with federation(js_url) as fed:
+        for _ in range(2):
+            await fed.gateway(_config(TenantLimits(max_concurrent=1)))
+        await fed.node("w0", capacity=8)
+        await fed.seen("w0")
+        client = FedClient(await fed.client())
+        for i in range(12):
+            result = await client.infer("generate", f"one at a time {i}", tenant_id="acme")
+            assert result.served_by == "w0"
+        served = [gw.views.stats().total_requests for gw in fed.gateways]
+        assert sum(served) == 12
