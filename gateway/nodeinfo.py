@@ -30,8 +30,15 @@ half a node's capacity more queue."""
 def engine_load(engine: EngineSignals, capacity: int) -> float:
     """The load an engine reports, as a fraction of the node's capacity:
     ``(running + waiting) / capacity``, plus ``KV_PENALTY * (kv - KV_KNEE) / (1 - KV_KNEE)``
-    when the KV-cache use ``kv`` is above ``KV_KNEE``."""
-    load = (engine.running + engine.waiting) / capacity
+    when the KV-cache use ``kv`` is above ``KV_KNEE``.
+
+    With ``source == "worker"`` (no engine metrics: the worker's own counters) ``running``
+    is left out: it is the node's jobs in flight, which the gateway counts itself and
+    more freshly; a heartbeat's snapshot of them, up to an interval old, made identical
+    nodes lose every power-of-two comparison in turn and herded traffic onto one
+    (tests/integration/test_spread.py saw 184/16)."""
+    running = 0 if engine.source == "worker" else engine.running
+    load = (running + engine.waiting) / capacity
     kv = engine.kv_cache_usage
     if kv is not None and kv > KV_KNEE:
         load += KV_PENALTY * (kv - KV_KNEE) / (1.0 - KV_KNEE)

@@ -35,7 +35,20 @@ def ask(text: str, rid: str = "r1", **qos: Any) -> InferRequest:
 
 
 def engine(**kw: Any) -> EngineSignals:
+    """Signals read from an engine's /metrics (vLLM here), measured now."""
+    kw.setdefault("source", "vllm")
     return EngineSignals(measured_at=int(time.time() * 1000), **kw)
+
+
+def test_a_workers_own_running_count_is_not_load_again() -> None:
+    """Without engine metrics (source "worker") running is the node's jobs in flight, which
+    the gateway counts itself: only what waits counts (a stale snapshot herded traffic)."""
+    w = world()
+    w.catalog.apply_heartbeat(
+        "n1", hb(capacity=4, engine=engine(running=4, waiting=2, source="worker"))
+    )
+    node = w.catalog.node("n1")
+    assert node is not None and node.engine_load == pytest.approx(0.5)
 
 
 def routes(w: World, request_of: Any, n: int = 60) -> Counter[str]:
