@@ -15,7 +15,7 @@ from shared import messages as m
 from shared.client import FedClient
 from shared.config import GatewayConfig, TenantLimits
 from shared.natsserver import NatsServer
-from tests.helpers import federation
+from tests.helpers import eventually, federation
 from worker.backends.synthetic import SyntheticBackend, SyntheticOptions
 
 MAX_TOKENS = 50
@@ -176,5 +176,6 @@ async def test_sequential_requests_of_a_one_slot_tenant_pass_any_gateway(js_url:
         for i in range(12):
             result = await client.infer("generate", f"one at a time {i}", tenant_id="acme")
             assert result.served_by == "w0"
-        served = [gw.views.stats().total_requests for gw in fed.gateways]
-        assert sum(served) == 12
+        await eventually(
+            lambda: sum(gw.views.stats().total_requests for gw in fed.gateways) == 12, 5
+        )
