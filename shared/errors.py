@@ -104,9 +104,9 @@ class PayloadTooLarge(BadRequest):
     http_status: ClassVar[int] = 413
 
 
-class Overloaded(FedError):
-    code, kind = 429, "overloaded"
-    node_fault = False  # busy is not broken; spends the retry budget like any failure
+class RetryAfter(FedError):
+    """An error that says when to come back: ``retry_after_s`` (seconds, None when
+    unknown), sent as ``Retry-After`` in whole seconds and read back by ``from_headers``."""
 
     def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -118,6 +118,11 @@ class Overloaded(FedError):
         if self.retry_after_s is not None:
             out[h.RETRY_AFTER] = str(max(1, math.ceil(self.retry_after_s)))
         return out
+
+
+class Overloaded(RetryAfter):
+    code, kind = 429, "overloaded"
+    node_fault = False  # busy is not broken; spends the retry budget like any failure
 
 
 class RateLimited(Overloaded):
@@ -145,7 +150,7 @@ class Interrupted(FedError):
     code, kind = 502, "interrupted"
 
 
-class SloUnmet(FedError):
+class SloUnmet(RetryAfter):
     """No node is predicted to meet the request's ``qos.max_ttft_ms`` now, though one
     could when less loaded: answered at once (never queued to miss its SLO), with
     ``Retry-After``. Not an ``Overloaded``: the engine queues those."""
@@ -153,17 +158,6 @@ class SloUnmet(FedError):
     code, kind = 429, "slo_unmet"
     retry_elsewhere = False
     node_fault = False
-
-    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        """The error headers, with ``Retry-After`` (whole seconds) when known."""
-        out = super().headers()
-        if self.retry_after_s is not None:
-            out[h.RETRY_AFTER] = str(max(1, math.ceil(self.retry_after_s)))
-        return out
 
 
 class SloUnattainable(FedError):
@@ -283,7 +277,7 @@ def from_headers(headers: dict[str, str] | None) -> FedError | None:
     cls = cls or Internal
     err = cls.__new__(cls)
     FedError.__init__(err, headers.get(h.ERROR, "") or cls.kind)
-    if isinstance(err, Overloaded | SloUnmet):
+    if isinstance(err, RetryAfter):
         ra = headers.get(h.RETRY_AFTER, "")
         err.retry_after_s = float(ra) if ra.replace(".", "", 1).isdigit() else None
     return err
