@@ -5,6 +5,8 @@ A router is named ``kind[:policy]``:
 - ``direct``: no router; the clients call the upstreams round-robin themselves;
 - ``fedgate[:strategy]``: a nats-server, one ``fedgate gateway --http-port`` and one
   ``fedgate worker --backend openai --upstream URL`` per upstream (charged: all of them);
+- ``fedgate@DIR[:strategy]``: the same, run from another checkout ``DIR`` (for instance
+  ``git worktree add /tmp/before <commit>``): a before/after of fedgate in one run;
 - ``sglang:{round_robin|cache_aware|power_of_two}``: ``sglang_router.launch_router``
   from its own venv;
 - ``litellm:{simple-shuffle|least-busy|latency-based-routing}``: the LiteLLM proxy
@@ -117,9 +119,12 @@ def start(
     kind, _, policy = spec.partition(":")
     if kind == "direct":
         return Router(name or spec, list(upstreams))
-    tag = (name or spec).replace(":", "-")
+    tag = (name or spec).replace(":", "-").replace("/", "_")
+    kind, _, checkout = kind.partition("@")
     if kind == "fedgate":
-        router = _fedgate(tag, owner, upstreams, policy or None, capacity, gateway_args)
+        router = _fedgate(
+            tag, owner, upstreams, policy or None, capacity, gateway_args, checkout or None
+        )
     elif kind == "sglang":
         router = _sglang(tag, owner, upstreams, policy or "cache_aware")
     elif kind == "litellm":
@@ -147,7 +152,16 @@ def _fedgate(
     strategy: str | None,
     capacity: int,
     gateway_args: Sequence[str],
+    checkout: str | None = None,
 ) -> Router:
+    """fedgate's processes; ``checkout``: run the code of that directory instead of this
+    one (its own ``fedgate.cli`` first on ``PYTHONPATH``, this interpreter)."""
+    where: dict[str, object] = {}
+    if checkout:
+        root = str(Path(checkout).resolve())
+        if not (Path(root) / "fedgate" / "cli.py").exists():
+            raise ValueError(f"{checkout!r} is not a fedgate checkout (no fedgate/cli.py)")
+        where = {"cwd": root, "env": {"PYTHONPATH": root}}
     nats = NatsServer(data_dir=owner.log_dir / f"{tag}-nats")
     nats.start()
     port = free_port()
@@ -160,6 +174,7 @@ def _fedgate(
         gw,
         [*fedgate, "gateway", "--nats", nats.url, "--config", str(config), "--http-port",
          str(port), *strategy_args, *gateway_args],
+        **where,  # type: ignore[arg-type]
     )  # fmt: skip
     names = [gw]
     for i, url in enumerate(upstreams):
