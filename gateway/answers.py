@@ -102,7 +102,7 @@ class Answers:
     def _close(self, flight: Flight, error: str | None, tokens: int = 0) -> None:
         """The flight is over: settle its blame, let go of its place in every table."""
         self.recorder.closed(flight, error, tokens)
-        self.table.close(flight)
+        self.table.close(flight, tokens or flight.seq)
         if flight.ticket is not None and self.limiter is not None:
             self.limiter.settle(flight.ticket, flight.prompt_tokens + (tokens or flight.seq))
             flight.ticket = None

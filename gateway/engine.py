@@ -75,6 +75,7 @@ class Engine(Answers):
         self.flights = table.flights
         self.by_ident = table.by_ident
         self.waiting = table.waiting
+        """The capacity queue (gateway/core/fairqueue.py: fair share, or oldest first)."""
         self.cooldowns = Cooldowns()
         self.limiter: Limiter | None = None
         """Tenant limits (gateway/quota.py), set by the service when any are configured."""
@@ -124,6 +125,13 @@ class Engine(Answers):
         self.recorder.accepted(flight, subject, headers)
         if ack:
             await self.wire.ack(flight)
+        waiting = self.waiting
+        if len(waiting) < self.lifecycle.limits.max_queue and waiting.held_back(
+            flight, flight.started
+        ):  # fair share: others wait for the same nodes, here or elsewhere: behind them
+            self.table.enqueue(flight, flight.started)
+            await self.drain()
+            return flight
         step = await self._attempt(flight, None)  # the first step is always a Route
         if step is not None:
             await self._run(flight, step)
@@ -189,6 +197,7 @@ class Engine(Answers):
         fresh = flight.phase is NEW
         attempt = flight.start_attempt(node.node_id, candidate.score, now, self.epoch)
         self.fleet.hold(node.node_id)
+        self.waiting.charge(flight, now)  # fair share: its tenant's estimate, once
         subject = self.wire.subjects.node_infer(node.node_id)
         failover = resume is not None
         headers = self.recorder.dispatched(flight, attempt, node.region, subject, failover)
@@ -237,10 +246,13 @@ class Engine(Answers):
     # -- the capacity queue ----------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Dispatch queued requests, oldest first, while nodes have capacity."""
+        """Dispatch queued requests while nodes have capacity: by fair share (held back
+        for a tenant waiting at another gateway), or oldest first."""
         waiting = self.waiting
         while waiting:
-            flight = waiting.popleft()
+            flight = waiting.pop(self.clock())
+            if flight is None:
+                return
             if flight.phase is not QUEUED:
                 continue
             step = await self._attempt(flight, None)

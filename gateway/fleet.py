@@ -25,7 +25,7 @@ ShareOutcome = Callable[..., None]
 class Fleet:
     """Catalog, health, breakers and router, as one gateway's engine sees them."""
 
-    __slots__ = ("_routed", "breaker", "catalog", "health", "route", "router", "share")
+    __slots__ = ("_routed", "breaker", "catalog", "health", "held", "route", "router", "share")
 
     def __init__(
         self, catalog: ModelCatalog, health: HealthChecker, breaker: CircuitBreaker, router: Router
@@ -40,6 +40,9 @@ class Fleet:
         self._routed = router.affinity.routed
         self.share: ShareOutcome | None = None
         """``SharedOutcomes.record``: tells the other gateways each outcome (None: alone)."""
+        self.held: dict[str, int] = {}
+        """This gateway's own dispatches in flight, by node (what fair share tells the
+        others; the catalog's in-flight count may include theirs: gateway/core/holds.py)."""
 
     def _route(self, request: InferRequest, exclude: Collection[str] = ()) -> Candidate:
         """``router.route``, then the choice told to the prefix index (this gateway's and,
@@ -55,6 +58,7 @@ class Fleet:
     def hold(self, node_id: str) -> None:
         """An attempt was dispatched to ``node_id``: one of its slots is taken."""
         self.catalog.add_in_flight(node_id, 1)
+        self.held[node_id] = self.held.get(node_id, 0) + 1
 
     def release(
         self, attempt: Attempt, success: bool | None, now: float, tokens: int, stream: bool
@@ -62,6 +66,11 @@ class Fleet:
         """``attempt`` let go of its node, with its outcome (None: nobody's fault)."""
         node_id = attempt.node_id
         self.catalog.add_in_flight(node_id, -1)
+        left = self.held.get(node_id, 0) - 1
+        if left > 0:
+            self.held[node_id] = left
+        else:
+            self.held.pop(node_id, None)
         if success is None:
             self.breaker.release(node_id)
         elif success:

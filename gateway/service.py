@@ -44,6 +44,7 @@ from gateway.quota_store import DegradingStore, LeaseStore, LocalStore
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.router import Router
+from gateway.shared_fair import SharedFair
 from gateway.shared_outcomes import SharedOutcomes
 from gateway.shared_prefix import SharedPrefixes
 from gateway.stats import GatewayStats
@@ -103,7 +104,10 @@ class GatewayService:
         self.engine = engine = Engine(
             fleet=Fleet(self.catalog, self.health, self.breaker, router), wire=self.wire,
             recorder=self.recorder, lifecycle=Lifecycle(Limits.of(cfg)),
-            table=FlightTable(nc.new_inbox(), secrets.token_hex(6), cfg.poison_after_nodes),
+            table=FlightTable(
+                nc.new_inbox(), secrets.token_hex(6), cfg.poison_after_nodes,
+                settings.fair_queue(cfg),
+            ),
             request_timeout_s=cfg.request_timeout_s, spawn=self._spawn, clock=clock,
             direct=cfg.direct_replies,
         )  # fmt: skip
@@ -134,6 +138,12 @@ class GatewayService:
                 nc, subjects, gid, router.prefixes, self.catalog, self._spawn, clock
             )
             router.affinity.publish = self.prefixes.record
+        self.fair: SharedFair | None = None
+        if cfg.fair_share:
+            self.fair = SharedFair(
+                nc, subjects.fair, gid, engine.waiting, engine.fleet, engine.capacity_changed,
+                self._spawn, clock,
+            )  # fmt: skip
         self.catalog.add_listener(self._on_catalog)
         self.decisions.terms = router.affinity.pop_terms
         self.sweeper = Sweeper(
@@ -182,13 +192,15 @@ class GatewayService:
         if self.engine.limiter is not None:
             self._spawn(self.engine.limiter.renew_loop(), "limits")
         self._spawn(self.membership.probe_loop(self.config.probe_interval_s), "prober")
+        if self.fair is not None:
+            self._spawn(self.fair.run(), "fair-share")
 
     async def _limits(self, stack: contextlib.AsyncExitStack) -> None:
         """Tenant limits, when configured: their store (``kv``: the JetStream bucket, or
         this gateway alone while it does not answer, with a warning), given back on stop."""
         cfg = self.config
-        if not cfg.tenant_limits:
-            return
+        if not any(t.limited for t in cfg.tenant_limits.values()):
+            return  # none, or only fair-share weights
         if cfg.limits_store not in ("kv", "local"):
             raise ValueError(f"limits_store must be kv or local, not {cfg.limits_store!r}")
         store: LeaseStore = LocalStore() if cfg.limits_store == "local" else DegradingStore(self.nc)
@@ -212,6 +224,8 @@ class GatewayService:
             self._subs.append(await self.outcomes.subscribe())
         if self.prefixes is not None:
             self._subs.append(await self.prefixes.subscribe())
+        if self.fair is not None:
+            self._subs.append(await self.fair.subscribe())
         await self.nc.flush()
         # Intake last: the catalog fills from heartbeats first.
         self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))

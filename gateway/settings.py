@@ -1,10 +1,11 @@
 """A ``GatewayConfig`` translated into the configs of the gateway's parts (health,
-circuit breaker, router, the router's prefix/SLO stage). Pure."""
+circuit breaker, router, the router's prefix/SLO stage, the capacity queue). Pure."""
 
 from __future__ import annotations
 
 from gateway.affinity import AffinityConfig
 from gateway.breaker import CircuitBreakerConfig
+from gateway.core.fairqueue import FairQueue
 from gateway.health import HealthConfig
 from gateway.prefix_cost import PrefixCostModel
 from gateway.router import LoadBalanceStrategy, RouterConfig
@@ -43,6 +44,20 @@ def affinity(cfg: GatewayConfig) -> AffinityConfig:
         enabled=cfg.prefix_routing, block_bytes=cfg.prefix_block_bytes, ttl_s=cfg.prefix_ttl_s,
         max_entries=cfg.prefix_max_entries, cost=cost,
     )  # fmt: skip
+
+
+def fair_queue(cfg: GatewayConfig) -> FairQueue:
+    """The capacity queue: fair share (``fair_share``) by each tenant's ``weight`` and
+    ``priority`` in ``tenant_limits`` (``"*"`` for tenants without an entry; none:
+    weight 1, class 0), or oldest first."""
+    limits = cfg.tenant_limits
+    default = limits.get("*")
+
+    def classes(tenant: str) -> tuple[float, int]:
+        entry = limits.get(tenant, default)
+        return (1.0, 0) if entry is None else (entry.weight, entry.priority)
+
+    return FairQueue(cfg.fair_share, classes, default_max_tokens=cfg.default_max_tokens)
 
 
 def router(cfg: GatewayConfig) -> RouterConfig:

@@ -64,7 +64,8 @@ class NatsConfig(Config, frozen=True, kw_only=True):
 
 
 class TenantLimits(Config, frozen=True, kw_only=True):
-    """One tenant's limits, enforced by all gateways together (docs/tenants.md).
+    """One tenant's limits, enforced by all gateways together, and its fair share of
+    the nodes when requests wait for capacity (docs/tenants.md).
 
     A tenant is an API key's tenant over HTTP and ``tenant_id`` over NATS; ``None`` = no
     limit. Tokens are prompt + completion tokens as the node reports them."""
@@ -79,6 +80,23 @@ class TenantLimits(Config, frozen=True, kw_only=True):
     """Tokens per ``budget_period_s``."""
     budget_period_s: PositiveSeconds = 86_400.0
     """The token budget's period (fixed windows from the Unix epoch)."""
+    weight: Annotated[float, Meta(gt=0, le=1e6)] = 1.0
+    """Fair share: the tenant's share of the nodes relative to others of its priority
+    class when requests wait (2.0: twice a weight-1 tenant's tokens)."""
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    """Fair share: the tenant's priority class; a higher class's waiting requests are
+    admitted first (strict priority), fair share within a class."""
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit is set (weight and priority are not limits)."""
+        return any(
+            v is not None
+            for v in (
+                self.max_concurrent, self.requests_per_minute, self.tokens_per_minute,
+                self.token_budget,
+            )
+        )  # fmt: skip
 
 
 class GatewayConfig(Config, frozen=True, kw_only=True):
@@ -163,6 +181,11 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     tenant_limits: dict[str, TenantLimits] = {}
     """Tenant id -> its limits; ``"*"`` applies to every tenant without an entry (the
     config file's ``[gateway.tenant_limits.<tenant>]`` tables; docs/tenants.md)."""
+    fair_share: bool = True
+    """Requests waiting for capacity are admitted by fair share across tenants (virtual
+    token counters, per priority class; ``weight`` and ``priority`` of
+    ``tenant_limits``), fleet-wide on ``fed.fair`` (docs/tenants.md, "Fair share");
+    off: oldest first at each gateway."""
     limits_store: str = "kv"
     """Where gateways share tenant allowances: ``kv`` (JetStream key-value bucket
     ``fedgate_limits``; limits hold across gateways) or ``local`` (each gateway alone)."""

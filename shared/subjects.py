@@ -68,6 +68,12 @@ class Subjects:
         """Every gateway's attempt and canary outcomes (gateway/shared_outcomes.py)."""
         return f"{self.internal}.outcomes"
 
+    @property
+    def fair(self) -> str:
+        """Every gateway's fair-share charges, waiting tenants and holds
+        (gateway/shared_fair.py)."""
+        return f"{self.internal}.fair"
+
     def prefix(self, node_id: str) -> str:
         """Prompts routed to ``node_id`` (gateway/shared_prefix.py; MessagePack)."""
         return f"{self.internal}.prefix.{node_id}"

@@ -3,14 +3,15 @@
 A flight's key is a short token, the middle of its reply subjects
 (``<inbox>.<key>.<tag>``); its identity is (tenant, request id), unique among the
 flights held (docs/protocol.md, "Request identity"). The queue holds the flights that
-wait for capacity, oldest first. No I/O, no clock: times are arguments.
+wait for capacity: by fair share across tenants, or oldest first
+(gateway/core/fairqueue.py). No I/O, no clock: times are arguments.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 
+from gateway.core.fairqueue import FairQueue
 from gateway.core.flight import QUEUED, Flight
 from shared import messages as m
 
@@ -20,7 +21,9 @@ class FlightTable:
 
     __slots__ = ("_next", "by_ident", "flights", "inbox", "job_prefix", "poison_after", "waiting")
 
-    def __init__(self, inbox: str, job_prefix: str, poison_after: int = 2) -> None:
+    def __init__(
+        self, inbox: str, job_prefix: str, poison_after: int = 2, waiting: FairQueue | None = None
+    ) -> None:
         self.inbox = inbox
         """Prefix of every flight's reply subjects."""
         self.job_prefix = job_prefix
@@ -30,8 +33,8 @@ class FlightTable:
         """Flights by key."""
         self.by_ident: dict[tuple[str, str], Flight] = {}
         """Flights by identity: (tenant, request id)."""
-        self.waiting: deque[Flight] = deque()
-        """The capacity queue, oldest first."""
+        self.waiting = waiting if waiting is not None else FairQueue()
+        """The capacity queue."""
         self._next = 0
 
     def __len__(self) -> int:
@@ -74,11 +77,13 @@ class FlightTable:
         flight.enqueue(now)
         self.waiting.append(flight)
 
-    def close(self, flight: Flight) -> None:
-        """``flight`` is over: out of every table (and the queue), ``Phase.DONE``."""
+    def close(self, flight: Flight, tokens: int = 0) -> None:
+        """``flight`` is over: out of every table (and the queue), ``Phase.DONE``; its
+        tenant's fair-share charge settled with the ``tokens`` it produced."""
         if flight.phase is QUEUED:
             with contextlib.suppress(ValueError):
                 self.waiting.remove(flight)
+        self.waiting.settle(flight, flight.prompt_tokens, tokens)
         flight.finish()
         self.flights.pop(flight.key, None)
         if self.by_ident.get(flight.ident) is flight:

@@ -1,0 +1,364 @@
+"""The capacity queue: one FIFO per tenant, admitted by fair share (pure).
+
+Virtual Token Counter (VTC; Sheng et al., "Fairness in Serving Large Language Models",
+OSDI 2024), within each priority class (docs/tenants.md, "Fair share"):
+
+- a tenant's counter is the service it received, in virtual tokens: (prompt tokens x
+  ``W_IN`` + completion tokens x ``W_OUT``) / its weight;
+- the next flight admitted is the head of the backlogged tenant with the smallest
+  counter, in the highest priority class that has one (strict priority between
+  classes; a tie goes to the head that waited longer);
+- a tenant that becomes backlogged is lifted to at least the smallest counter of the
+  tenants backlogged in its class (none: the counter of the last one to leave the
+  queue), so an idle tenant banks no credit;
+- a flight is charged an estimate when it is dispatched (its prompt bytes / 3 + its
+  ``max_tokens``, what the tenant limits reserve: gateway/limits.py) and corrected
+  with what the node reported when it ends (``settle``);
+- other gateways' charges are added and their counters merged (``apply``), and a
+  flight is held back while a tenant of its pool (capability, model) with a smaller
+  counter waits at another gateway (``pop``; at most ``hold_s``), so that the fleet,
+  not each gateway alone, shares out the nodes.
+
+With ``fair=False`` every flight is in one FIFO: the capacity queue as it was, oldest
+first. Bounded memory: a tenant idle for ``forget_after_s`` is forgotten (``tidy``;
+the lift makes that harmless). No I/O, no clock: times are arguments.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from gateway.core.flight import Flight
+from gateway.limits import BYTES_PER_TOKEN_ESTIMATE, max_tokens
+
+W_IN = 1.0
+"""Cost of a prompt token (VTC's reference implementation: input 1, output 2)."""
+W_OUT = 2.0
+"""Cost of a completion token: a decode step holds a slot about twice what a prefill
+token costs in a batch (VTC's choice too); prompt-heavy work still counts."""
+
+Classes = Callable[[str], tuple[float, int]]
+"""tenant -> (weight, priority class)."""
+
+Pool = tuple[str, str]
+"""(capability, model or "") of a flight: the nodes it competes for."""
+
+Charge = tuple[str, float, float]
+"""(tenant, service since the last report, counter): what a gateway tells the others."""
+
+
+def equal(_tenant: str) -> tuple[float, int]:
+    """Every tenant weight 1, class 0."""
+    return 1.0, 0
+
+
+def pool_of(flight: Flight) -> Pool:
+    """The nodes ``flight`` competes for."""
+    return flight.capability, flight.request.model or ""
+
+
+@dataclass(slots=True, eq=False)
+class TenantState:
+    """One tenant's sub-queue and counter."""
+
+    name: str
+    weight: float
+    priority: int
+    counter: float = 0.0
+    """Virtual tokens of service received (lifted when it becomes backlogged)."""
+    queue: deque[Flight] = field(default_factory=deque)
+    pools: dict[Pool, int] = field(default_factory=dict)
+    """Flights waiting, by pool."""
+    charged: int = 0
+    """Flights charged and not settled yet (a tenant with some is never forgotten)."""
+    seen: float = 0.0
+    """When it last waited, was charged or heard of."""
+
+
+class FairQueue:
+    """The capacity queue of one gateway (``fair=False``: oldest first)."""
+
+    def __init__(
+        self,
+        fair: bool = True,
+        classes: Classes = equal,
+        *,
+        default_max_tokens: int = 1024,
+        hold_s: float = 1.0,
+        remote_ttl_s: float = 0.5,
+        forget_after_s: float = 600.0,
+    ) -> None:
+        self.fair = fair
+        self.classes = classes
+        self.default_max_tokens = default_max_tokens
+        self.hold_s = hold_s
+        """Longest a flight is held back for tenants waiting at other gateways."""
+        self.remote_ttl_s = remote_ttl_s
+        """Another gateway's list of waiting tenants is believed this long."""
+        self.forget_after_s = forget_after_s
+        self.tenants: dict[str, TenantState] = {}
+        self._backlogged: dict[str, TenantState] = {}
+        self._pools: dict[Pool, int] = {}
+        self._len = 0
+        self._floor: dict[int, float] = {}
+        """Class -> counter of the last tenant to leave the queue (the lift when empty)."""
+        self._charged: dict[str, float] = {}
+        """Flight key -> the service it was charged (estimate), until settled."""
+        self._service: dict[str, float] = {}
+        """Tenant -> service charged here since the last ``report``."""
+        self._announced = False
+        self._remote: dict[str, tuple[float, dict[Pool, list[str]]]] = {}
+        """Gateway -> (when heard, the tenants waiting there by pool)."""
+        self.now = 0.0
+        """The latest time any call was given."""
+
+    # -- the deque's operations (what the engine and the table use) ------------------------
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[Flight]:
+        for tenant in list(self._backlogged.values()):
+            yield from tenant.queue
+
+    def append(self, flight: Flight) -> None:
+        """``flight`` waits behind its tenant's others (its tenant lifted if it was idle)."""
+        tenant = self._tenant(self._key(flight))
+        if not tenant.queue:
+            self._lift(tenant)
+            self._backlogged[tenant.name] = tenant
+        tenant.queue.append(flight)
+        tenant.seen = flight.queued_at or self.now
+        self._counted(tenant, flight, 1)
+
+    def appendleft(self, flight: Flight) -> None:
+        """``flight`` back at the head of its tenant's queue (the undo of a pop)."""
+        tenant = self._tenant(self._key(flight))
+        if not tenant.queue:
+            self._backlogged[tenant.name] = tenant
+        tenant.queue.appendleft(flight)
+        self._counted(tenant, flight, 1)
+
+    def popleft(self) -> Flight:
+        """The next flight by fair share (``IndexError`` when empty), never held back."""
+        if not self._len:
+            raise IndexError("pop from an empty queue")
+        return self._take(self._best())
+
+    def pop(self, now: float) -> Flight | None:
+        """The next flight by fair share, or None: empty, or its tenant is ahead of one
+        waiting at another gateway for the same nodes (it stays, at its head)."""
+        self.now = now
+        if not self._len:
+            return None
+        tenant = self._best()
+        if not self._remote or not self._held(tenant, tenant.queue[0], now):
+            return self._take(tenant)
+        for other in sorted(self._backlogged.values(), key=_order):  # another pool's may go
+            if other is not tenant and not self._held(other, other.queue[0], now):
+                return self._take(other)
+        return None
+
+    def remove(self, flight: Flight) -> None:
+        """Take ``flight`` out (``ValueError`` when it is not queued)."""
+        tenant = self.tenants.get(self._key(flight))
+        if tenant is None:
+            raise ValueError("not queued")
+        tenant.queue.remove(flight)
+        self._counted(tenant, flight, -1)
+        if not tenant.queue:
+            self._leave(tenant)
+
+    # -- fair share --------------------------------------------------------------------------
+
+    def held_back(self, flight: Flight, now: float) -> bool:
+        """Whether ``flight`` (not queued) should wait: a flight of its pool waits here, or
+        a tenant behind its own waits at another gateway."""
+        if not self.fair:
+            return False
+        self.now = now
+        if self._pools.get(pool_of(flight)):
+            return True
+        return bool(self._remote) and self._held(self._tenant(flight.ident[0]), flight, now)
+
+    def charge(self, flight: Flight, now: float) -> None:
+        """``flight`` was dispatched: charge its tenant an estimate (once per flight)."""
+        if not self.fair or flight.key in self._charged:
+            return
+        self.now = now
+        tenant = self._tenant(flight.ident[0])
+        prompt, completion = self._estimate(flight)
+        cost = prompt * W_IN + completion * W_OUT
+        self._charged[flight.key] = cost
+        tenant.charged += 1
+        self._add(tenant, cost, now)
+
+    def settle(self, flight: Flight, prompt_tokens: int, completion_tokens: int) -> None:
+        """``flight`` ended: replace its estimate with what it used (``prompt_tokens`` 0:
+        not reported, the estimate stands)."""
+        cost = self._charged.pop(flight.key, None)
+        if cost is None:
+            return
+        tenant = self._tenant(flight.ident[0])
+        tenant.charged -= 1
+        prompt = prompt_tokens or self._estimate(flight)[0]
+        self._add(tenant, prompt * W_IN + completion_tokens * W_OUT - cost, self.now)
+
+    def cost_of(self, flight: Flight) -> float:
+        """What ``flight`` is charged while it runs (0: not charged)."""
+        return self._charged.get(flight.key, 0.0)
+
+    # -- the other gateways ------------------------------------------------------------------
+
+    def report(self) -> tuple[list[Charge], list[tuple[str, str, str]]] | None:
+        """What to tell the other gateways now: each tenant charged since the last report
+        (service, counter) and every tenant waiting here (tenant, capability, model);
+        None when there is nothing new and nothing waits."""
+        if not self.fair:
+            return None
+        waiting = [(t.name, *pool) for t in self._backlogged.values() for pool in t.pools]
+        if not self._service and not waiting and not self._announced:
+            return None
+        names = set(self._service) | {w[0] for w in waiting}
+        charges = [(n, self._service.get(n, 0.0), self._tenant(n).counter) for n in sorted(names)]
+        self._service = {}
+        self._announced = bool(waiting)
+        return charges, waiting
+
+    def apply(
+        self, gateway_id: str, charges: list[Charge], waiting: list[tuple[str, str, str]],
+        now: float,
+    ) -> None:  # fmt: skip
+        """Another gateway's report: its charges added, its counters merged (the larger
+        wins: a lift there holds here), its waiting tenants noted."""
+        if not self.fair:
+            return
+        self.now = now
+        for name, service, counter in charges:
+            tenant = self._tenant(name)
+            tenant.counter = max(tenant.counter + service / tenant.weight, counter)
+            tenant.seen = now
+        if not waiting:
+            self._remote.pop(gateway_id, None)
+            return
+        pools: dict[Pool, list[str]] = {}
+        for name, capability, model in waiting:
+            pools.setdefault((capability, model), []).append(name)
+        self._remote[gateway_id] = (now, pools)
+
+    def tidy(self, now: float) -> None:
+        """Forget idle tenants and other gateways' stale lists."""
+        self.now = now
+        for gateway_id, (heard, _) in list(self._remote.items()):
+            if now - heard > self.remote_ttl_s:
+                del self._remote[gateway_id]
+        idle = now - self.forget_after_s
+        for name, tenant in list(self.tenants.items()):
+            if not tenant.queue and not tenant.charged and tenant.seen < idle:
+                del self.tenants[name]
+
+    @property
+    def announced(self) -> bool:
+        """The last report said something waits here (the next one says if it still does)."""
+        return self._announced
+
+    @property
+    def unreported(self) -> bool:
+        """Service was charged here since the last report."""
+        return bool(self._service)
+
+    def waiting(self) -> dict[str, int]:
+        """Flights waiting here, by tenant."""
+        return {name: len(t.queue) for name, t in self._backlogged.items()}
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _key(self, flight: Flight) -> str:
+        return flight.ident[0] if self.fair else ""
+
+    def _tenant(self, name: str) -> TenantState:
+        tenant = self.tenants.get(name)
+        if tenant is None:
+            weight, priority = self.classes(name) if self.fair else (1.0, 0)
+            tenant = self.tenants[name] = TenantState(name, weight, priority, seen=self.now)
+        return tenant
+
+    def _counted(self, tenant: TenantState, flight: Flight, delta: int) -> None:
+        self._len += delta
+        if self.fair:
+            pool = pool_of(flight)
+            for counts in (self._pools, tenant.pools):
+                left = counts.get(pool, 0) + delta
+                if left:
+                    counts[pool] = left
+                else:
+                    counts.pop(pool, None)
+
+    def _estimate(self, flight: Flight) -> tuple[float, float]:
+        request = flight.request
+        prompt = -(-len(request.input.encode()) // BYTES_PER_TOKEN_ESTIMATE)
+        return float(prompt), float(max_tokens(request) or self.default_max_tokens)
+
+    def _add(self, tenant: TenantState, service: float, now: float) -> None:
+        tenant.counter += service / tenant.weight
+        tenant.seen = now
+        self._service[tenant.name] = self._service.get(tenant.name, 0.0) + service
+
+    def _lift(self, tenant: TenantState) -> None:
+        if not self.fair:
+            return
+        others = [t.counter for t in self._backlogged.values() if t.priority == tenant.priority]
+        floor = min(others) if others else self._floor.get(tenant.priority)
+        if floor is not None and floor > tenant.counter:
+            tenant.counter = floor
+
+    def _leave(self, tenant: TenantState) -> None:
+        del self._backlogged[tenant.name]
+        self._floor[tenant.priority] = tenant.counter
+
+    def _best(self) -> TenantState:
+        return min(self._backlogged.values(), key=_order)
+
+    def _take(self, tenant: TenantState) -> Flight:
+        flight = tenant.queue.popleft()
+        self._counted(tenant, flight, -1)
+        if not tenant.queue:
+            self._leave(tenant)
+        return flight
+
+    def _held(self, tenant: TenantState, head: Flight, now: float) -> bool:
+        """A tenant of ``head``'s pool waits at another gateway in a higher class, or in
+        the same class more than ``head``'s own cost behind ``tenant``."""
+        if head.queued_at is not None and now - head.queued_at >= self.hold_s:
+            return False
+        pool = pool_of(head)
+        prompt, completion = self._estimate(head)
+        slack = (prompt * W_IN + completion * W_OUT) / tenant.weight  # ties, staleness
+        for gateway_id, (heard, pools) in list(self._remote.items()):
+            if now - heard > self.remote_ttl_s:
+                del self._remote[gateway_id]
+                continue
+            for name in pools.get(pool, ()):
+                other = self.tenants.get(name)
+                if other is None or other is tenant:
+                    continue
+                if other.priority > tenant.priority or (
+                    other.priority == tenant.priority and other.counter + slack < tenant.counter
+                ):
+                    return True
+        return False
+
+
+def _order(tenant: TenantState) -> tuple[int, float, float]:
+    """Admission order: higher class, smaller counter, longer wait."""
+    return -tenant.priority, tenant.counter, _age(tenant)
+
+
+def _age(tenant: TenantState) -> float:
+    queued_at = tenant.queue[0].queued_at
+    return 0.0 if queued_at is None else queued_at

@@ -1,0 +1,57 @@
+"""Other gateways' holds on nodes: the slots their dispatches take (pure).
+
+A gateway counts its own dispatches to a node (``Fleet.hold``) and, with fair share,
+tells the others how many it holds now, per node. Each keeps the latest figure of every
+other gateway and turns a change into a delta to add to the node's in-flight count
+(``ModelCatalog.add_in_flight``), so that a node full with another gateway's work is
+full here too: requests wait in the capacity queue, where fair share orders them, not
+in a race of dispatches the node refuses. A gateway not heard for ``ttl_s`` holds
+nothing (it died, or its last figure was lost and it holds nothing new to report). No
+I/O, no clock: times are arguments.
+"""
+
+from __future__ import annotations
+
+Delta = tuple[str, int]
+"""(node_id, slots to add to its in-flight count; negative: to take off)."""
+
+
+class RemoteHolds:
+    """The latest holds of every other gateway, as deltas to apply."""
+
+    __slots__ = ("_by_gateway", "ttl_s")
+
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self.ttl_s = ttl_s
+        self._by_gateway: dict[str, tuple[float, dict[str, int]]] = {}
+
+    def update(self, gateway_id: str, holds: dict[str, int], now: float) -> list[Delta]:
+        """``gateway_id`` holds ``holds`` now: the deltas from what it held before."""
+        _, before = self._by_gateway.get(gateway_id, (0.0, {}))
+        now_held = {n: k for n, k in holds.items() if k > 0}
+        if now_held:
+            self._by_gateway[gateway_id] = (now, now_held)
+        else:
+            self._by_gateway.pop(gateway_id, None)
+        deltas = (
+            (n, now_held.get(n, 0) - before.get(n, 0)) for n in before.keys() | now_held.keys()
+        )
+        return [(n, d) for n, d in deltas if d]
+
+    def expire(self, now: float) -> list[Delta]:
+        """Gateways not heard for ``ttl_s`` hold nothing any more: their slots back."""
+        out: list[Delta] = []
+        for gateway_id, (heard, held) in list(self._by_gateway.items()):
+            if now - heard > self.ttl_s:
+                del self._by_gateway[gateway_id]
+                out += [(node_id, -k) for node_id, k in held.items()]
+        return out
+
+    def forget_node(self, node_id: str) -> None:
+        """``node_id`` left the catalog (its counts went with it)."""
+        for _, held in self._by_gateway.values():
+            held.pop(node_id, None)
+
+    def held(self, node_id: str) -> int:
+        """Slots of ``node_id`` the other gateways hold."""
+        return sum(held.get(node_id, 0) for _, held in self._by_gateway.values())

@@ -1,0 +1,207 @@
+"""Fair share across gateways: charges, waiting tenants and holds on ``fed.fair``.
+
+Each gateway tells the others, in one batch (``FairBatch``, JSON):
+
+- ``charges``: per tenant, the service it charged since its last batch (weighted
+  tokens: estimates at dispatch, corrections when requests end) and the tenant's
+  virtual counter there. A receiver adds the service (divided by the tenant's weight)
+  and keeps the larger of the two counters, so a tenant heavy on gateway 1 is behind
+  on gateway 2 too, and a lift on one holds on all (gateway/core/fairqueue.py);
+- ``waiting``: the tenants waiting in its capacity queue, per (capability, model): a
+  receiver holds back its own flights of a tenant ahead of one of them;
+- ``holds``: the slots its own dispatches hold, per node: a receiver counts them in
+  the node's in-flight (gateway/core/holds.py), so a node another gateway filled is full
+  here too and requests wait in the queue, where fair share orders them.
+
+How fresh: the loop ticks every ``tick_s`` (20 ms) and publishes when the holds changed
+or something waits here, else charges at most every ``charges_s`` (100 ms), and holds
+again every ``keepalive_s`` (0.5 s) while there are some; a receiver believes a
+waiting list for 0.5 s and holds for 2 s. At-most-once (core NATS, like heartbeats): a
+lost batch is corrected by the next. A batch from this gateway is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from gateway.catalog import CatalogEvent, NodeInfo
+from gateway.clock import Clock
+from gateway.core.fairqueue import FairQueue
+from gateway.core.holds import RemoteHolds
+from gateway.fleet import Fleet
+from shared.messages import Base
+
+log = logging.getLogger("fedgate.gateway")
+
+
+class FairCharge(msgspec.Struct, frozen=True, array_like=True):
+    """``[tenant, service, counter]``: weighted tokens charged since the last batch (may
+    be negative: corrections), and the tenant's virtual counter at the sender."""
+
+    tenant: str
+    service: float
+    counter: float
+
+
+class FairWaiting(msgspec.Struct, frozen=True, array_like=True):
+    """``[tenant, capability, model]``: a tenant waiting at the sender for those nodes."""
+
+    tenant: str
+    capability: str
+    model: str = ""
+
+
+class FairBatch(Base, frozen=True, kw_only=True):
+    """What a gateway publishes on ``fed.fair`` (docs/protocol.md)."""
+
+    gateway_id: str
+    charges: list[FairCharge] = msgspec.field(default_factory=list)
+    waiting: list[FairWaiting] = msgspec.field(default_factory=list)
+    holds: dict[str, int] = msgspec.field(default_factory=dict)
+    """Node -> slots its dispatches hold now (the whole figure, not a change)."""
+
+
+_decode = msgspec.json.Decoder(FairBatch).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class SharedFair:
+    """Publishes this gateway's fair-share figures and applies the other gateways'.
+
+    ``drain()`` tries the capacity queue again (``Engine.capacity_changed``)."""
+
+    def __init__(
+        self,
+        nc: Client,
+        subject: str,
+        gateway_id: str,
+        queue: FairQueue,
+        fleet: Fleet,
+        drain: Callable[[], Coroutine[Any, Any, None]],
+        spawn: Callable[[Coroutine[Any, Any, Any], str], None],
+        clock: Clock,
+        *,
+        tick_s: float = 0.02,
+        charges_s: float = 0.1,
+        keepalive_s: float = 0.5,
+    ) -> None:
+        self.nc = nc
+        self.subject = subject
+        self.gateway_id = gateway_id
+        self.queue = queue
+        self.fleet = fleet
+        self.drain = drain
+        self.spawn = spawn
+        self.clock = clock
+        self.tick_s = tick_s
+        self.charges_s = charges_s
+        self.keepalive_s = keepalive_s
+        self.holds = RemoteHolds()
+        self.applied = 0
+        """Batches from other gateways applied here (a figure for tests)."""
+        self._sent_holds: dict[str, int] = {}
+        self._sent_at = 0.0
+        self._draining = False
+        fleet.catalog.add_listener(self._on_catalog)
+
+    # -- this gateway's ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Publish, expire and tidy every ``tick_s`` until cancelled."""
+        last_tidy = last_kick = self.clock()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = self.clock()
+            try:
+                await self.flush(now)
+                self._add(self.holds.expire(now))
+                if now - last_tidy >= 1.0:
+                    last_tidy = now
+                    self.queue.tidy(now)
+                    if self.queue and log.isEnabledFor(logging.DEBUG):
+                        log.debug("fair share: waiting %s", self._snapshot())
+                if self.queue and now - last_kick >= 0.1:  # a hold back may have lapsed
+                    last_kick = now
+                    self._kick()
+            except Exception:
+                log.exception("fair share error")
+
+    async def flush(self, now: float) -> None:
+        """Publish a batch if anything is due."""
+        held, queue, since = self.fleet.held, self.queue, now - self._sent_at
+        due = held != self._sent_holds or bool(queue) or queue.announced
+        if not due and queue.unreported:
+            due = since >= self.charges_s
+        if not due and held:
+            due = since >= self.keepalive_s
+        if not due or not self.nc.is_connected:
+            return
+        report = queue.report()
+        charges, waiting = report if report is not None else ([], [])
+        self._sent_holds, self._sent_at = dict(held), now
+        batch = FairBatch(
+            gateway_id=self.gateway_id,
+            charges=[FairCharge(*c) for c in charges],
+            waiting=[FairWaiting(*w) for w in waiting],
+            holds=self._sent_holds,
+        )
+        await self.nc.publish(self.subject, _encode(batch))
+
+    # -- the other gateways' -----------------------------------------------------------------
+
+    async def subscribe(self) -> Subscription:
+        """Subscribe to every gateway's batches (this one's are skipped)."""
+        return await self.nc.subscribe(self.subject, cb=self.on_batch)
+
+    async def on_batch(self, msg: Msg) -> None:
+        """Apply one batch from another gateway; a malformed one is dropped (logged)."""
+        try:
+            batch = _decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("dropped a malformed fed.fair batch: %s", exc)
+            return
+        if batch.gateway_id != self.gateway_id:
+            self.apply(batch)
+
+    def apply(self, batch: FairBatch) -> None:
+        """Another gateway's figures, here; the queue is tried again."""
+        now = self.clock()
+        charges = [(c.tenant, c.service, c.counter) for c in batch.charges]
+        waiting = [(w.tenant, w.capability, w.model) for w in batch.waiting]
+        self.queue.apply(batch.gateway_id, charges, waiting, now)
+        self._add(self.holds.update(batch.gateway_id, batch.holds, now))
+        self.applied += 1
+        if self.queue:
+            self._kick()
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _add(self, deltas: list[tuple[str, int]]) -> None:
+        add = self.fleet.catalog.add_in_flight
+        for node_id, delta in deltas:
+            add(node_id, delta)
+
+    def _kick(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self.spawn(self._drain(), "fair-drain")
+
+    async def _drain(self) -> None:
+        self._draining = False
+        await self.drain()
+
+    def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
+        if event is CatalogEvent.REMOVED:
+            self.holds.forget_node(node.node_id)
+
+    def _snapshot(self) -> str:
+        counters = {n: round(t.counter) for n, t in self.queue.tenants.items()}
+        return f"{self.queue.waiting()}, counters {counters}"
