@@ -1,0 +1,38 @@
+"""Other gateways' holds on nodes (gateway/core/holds.py): deltas, expiry, a node gone."""
+
+from __future__ import annotations
+
+from gateway.core.holds import RemoteHolds
+
+NOW = 1000.0
+
+
+def test_updates_become_deltas_of_each_gateways_figure() -> None:
+    h = RemoteHolds()
+    assert h.update("gw-1", {"n1": 2}, NOW) == [("n1", 2)]
+    assert h.update("gw-2", {"n1": 1, "n2": 1}, NOW) in (
+        [("n1", 1), ("n2", 1)],
+        [("n2", 1), ("n1", 1)],
+    )
+    assert h.held("n1") == 3
+    assert h.update("gw-1", {"n1": 2}, NOW) == []  # unchanged: nothing to apply
+    assert h.update("gw-1", {"n1": 1}, NOW) == [("n1", -1)]
+    assert h.update("gw-1", {}, NOW) == [("n1", -1)]
+    assert h.held("n1") == 1
+
+
+def test_a_silent_gateway_holds_nothing_after_the_ttl() -> None:
+    h = RemoteHolds(ttl_s=2.0)
+    h.update("gw-1", {"n1": 2}, NOW)
+    h.update("gw-2", {"n1": 1}, NOW + 1.5)
+    assert h.expire(NOW + 2.0) == []
+    assert h.expire(NOW + 2.5) == [("n1", -2)]
+    assert h.held("n1") == 1
+
+
+def test_a_node_that_left_is_forgotten() -> None:
+    h = RemoteHolds()
+    h.update("gw-1", {"n1": 2, "n2": 1}, NOW)
+    h.forget_node("n1")  # the catalog dropped it, with its count
+    assert h.held("n1") == 0
+    assert h.update("gw-1", {"n1": 2, "n2": 1}, NOW) == [("n1", 2)]  # back: counted again
