@@ -110,9 +110,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for root in ("fair", "fifo"):
                 subject = f"{root}.generate"
-                runs[root].append(
-                    await measure(nc, subject, LANES, args.warmup, args.completions)
-                )
+                runs[root].append(await measure(nc, subject, LANES, args.warmup, args.completions))
         await nc.close()
     print(f"{'set':>5} {'b share':>8} {'a':>5} {'b':>5} {'refused a/b':>12} {'req/s':>6}")
     figures: dict[str, Any] = {}

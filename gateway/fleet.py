@@ -42,7 +42,7 @@ class Fleet:
         """``SharedOutcomes.record``: tells the other gateways each outcome (None: alone)."""
         self.held: dict[str, int] = {}
         """This gateway's own dispatches in flight, by node (what fair share tells the
-        others; the catalog's in-flight count may include theirs: gateway/core/holds.py)."""
+        others; the catalog's in-flight count may include theirs: gateway/core/remote.py)."""
 
     def _route(self, request: InferRequest, exclude: Collection[str] = ()) -> Candidate:
         """``router.route``, then the choice told to the prefix index (this gateway's and,

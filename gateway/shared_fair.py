@@ -10,7 +10,7 @@ Each gateway tells the others, in one batch (``FairBatch``, JSON):
 - ``waiting``: the tenants waiting in its capacity queue, per (capability, model): a
   receiver holds back its own flights of a tenant ahead of one of them;
 - ``holds``: the slots its own dispatches hold, per node: a receiver counts them in
-  the node's in-flight (gateway/core/holds.py), so a node another gateway filled is full
+  the node's in-flight (gateway/core/remote.py), so a node another gateway filled is full
   here too and requests wait in the queue, where fair share orders them.
 
 How fresh: the loop ticks every ``tick_s`` (20 ms) and publishes when the holds changed
@@ -35,7 +35,7 @@ from nats.aio.subscription import Subscription
 from gateway.catalog import CatalogEvent, NodeInfo
 from gateway.clock import Clock
 from gateway.core.fairqueue import FairQueue
-from gateway.core.holds import RemoteHolds
+from gateway.core.remote import RemoteHolds
 from gateway.fleet import Fleet
 from shared.messages import Base
 

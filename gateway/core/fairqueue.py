@@ -26,55 +26,21 @@ the lift makes that harmless). No I/O, no clock: times are arguments.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 from gateway.core.flight import Flight
-from gateway.limits import BYTES_PER_TOKEN_ESTIMATE, max_tokens
-
-W_IN = 1.0
-"""Cost of a prompt token (VTC's reference implementation: input 1, output 2)."""
-W_OUT = 2.0
-"""Cost of a completion token: a decode step holds a slot about twice what a prefill
-token costs in a batch (VTC's choice too); prompt-heavy work still counts."""
-
-Classes = Callable[[str], tuple[float, int]]
-"""tenant -> (weight, priority class)."""
-
-Pool = tuple[str, str]
-"""(capability, model or "") of a flight: the nodes it competes for."""
-
-Charge = tuple[str, float, float]
-"""(tenant, service since the last report, counter): what a gateway tells the others."""
-
-
-def equal(_tenant: str) -> tuple[float, int]:
-    """Every tenant weight 1, class 0."""
-    return 1.0, 0
-
-
-def pool_of(flight: Flight) -> Pool:
-    """The nodes ``flight`` competes for."""
-    return flight.capability, flight.request.model or ""
-
-
-@dataclass(slots=True, eq=False)
-class TenantState:
-    """One tenant's sub-queue and counter."""
-
-    name: str
-    weight: float
-    priority: int
-    counter: float = 0.0
-    """Virtual tokens of service received (lifted when it becomes backlogged)."""
-    queue: deque[Flight] = field(default_factory=deque)
-    pools: dict[Pool, int] = field(default_factory=dict)
-    """Flights waiting, by pool."""
-    charged: int = 0
-    """Flights charged and not settled yet (a tenant with some is never forgotten)."""
-    seen: float = 0.0
-    """When it last waited, was charged or heard of."""
+from gateway.core.remote import RemoteWaiting
+from gateway.core.vtc import (
+    Charge,
+    Classes,
+    Pool,
+    TenantState,
+    cost,
+    equal,
+    estimate,
+    order,
+    pool_of,
+)
 
 
 class FairQueue:
@@ -95,8 +61,6 @@ class FairQueue:
         self.default_max_tokens = default_max_tokens
         self.hold_s = hold_s
         """Longest a flight is held back for tenants waiting at other gateways."""
-        self.remote_ttl_s = remote_ttl_s
-        """Another gateway's list of waiting tenants is believed this long."""
         self.forget_after_s = forget_after_s
         self.tenants: dict[str, TenantState] = {}
         self._backlogged: dict[str, TenantState] = {}
@@ -109,8 +73,8 @@ class FairQueue:
         self._service: dict[str, float] = {}
         """Tenant -> service charged here since the last ``report``."""
         self._announced = False
-        self._remote: dict[str, tuple[float, dict[Pool, list[str]]]] = {}
-        """Gateway -> (when heard, the tenants waiting there by pool)."""
+        self._remote = RemoteWaiting(remote_ttl_s)
+        """The tenants waiting at the other gateways."""
         self.now = 0.0
         """The latest time any call was given."""
 
@@ -159,7 +123,7 @@ class FairQueue:
         tenant = self._best()
         if not self._remote or not self._held(tenant, tenant.queue[0], now):
             return self._take(tenant)
-        for other in sorted(self._backlogged.values(), key=_order):  # another pool's may go
+        for other in sorted(self._backlogged.values(), key=order):  # another pool's may go
             if other is not tenant and not self._held(other, other.queue[0], now):
                 return self._take(other)
         return None
@@ -192,22 +156,21 @@ class FairQueue:
             return
         self.now = now
         tenant = self._tenant(flight.ident[0])
-        prompt, completion = self._estimate(flight)
-        cost = prompt * W_IN + completion * W_OUT
-        self._charged[flight.key] = cost
+        charge = cost(*estimate(flight.request, self.default_max_tokens))
+        self._charged[flight.key] = charge
         tenant.charged += 1
-        self._add(tenant, cost, now)
+        self._add(tenant, charge, now)
 
     def settle(self, flight: Flight, prompt_tokens: int, completion_tokens: int) -> None:
         """``flight`` ended: replace its estimate with what it used (``prompt_tokens`` 0:
         not reported, the estimate stands)."""
-        cost = self._charged.pop(flight.key, None)
-        if cost is None:
+        charged = self._charged.pop(flight.key, None)
+        if charged is None:
             return
         tenant = self._tenant(flight.ident[0])
         tenant.charged -= 1
-        prompt = prompt_tokens or self._estimate(flight)[0]
-        self._add(tenant, prompt * W_IN + completion_tokens * W_OUT - cost, self.now)
+        prompt = prompt_tokens or estimate(flight.request, self.default_max_tokens)[0]
+        self._add(tenant, cost(prompt, completion_tokens) - charged, self.now)
 
     def cost_of(self, flight: Flight) -> float:
         """What ``flight`` is charged while it runs (0: not charged)."""
@@ -243,20 +206,12 @@ class FairQueue:
             tenant = self._tenant(name)
             tenant.counter = max(tenant.counter + service / tenant.weight, counter)
             tenant.seen = now
-        if not waiting:
-            self._remote.pop(gateway_id, None)
-            return
-        pools: dict[Pool, list[str]] = {}
-        for name, capability, model in waiting:
-            pools.setdefault((capability, model), []).append(name)
-        self._remote[gateway_id] = (now, pools)
+        self._remote.update(gateway_id, waiting, now)
 
     def tidy(self, now: float) -> None:
         """Forget idle tenants and other gateways' stale lists."""
         self.now = now
-        for gateway_id, (heard, _) in list(self._remote.items()):
-            if now - heard > self.remote_ttl_s:
-                del self._remote[gateway_id]
+        self._remote.expire(now)
         idle = now - self.forget_after_s
         for name, tenant in list(self.tenants.items()):
             if not tenant.queue and not tenant.charged and tenant.seen < idle:
@@ -299,11 +254,6 @@ class FairQueue:
                 else:
                     counts.pop(pool, None)
 
-    def _estimate(self, flight: Flight) -> tuple[float, float]:
-        request = flight.request
-        prompt = -(-len(request.input.encode()) // BYTES_PER_TOKEN_ESTIMATE)
-        return float(prompt), float(max_tokens(request) or self.default_max_tokens)
-
     def _add(self, tenant: TenantState, service: float, now: float) -> None:
         tenant.counter += service / tenant.weight
         tenant.seen = now
@@ -322,7 +272,7 @@ class FairQueue:
         self._floor[tenant.priority] = tenant.counter
 
     def _best(self) -> TenantState:
-        return min(self._backlogged.values(), key=_order)
+        return min(self._backlogged.values(), key=order)
 
     def _take(self, tenant: TenantState) -> Flight:
         flight = tenant.queue.popleft()
@@ -337,28 +287,13 @@ class FairQueue:
         if head.queued_at is not None and now - head.queued_at >= self.hold_s:
             return False
         pool = pool_of(head)
-        prompt, completion = self._estimate(head)
-        slack = (prompt * W_IN + completion * W_OUT) / tenant.weight  # ties, staleness
-        for gateway_id, (heard, pools) in list(self._remote.items()):
-            if now - heard > self.remote_ttl_s:
-                del self._remote[gateway_id]
+        slack = cost(*estimate(head.request, self.default_max_tokens)) / tenant.weight
+        for name in self._remote.tenants(pool, now):
+            other = self.tenants.get(name)
+            if other is None or other is tenant:
                 continue
-            for name in pools.get(pool, ()):
-                other = self.tenants.get(name)
-                if other is None or other is tenant:
-                    continue
-                if other.priority > tenant.priority or (
-                    other.priority == tenant.priority and other.counter + slack < tenant.counter
-                ):
-                    return True
+            if other.priority > tenant.priority or (
+                other.priority == tenant.priority and other.counter + slack < tenant.counter
+            ):
+                return True
         return False
-
-
-def _order(tenant: TenantState) -> tuple[int, float, float]:
-    """Admission order: higher class, smaller counter, longer wait."""
-    return -tenant.priority, tenant.counter, _age(tenant)
-
-
-def _age(tenant: TenantState) -> float:
-    queued_at = tenant.queue[0].queued_at
-    return 0.0 if queued_at is None else queued_at

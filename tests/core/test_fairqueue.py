@@ -12,9 +12,10 @@ from collections import Counter, deque
 
 import pytest
 
-from gateway.core.fairqueue import W_IN, W_OUT, FairQueue
+from gateway.core.fairqueue import FairQueue
 from gateway.core.flight import Flight
 from gateway.core.table import FlightTable
+from gateway.core.vtc import W_IN, W_OUT
 from shared import messages as m
 
 NOW = 1000.0

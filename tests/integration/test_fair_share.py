@@ -48,9 +48,7 @@ async def test_a_tenant_with_a_tenth_of_the_load_gets_half_of_the_answers(nats_u
 async def test_weights_and_priority_classes_hold_across_gateways(nats_url: str) -> None:
     """``a`` with weight 3 gets about 3/4 against ``b``; then ``b`` in a higher class
     gets nearly everything while it waits."""
-    weighted = GatewayConfig(
-        probe_interval_s=60.0, tenant_limits={"a": TenantLimits(weight=3.0)}
-    )
+    weighted = GatewayConfig(probe_interval_s=60.0, tenant_limits={"a": TenantLimits(weight=3.0)})
     result = await shares(nats_url, weighted)
     share = result["share"]
     assert isinstance(share, dict)

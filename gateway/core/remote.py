@@ -1,4 +1,5 @@
-"""Other gateways' holds on nodes: the slots their dispatches take (pure).
+"""What the other gateways said for fair share (pure): the slots their dispatches hold
+on nodes (``RemoteHolds``) and the tenants waiting in their queues (``RemoteWaiting``).
 
 A gateway counts its own dispatches to a node (``Fleet.hold``) and, with fair share,
 tells the others how many it holds now, per node. Each keeps the latest figure of every
@@ -6,11 +7,16 @@ other gateway and turns a change into a delta to add to the node's in-flight cou
 (``ModelCatalog.add_in_flight``), so that a node full with another gateway's work is
 full here too: requests wait in the capacity queue, where fair share orders them, not
 in a race of dispatches the node refuses. A gateway not heard for ``ttl_s`` holds
-nothing (it died, or its last figure was lost and it holds nothing new to report). No
-I/O, no clock: times are arguments.
+nothing (it died, or its last figure was lost and it holds nothing new to report).
+
+A waiting list is a gateway's whole list (tenants by pool: capability, model), believed
+for ``ttl_s``: the gateway publishes it again while anything waits there. No I/O, no
+clock: times are arguments.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 Delta = tuple[str, int]
 """(node_id, slots to add to its in-flight count; negative: to take off)."""
@@ -55,3 +61,38 @@ class RemoteHolds:
     def held(self, node_id: str) -> int:
         """Slots of ``node_id`` the other gateways hold."""
         return sum(held.get(node_id, 0) for _, held in self._by_gateway.values())
+
+
+class RemoteWaiting:
+    """The tenants waiting at every other gateway, by pool."""
+
+    __slots__ = ("_by_gateway", "ttl_s")
+
+    def __init__(self, ttl_s: float = 0.5) -> None:
+        self.ttl_s = ttl_s
+        self._by_gateway: dict[str, tuple[float, dict[tuple[str, str], list[str]]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_gateway)
+
+    def update(self, gateway_id: str, waiting: list[tuple[str, str, str]], now: float) -> None:
+        """``gateway_id``'s whole list now: ``(tenant, capability, model)``."""
+        if not waiting:
+            self._by_gateway.pop(gateway_id, None)
+            return
+        pools: dict[tuple[str, str], list[str]] = {}
+        for name, capability, model in waiting:
+            pools.setdefault((capability, model), []).append(name)
+        self._by_gateway[gateway_id] = (now, pools)
+
+    def tenants(self, pool: tuple[str, str], now: float) -> Iterator[str]:
+        """The tenants waiting elsewhere for ``pool`` (stale lists dropped)."""
+        self.expire(now)
+        for _, pools in self._by_gateway.values():
+            yield from pools.get(pool, ())
+
+    def expire(self, now: float) -> None:
+        """Drop the lists not renewed for ``ttl_s``."""
+        for gateway_id, (heard, _) in list(self._by_gateway.items()):
+            if now - heard > self.ttl_s:
+                del self._by_gateway[gateway_id]

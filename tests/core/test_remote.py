@@ -1,8 +1,8 @@
-"""Other gateways' holds on nodes (gateway/core/holds.py): deltas, expiry, a node gone."""
+"""Other gateways' holds on nodes (gateway/core/remote.py): deltas, expiry, a node gone."""
 
 from __future__ import annotations
 
-from gateway.core.holds import RemoteHolds
+from gateway.core.remote import RemoteHolds, RemoteWaiting
 
 NOW = 1000.0
 
@@ -36,3 +36,16 @@ def test_a_node_that_left_is_forgotten() -> None:
     h.forget_node("n1")  # the catalog dropped it, with its count
     assert h.held("n1") == 0
     assert h.update("gw-1", {"n1": 2, "n2": 1}, NOW) == [("n1", 2)]  # back: counted again
+
+
+def test_waiting_lists_replace_each_other_and_go_stale() -> None:
+    w = RemoteWaiting(ttl_s=0.5)
+    assert not w
+    w.update("gw-1", [("a", "generate", ""), ("b", "embed", "e5")], NOW)
+    w.update("gw-2", [("c", "generate", "")], NOW + 0.3)
+    assert sorted(w.tenants(("generate", ""), NOW + 0.4)) == ["a", "c"]
+    assert list(w.tenants(("embed", "e5"), NOW + 0.4)) == ["b"]
+    w.update("gw-1", [], NOW + 0.4)  # nothing waits there any more
+    assert list(w.tenants(("generate", ""), NOW + 0.4)) == ["c"]
+    assert list(w.tenants(("generate", ""), NOW + 0.9)) == []  # gw-2 silent for 0.6 s
+    assert not w
