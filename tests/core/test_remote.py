@@ -1,4 +1,4 @@
-"""Other gateways' holds on nodes (gateway/core/remote.py): deltas, expiry, a node gone."""
+"""What other gateways said (gateway/core/remote.py): holds, expiry, waiting lists."""
 
 from __future__ import annotations
 
