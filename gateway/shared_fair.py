@@ -32,7 +32,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway.catalog import CatalogEvent, NodeInfo
 from gateway.clock import Clock
 from gateway.core.fairqueue import FairQueue
 from gateway.core.remote import RemoteHolds
@@ -110,7 +109,6 @@ class SharedFair:
         self._sent_holds: dict[str, int] = {}
         self._sent_at = 0.0
         self._draining = False
-        fleet.catalog.add_listener(self._on_catalog)
 
     # -- this gateway's ----------------------------------------------------------------------
 
@@ -122,7 +120,7 @@ class SharedFair:
             now = self.clock()
             try:
                 await self.flush(now)
-                self._add(self.holds.expire(now))
+                self._reconcile(self.holds.expire(now))
                 if now - last_tidy >= 1.0:
                     last_tidy = now
                     self.queue.tidy(now)
@@ -177,17 +175,21 @@ class SharedFair:
         charges = [(c.tenant, c.service, c.counter) for c in batch.charges]
         waiting = [(w.tenant, w.capability, w.model) for w in batch.waiting]
         self.queue.apply(batch.gateway_id, charges, waiting, now)
-        self._add(self.holds.update(batch.gateway_id, batch.holds, now))
+        self._reconcile(self.holds.update(batch.gateway_id, batch.holds, now))
         self.applied += 1
         if self.queue:
             self._kick()
 
     # -- inside ------------------------------------------------------------------------------
 
-    def _add(self, deltas: list[tuple[str, int]]) -> None:
-        add = self.fleet.catalog.add_in_flight
-        for node_id, delta in deltas:
-            add(node_id, delta)
+    def _reconcile(self, node_ids: set[str]) -> None:
+        """Each node's in-flight count here: this gateway's holds plus the others'."""
+        catalog, own = self.fleet.catalog, self.fleet.held
+        for node_id in node_ids:
+            node = catalog.node(node_id)
+            if node is not None:
+                target = own.get(node_id, 0) + self.holds.held(node_id)
+                catalog.add_in_flight(node_id, target - node.local_in_flight)
 
     def _kick(self) -> None:
         if not self._draining:
@@ -197,10 +199,6 @@ class SharedFair:
     async def _drain(self) -> None:
         self._draining = False
         await self.drain()
-
-    def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
-        if event is CatalogEvent.REMOVED:
-            self.holds.forget_node(node.node_id)
 
     def _snapshot(self) -> str:
         counters = {n: round(t.counter) for n, t in self.queue.tenants.items()}

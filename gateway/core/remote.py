@@ -3,11 +3,13 @@ on nodes (``RemoteHolds``) and the tenants waiting in their queues (``RemoteWait
 
 A gateway counts its own dispatches to a node (``Fleet.hold``) and, with fair share,
 tells the others how many it holds now, per node. Each keeps the latest figure of every
-other gateway and turns a change into a delta to add to the node's in-flight count
-(``ModelCatalog.add_in_flight``), so that a node full with another gateway's work is
-full here too: requests wait in the capacity queue, where fair share orders them, not
-in a race of dispatches the node refuses. A gateway not heard for ``ttl_s`` holds
-nothing (it died, or its last figure was lost and it holds nothing new to report).
+other gateway; a node's in-flight count here is then set to this gateway's own holds
+plus their sum (``held``; gateway/shared_fair.py reconciles the nodes ``update`` and
+``expire`` name), so that a node full with another gateway's work is full here too:
+requests wait in the capacity queue, where fair share orders them, not in a race of
+dispatches the node refuses. Setting the count (not adding changes) corrects itself
+when a node was unknown or restarted. A gateway not heard for ``ttl_s`` holds nothing
+(it died, or lost its figure and has held nothing new since).
 
 A waiting list is a gateway's whole list (tenants by pool: capability, model), believed
 for ``ttl_s``: the gateway publishes it again while anything waits there. No I/O, no
@@ -18,12 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-Delta = tuple[str, int]
-"""(node_id, slots to add to its in-flight count; negative: to take off)."""
-
 
 class RemoteHolds:
-    """The latest holds of every other gateway, as deltas to apply."""
+    """The latest holds of every other gateway."""
 
     __slots__ = ("_by_gateway", "ttl_s")
 
@@ -31,32 +30,25 @@ class RemoteHolds:
         self.ttl_s = ttl_s
         self._by_gateway: dict[str, tuple[float, dict[str, int]]] = {}
 
-    def update(self, gateway_id: str, holds: dict[str, int], now: float) -> list[Delta]:
-        """``gateway_id`` holds ``holds`` now: the deltas from what it held before."""
+    def update(self, gateway_id: str, holds: dict[str, int], now: float) -> set[str]:
+        """``gateway_id`` holds ``holds`` now: the nodes it held or holds (to reconcile
+        each time: a node unknown before, or restarted, is counted right again)."""
         _, before = self._by_gateway.get(gateway_id, (0.0, {}))
-        now_held = {n: k for n, k in holds.items() if k > 0}
-        if now_held:
-            self._by_gateway[gateway_id] = (now, now_held)
+        after = {n: k for n, k in holds.items() if k > 0}
+        if after:
+            self._by_gateway[gateway_id] = (now, after)
         else:
             self._by_gateway.pop(gateway_id, None)
-        deltas = (
-            (n, now_held.get(n, 0) - before.get(n, 0)) for n in before.keys() | now_held.keys()
-        )
-        return [(n, d) for n, d in deltas if d]
+        return before.keys() | after.keys()
 
-    def expire(self, now: float) -> list[Delta]:
-        """Gateways not heard for ``ttl_s`` hold nothing any more: their slots back."""
-        out: list[Delta] = []
+    def expire(self, now: float) -> set[str]:
+        """Gateways not heard for ``ttl_s`` hold nothing any more: the nodes concerned."""
+        out: set[str] = set()
         for gateway_id, (heard, held) in list(self._by_gateway.items()):
             if now - heard > self.ttl_s:
                 del self._by_gateway[gateway_id]
-                out += [(node_id, -k) for node_id, k in held.items()]
+                out.update(held)
         return out
-
-    def forget_node(self, node_id: str) -> None:
-        """``node_id`` left the catalog (its counts went with it)."""
-        for _, held in self._by_gateway.values():
-            held.pop(node_id, None)
 
     def held(self, node_id: str) -> int:
         """Slots of ``node_id`` the other gateways hold."""

@@ -7,17 +7,14 @@ from gateway.core.remote import RemoteHolds, RemoteWaiting
 NOW = 1000.0
 
 
-def test_updates_become_deltas_of_each_gateways_figure() -> None:
+def test_updates_name_the_nodes_to_reconcile() -> None:
     h = RemoteHolds()
-    assert h.update("gw-1", {"n1": 2}, NOW) == [("n1", 2)]
-    assert h.update("gw-2", {"n1": 1, "n2": 1}, NOW) in (
-        [("n1", 1), ("n2", 1)],
-        [("n2", 1), ("n1", 1)],
-    )
-    assert h.held("n1") == 3
-    assert h.update("gw-1", {"n1": 2}, NOW) == []  # unchanged: nothing to apply
-    assert h.update("gw-1", {"n1": 1}, NOW) == [("n1", -1)]
-    assert h.update("gw-1", {}, NOW) == [("n1", -1)]
+    assert h.update("gw-1", {"n1": 2}, NOW) == {"n1"}
+    assert h.update("gw-2", {"n1": 1, "n2": 1}, NOW) == {"n1", "n2"}
+    assert (h.held("n1"), h.held("n2"), h.held("n3")) == (3, 1, 0)
+    assert h.update("gw-1", {"n1": 2}, NOW) == {"n1"}  # the same: reconciled again
+    assert h.update("gw-1", {"n1": 1, "n3": 0}, NOW) == {"n1"}
+    assert h.update("gw-1", {}, NOW) == {"n1"}
     assert h.held("n1") == 1
 
 
@@ -25,17 +22,9 @@ def test_a_silent_gateway_holds_nothing_after_the_ttl() -> None:
     h = RemoteHolds(ttl_s=2.0)
     h.update("gw-1", {"n1": 2}, NOW)
     h.update("gw-2", {"n1": 1}, NOW + 1.5)
-    assert h.expire(NOW + 2.0) == []
-    assert h.expire(NOW + 2.5) == [("n1", -2)]
+    assert h.expire(NOW + 2.0) == set()
+    assert h.expire(NOW + 2.5) == {"n1"}
     assert h.held("n1") == 1
-
-
-def test_a_node_that_left_is_forgotten() -> None:
-    h = RemoteHolds()
-    h.update("gw-1", {"n1": 2, "n2": 1}, NOW)
-    h.forget_node("n1")  # the catalog dropped it, with its count
-    assert h.held("n1") == 0
-    assert h.update("gw-1", {"n1": 2, "n2": 1}, NOW) == [("n1", 2)]  # back: counted again
 
 
 def test_waiting_lists_replace_each_other_and_go_stale() -> None:
