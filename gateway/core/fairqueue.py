@@ -16,8 +16,8 @@ OSDI 2024), within each priority class (docs/tenants.md, "Fair share"):
   with what the node reported when it ends (``settle``);
 - other gateways' charges are added and their counters merged (``apply``), and a
   flight is held back while a tenant of its pool (capability, model) with a smaller
-  counter waits at another gateway (``pop``; at most ``hold_s``), so that the fleet,
-  not each gateway alone, shares out the nodes.
+  counter (by half a request) waits at another gateway (``pop``; at most ``hold_s``),
+  so that the fleet, not each gateway alone, shares out the nodes.
 
 With ``fair=False`` every flight is in one FIFO: the capacity queue as it was, oldest
 first. Bounded memory: a tenant idle for ``forget_after_s`` is forgotten (``tidy``;
@@ -283,11 +283,12 @@ class FairQueue:
 
     def _held(self, tenant: TenantState, head: Flight, now: float) -> bool:
         """A tenant of ``head``'s pool waits at another gateway in a higher class, or in
-        the same class more than ``head``'s own cost behind ``tenant``."""
+        the same class more than half of ``head``'s own cost behind ``tenant`` (half: a
+        tie, or a batch in transit, holds nobody; one request ahead does)."""
         if head.queued_at is not None and now - head.queued_at >= self.hold_s:
             return False
         pool = pool_of(head)
-        slack = cost(*estimate(head.request, self.default_max_tokens)) / tenant.weight
+        slack = cost(*estimate(head.request, self.default_max_tokens)) / tenant.weight / 2
         for name in self._remote.tenants(pool, now):
             other = self.tenants.get(name)
             if other is None or other is tenant:

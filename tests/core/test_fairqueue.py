@@ -227,10 +227,10 @@ def test_a_higher_class_waiting_elsewhere_holds_back_any_counter() -> None:
     assert q.pop(NOW) is None
 
 
-def test_within_one_request_of_each_other_nobody_is_held() -> None:
+def test_within_half_a_request_of_each_other_nobody_is_held() -> None:
     q = FairQueue()
     one = 10 * W_IN + 100 * W_OUT
-    q.apply("gw-0", [("a", 0.0, 1000.0 + one * 0.9)], [], NOW)
+    q.apply("gw-0", [("a", 0.0, 1000.0 + one * 0.45)], [], NOW)
     q.apply("gw-2", [("b", 0.0, 1000.0)], [("b", "generate", "")], NOW)
     q.append(flight("a"))
     assert q.pop(NOW) is not None
