@@ -259,7 +259,9 @@ class Engine(Answers):
             if isinstance(step, steps.Stay):
                 waiting.appendleft(flight)  # no await since the pop: its place is intact
                 return
-            await self._run(flight, step)
+            if step is not None:  # out of the queue for good (a busy wait, an error): a
+                flight.dequeue()  # QUEUED flight outside the queue would wait for nothing
+                await self._run(flight, step)
 
     async def node_lost(self, node_id: str) -> None:
         """A node left, fell silent or restarted: move the work it held elsewhere."""

@@ -6,6 +6,7 @@ A flight lives from the moment a request is accepted until it is answered exactl
     NEW ──start_attempt──▶ ATTEMPT ──end_attempt──▶ BETWEEN ──start_attempt──▶ ATTEMPT …
      │                                                 │
      └──────────────enqueue──▶ QUEUED ◀──enqueue───────┘   (every eligible node full)
+    QUEUED ──dequeue──▶ BETWEEN   (taken from the queue to wait elsewhere: a busy node)
     any phase ──finish──▶ DONE
 
 An ``Attempt`` is one dispatch to one node: while the flight is in ``ATTEMPT`` it holds
@@ -253,6 +254,13 @@ class Flight:
         """Wait in the capacity queue (since ``now``)."""
         self.phase = QUEUED
         self.queued_at = now
+
+    def dequeue(self) -> None:
+        """Taken out of the capacity queue without an attempt (it waits elsewhere now: a
+        busy node's Retry-After, a timer)."""
+        if self.phase is QUEUED:
+            self.phase = BETWEEN
+            self.queued_at = None
 
     def finish(self) -> None:
         """Answered (or abandoned): the flight is over."""
