@@ -93,11 +93,11 @@ class FairQueue:
     def append(self, flight: Flight) -> None:
         """``flight`` waits behind its tenant's others (its tenant lifted if it was idle)."""
         tenant = self._tenant(self._key(flight))
+        now = tenant.seen = flight.queued_at or self.now
         if not tenant.queue:
-            self._lift(tenant)
+            self._lift(tenant, now)
             self._backlogged[tenant.name] = tenant
         tenant.queue.append(flight)
-        tenant.seen = flight.queued_at or self.now
         self._counted(tenant, flight, 1)
 
     def appendleft(self, flight: Flight) -> None:
@@ -259,10 +259,16 @@ class FairQueue:
         tenant.seen = now
         self._service[tenant.name] = self._service.get(tenant.name, 0.0) + service
 
-    def _lift(self, tenant: TenantState) -> None:
+    def _lift(self, tenant: TenantState, now: float) -> None:
+        """At least the smallest counter of its class waiting in the fleet, unless it
+        waits at another gateway itself (then it is not idle: its deficit stands)."""
         if not self.fair:
             return
-        others = [t.counter for t in self._backlogged.values() if t.priority == tenant.priority]
+        elsewhere = self._remote.everyone(now)
+        if tenant.name in elsewhere:
+            return
+        waiting = [*self._backlogged.values(), *filter(None, map(self.tenants.get, elsewhere))]
+        others = [t.counter for t in waiting if t.priority == tenant.priority]
         floor = min(others) if others else self._floor.get(tenant.priority)
         if floor is not None and floor > tenant.counter:
             tenant.counter = floor

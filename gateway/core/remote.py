@@ -83,6 +83,13 @@ class RemoteWaiting:
         for _, pools in self._by_gateway.values():
             yield from pools.get(pool, ())
 
+    def everyone(self, now: float) -> set[str]:
+        """Every tenant waiting elsewhere, for any pool."""
+        self.expire(now)
+        return {
+            n for _, pools in self._by_gateway.values() for names in pools.values() for n in names
+        }
+
     def expire(self, now: float) -> None:
         """Drop the lists not renewed for ``ttl_s``."""
         for gateway_id, (heard, _) in list(self._by_gateway.items()):
