@@ -241,16 +241,17 @@ class Engine(Answers):
             self.recorder.attempt_ended(attempt, success)
         self.fleet.release(attempt, success, self.clock(), tokens, flight.request.stream)
         if self.waiting:
-            self.spawn(self.drain(), "drain-queue")
+            self.spawn(self.drain(contended=False), "drain-queue")
 
     # -- the capacity queue ----------------------------------------------------------------
 
-    async def drain(self) -> None:
+    async def drain(self, contended: bool = True) -> None:
         """Dispatch queued requests while nodes have capacity: by fair share (held back
-        for a tenant waiting at another gateway), or oldest first."""
+        for a tenant waiting at another gateway), or oldest first (``contended`` False:
+        the slot was freed here, not seen free in other gateways' figures)."""
         waiting = self.waiting
         while waiting:
-            flight = waiting.pop(self.clock())
+            flight = waiting.pop(self.clock(), contended)
             if flight is None:
                 return
             if flight.phase is not QUEUED:

@@ -25,7 +25,9 @@ ShareOutcome = Callable[..., None]
 class Fleet:
     """Catalog, health, breakers and router, as one gateway's engine sees them."""
 
-    __slots__ = ("_routed", "breaker", "catalog", "health", "held", "route", "router", "share")
+    __slots__ = (
+        "_routed", "breaker", "catalog", "health", "held", "on_hold", "route", "router", "share",
+    )  # fmt: skip
 
     def __init__(
         self, catalog: ModelCatalog, health: HealthChecker, breaker: CircuitBreaker, router: Router
@@ -40,6 +42,8 @@ class Fleet:
         self._routed = router.affinity.routed
         self.share: ShareOutcome | None = None
         """``SharedOutcomes.record``: tells the other gateways each outcome (None: alone)."""
+        self.on_hold: Callable[[], None] | None = None
+        """Called after each ``hold`` (fair share publishes the new figure at once)."""
         self.held: dict[str, int] = {}
         """This gateway's own dispatches in flight, by node (what fair share tells the
         others; the catalog's in-flight count may include theirs: gateway/core/remote.py)."""
@@ -59,6 +63,8 @@ class Fleet:
         """An attempt was dispatched to ``node_id``: one of its slots is taken."""
         self.catalog.add_in_flight(node_id, 1)
         self.held[node_id] = self.held.get(node_id, 0) + 1
+        if self.on_hold is not None:
+            self.on_hold()
 
     def release(
         self, attempt: Attempt, success: bool | None, now: float, tokens: int, stream: bool

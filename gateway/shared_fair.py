@@ -51,11 +51,13 @@ class FairCharge(msgspec.Struct, frozen=True, array_like=True):
 
 
 class FairWaiting(msgspec.Struct, frozen=True, array_like=True):
-    """``[tenant, capability, model]``: a tenant waiting at the sender for those nodes."""
+    """``[tenant, capability, model, waited_s]``: a tenant waiting at the sender for those
+    nodes, its head for ``waited_s`` seconds."""
 
     tenant: str
     capability: str
     model: str = ""
+    waited_s: float = 0.0
 
 
 class FairBatch(Base, frozen=True, kw_only=True):
@@ -109,6 +111,8 @@ class SharedFair:
         self._sent_holds: dict[str, int] = {}
         self._sent_at = 0.0
         self._draining = False
+        self._flushing = False
+        fleet.on_hold = self._took
 
     # -- this gateway's ----------------------------------------------------------------------
 
@@ -142,13 +146,13 @@ class SharedFair:
             due = since >= self.keepalive_s
         if not due or not self.nc.is_connected:
             return
-        report = queue.report()
+        report = queue.report(now)
         charges, waiting = report if report is not None else ([], [])
         self._sent_holds, self._sent_at = dict(held), now
         batch = FairBatch(
             gateway_id=self.gateway_id,
             charges=[FairCharge(*c) for c in charges],
-            waiting=[FairWaiting(*w) for w in waiting],
+            waiting=[FairWaiting(t, c, m, round(s, 3)) for t, c, m, s in waiting],
             holds=self._sent_holds,
         )
         await self.nc.publish(self.subject, _encode(batch))
@@ -173,7 +177,7 @@ class SharedFair:
         """Another gateway's figures, here; the queue is tried again."""
         now = self.clock()
         charges = [(c.tenant, c.service, c.counter) for c in batch.charges]
-        waiting = [(w.tenant, w.capability, w.model) for w in batch.waiting]
+        waiting = [(w.tenant, w.capability, w.model, w.waited_s) for w in batch.waiting]
         self.queue.apply(batch.gateway_id, charges, waiting, now)
         self._reconcile(self.holds.update(batch.gateway_id, batch.holds, now))
         self.applied += 1
@@ -190,6 +194,17 @@ class SharedFair:
             if node is not None:
                 target = own.get(node_id, 0) + self.holds.held(node_id)
                 catalog.add_in_flight(node_id, target - node.local_in_flight)
+
+    def _took(self) -> None:
+        """A dispatch took a slot: the others hear of it at once (a slot freed waits for
+        the tick: the drain that follows a release usually takes it again)."""
+        if not self._flushing:
+            self._flushing = True
+            self.spawn(self._flush_now(), "fair-flush")
+
+    async def _flush_now(self) -> None:
+        self._flushing = False
+        await self.flush(self.clock())
 
     def _kick(self) -> None:
         if not self._draining:

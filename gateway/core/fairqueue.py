@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gateway.core.flight import Flight
-from gateway.core.remote import RemoteWaiting
+from gateway.core.remote import RemoteWaiting, Waiting
 from gateway.core.vtc import (
     Charge,
     Classes,
@@ -95,7 +95,7 @@ class FairQueue:
         tenant = self._tenant(self._key(flight))
         now = tenant.seen = flight.queued_at or self.now
         if not tenant.queue:
-            self._lift(tenant, now)
+            self._lift(tenant, flight, now)
             self._backlogged[tenant.name] = tenant
         tenant.queue.append(flight)
         self._counted(tenant, flight, 1)
@@ -114,17 +114,18 @@ class FairQueue:
             raise IndexError("pop from an empty queue")
         return self._take(self._best())
 
-    def pop(self, now: float) -> Flight | None:
-        """The next flight by fair share, or None: empty, or its tenant is ahead of one
-        waiting at another gateway for the same nodes (it stays, at its head)."""
+    def pop(self, now: float, contended: bool = True) -> Flight | None:
+        """The next flight by fair share, or None: empty, or held back for a tenant waiting
+        at another gateway for the same nodes (it stays, at its head). ``contended``
+        False: the slot to fill was freed here (not seen free in another's figures)."""
         self.now = now
         if not self._len:
             return None
         tenant = self._best()
-        if not self._remote or not self._held(tenant, tenant.queue[0], now):
+        if not self._remote or not self._held(tenant, tenant.queue[0], now, contended):
             return self._take(tenant)
         for other in sorted(self._backlogged.values(), key=order):  # another pool's may go
-            if other is not tenant and not self._held(other, other.queue[0], now):
+            if other is not tenant and not self._held(other, other.queue[0], now, contended):
                 return self._take(other)
         return None
 
@@ -134,6 +135,7 @@ class FairQueue:
         if tenant is None:
             raise ValueError("not queued")
         tenant.queue.remove(flight)
+        tenant.held_since = None
         self._counted(tenant, flight, -1)
         if not tenant.queue:
             self._leave(tenant)
@@ -148,7 +150,8 @@ class FairQueue:
         self.now = now
         if self._pools.get(pool_of(flight)):
             return True
-        return bool(self._remote) and self._held(self._tenant(flight.ident[0]), flight, now)
+        tenant = self._tenant(flight.ident[0])
+        return bool(self._remote) and self._held(tenant, flight, now, contended=True)
 
     def charge(self, flight: Flight, now: float) -> None:
         """``flight`` was dispatched: charge its tenant an estimate (once per flight)."""
@@ -178,13 +181,18 @@ class FairQueue:
 
     # -- the other gateways ------------------------------------------------------------------
 
-    def report(self) -> tuple[list[Charge], list[tuple[str, str, str]]] | None:
+    def report(self, now: float) -> tuple[list[Charge], list[Waiting]] | None:
         """What to tell the other gateways now: each tenant charged since the last report
         (service, counter) and every tenant waiting here (tenant, capability, model);
         None when there is nothing new and nothing waits."""
         if not self.fair:
             return None
-        waiting = [(t.name, *pool) for t in self._backlogged.values() for pool in t.pools]
+        self.now = now
+        waiting = [
+            (t.name, *pool, max(0.0, now - (t.queue[0].queued_at or now)))
+            for t in self._backlogged.values()
+            for pool in t.pools
+        ]
         if not self._service and not waiting and not self._announced:
             return None
         names = set(self._service) | {w[0] for w in waiting}
@@ -194,8 +202,7 @@ class FairQueue:
         return charges, waiting
 
     def apply(
-        self, gateway_id: str, charges: list[Charge], waiting: list[tuple[str, str, str]],
-        now: float,
+        self, gateway_id: str, charges: list[Charge], waiting: list[Waiting], now: float,
     ) -> None:  # fmt: skip
         """Another gateway's report: its charges added, its counters merged (the larger
         wins: a lift there holds here), its waiting tenants noted."""
@@ -259,9 +266,10 @@ class FairQueue:
         tenant.seen = now
         self._service[tenant.name] = self._service.get(tenant.name, 0.0) + service
 
-    def _lift(self, tenant: TenantState, now: float) -> None:
-        """At least the smallest counter of its class waiting in the fleet, unless it
-        waits at another gateway itself (then it is not idle: its deficit stands)."""
+    def _lift(self, tenant: TenantState, flight: Flight, now: float) -> None:
+        """At least the smallest counter of its class waiting in the fleet less the cost
+        of ``flight`` (it goes next, not behind older heads: no more credit than that),
+        unless it waits at another gateway itself (then its deficit stands)."""
         if not self.fair:
             return
         elsewhere = self._remote.everyone(now)
@@ -270,8 +278,10 @@ class FairQueue:
         waiting = [*self._backlogged.values(), *filter(None, map(self.tenants.get, elsewhere))]
         others = [t.counter for t in waiting if t.priority == tenant.priority]
         floor = min(others) if others else self._floor.get(tenant.priority)
-        if floor is not None and floor > tenant.counter:
-            tenant.counter = floor
+        if floor is not None:
+            floor -= cost(*estimate(flight.request, self.default_max_tokens)) / tenant.weight
+            if floor > tenant.counter:
+                tenant.counter = floor
 
     def _leave(self, tenant: TenantState) -> None:
         del self._backlogged[tenant.name]
@@ -282,25 +292,34 @@ class FairQueue:
 
     def _take(self, tenant: TenantState) -> Flight:
         flight = tenant.queue.popleft()
+        tenant.held_since = None
         self._counted(tenant, flight, -1)
         if not tenant.queue:
             self._leave(tenant)
         return flight
 
-    def _held(self, tenant: TenantState, head: Flight, now: float) -> bool:
+    def _held(self, tenant: TenantState, head: Flight, now: float, contended: bool) -> bool:
         """A tenant of ``head``'s pool waits at another gateway in a higher class, or in
-        the same class more than half of ``head``'s own cost behind ``tenant`` (half: a
-        tie, or a batch in transit, holds nobody; one request ahead does)."""
-        if head.queued_at is not None and now - head.queued_at >= self.hold_s:
-            return False
+        the same class more than half of ``head``'s cost behind ``tenant`` (half: a tie,
+        or a batch in transit, holds nobody; one request ahead does). For a ``contended``
+        slot (seen free in the others' figures, as they all see it), also one level with
+        ``tenant`` (within that half) whose head waited longer: one gateway takes it."""
+        queued = tenant.queue and tenant.queue[0] is head
+        if queued and tenant.held_since is not None and now - tenant.held_since >= self.hold_s:
+            return False  # held long enough: the others' lists may be wrong
+        since = now if head.queued_at is None else head.queued_at
         pool = pool_of(head)
         slack = cost(*estimate(head.request, self.default_max_tokens)) / tenant.weight / 2
-        for name in self._remote.tenants(pool, now):
+        for name, other_since in self._remote.tenants(pool, now):
             other = self.tenants.get(name)
-            if other is None or other is tenant:
+            if other is None or other.priority < tenant.priority:
                 continue
-            if other.priority > tenant.priority or (
-                other.priority == tenant.priority and other.counter + slack < tenant.counter
+            if (
+                other.priority > tenant.priority
+                or other.counter + slack < tenant.counter
+                or (contended and other_since < since and other.counter <= tenant.counter + slack)
             ):
+                if queued and tenant.held_since is None:
+                    tenant.held_since = now
                 return True
         return False

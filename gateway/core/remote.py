@@ -11,8 +11,9 @@ dispatches the node refuses. Setting the count (not adding changes) corrects its
 when a node was unknown or restarted. A gateway not heard for ``ttl_s`` holds nothing
 (it died, or lost its figure and has held nothing new since).
 
-A waiting list is a gateway's whole list (tenants by pool: capability, model), believed
-for ``ttl_s``: the gateway publishes it again while anything waits there. No I/O, no
+A waiting list is a gateway's whole list (tenants by pool: capability, model, with how
+long each tenant's head has waited there), believed for ``ttl_s``: the gateway publishes
+it again while anything waits there. No I/O, no
 clock: times are arguments.
 """
 
@@ -55,6 +56,13 @@ class RemoteHolds:
         return sum(held.get(node_id, 0) for _, held in self._by_gateway.values())
 
 
+Waiting = tuple[str, str, str, float]
+"""(tenant, capability, model, seconds its head has waited): one entry of a list."""
+
+Waiter = tuple[str, float]
+"""(tenant, when its head began to wait, on the receiver's clock)."""
+
+
 class RemoteWaiting:
     """The tenants waiting at every other gateway, by pool."""
 
@@ -62,23 +70,24 @@ class RemoteWaiting:
 
     def __init__(self, ttl_s: float = 0.5) -> None:
         self.ttl_s = ttl_s
-        self._by_gateway: dict[str, tuple[float, dict[tuple[str, str], list[str]]]] = {}
+        self._by_gateway: dict[str, tuple[float, dict[tuple[str, str], list[Waiter]]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._by_gateway)
 
-    def update(self, gateway_id: str, waiting: list[tuple[str, str, str]], now: float) -> None:
-        """``gateway_id``'s whole list now: ``(tenant, capability, model)``."""
+    def update(self, gateway_id: str, waiting: list[Waiting], now: float) -> None:
+        """``gateway_id``'s whole list now: ``(tenant, capability, model, waited_s)``."""
         if not waiting:
             self._by_gateway.pop(gateway_id, None)
             return
-        pools: dict[tuple[str, str], list[str]] = {}
-        for name, capability, model in waiting:
-            pools.setdefault((capability, model), []).append(name)
+        pools: dict[tuple[str, str], list[Waiter]] = {}
+        for name, capability, model, waited_s in waiting:
+            pools.setdefault((capability, model), []).append((name, now - waited_s))
         self._by_gateway[gateway_id] = (now, pools)
 
-    def tenants(self, pool: tuple[str, str], now: float) -> Iterator[str]:
-        """The tenants waiting elsewhere for ``pool`` (stale lists dropped)."""
+    def tenants(self, pool: tuple[str, str], now: float) -> Iterator[Waiter]:
+        """The tenants waiting elsewhere for ``pool``, each with when its head began to
+        wait (on this clock; stale lists dropped)."""
         self.expire(now)
         for _, pools in self._by_gateway.values():
             yield from pools.get(pool, ())
@@ -86,9 +95,7 @@ class RemoteWaiting:
     def everyone(self, now: float) -> set[str]:
         """Every tenant waiting elsewhere, for any pool."""
         self.expire(now)
-        return {
-            n for _, pools in self._by_gateway.values() for names in pools.values() for n in names
-        }
+        return {n for _, pools in self._by_gateway.values() for ws in pools.values() for n, _ in ws}
 
     def expire(self, now: float) -> None:
         """Drop the lists not renewed for ``ttl_s``."""

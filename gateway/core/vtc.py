@@ -65,6 +65,8 @@ class TenantState:
     """Flights charged and not settled yet (a tenant with some is never forgotten)."""
     seen: float = 0.0
     """When it last waited, was charged or heard of."""
+    held_since: float | None = None
+    """When its head was first held back for another gateway's tenant (None: not)."""
 
 
 def order(tenant: TenantState) -> tuple[int, float, float]:

@@ -76,7 +76,7 @@ def test_fifo_is_oldest_first_across_tenants() -> None:
     with pytest.raises(ValueError):
         q.remove(b1)
     q.charge(a1, NOW)  # FIFO keeps no counters
-    assert q.cost_of(a1) == 0.0 and q.report() is None
+    assert q.cost_of(a1) == 0.0 and q.report(NOW) is None
 
 
 def test_ten_times_the_load_gets_half_the_completions() -> None:
@@ -108,8 +108,9 @@ def test_a_higher_priority_class_goes_first_then_fair_within_it() -> None:
 
 
 def test_an_idle_tenant_banks_no_credit() -> None:
-    """A ran alone for a long time; B arrives: B is lifted to A's counter, so they
-    alternate instead of B taking every slot until it caught up."""
+    """A ran alone for a long time; B arrives: B is lifted to A's counter less one
+    request (it goes next), so they alternate instead of B taking every slot until it
+    caught up."""
     q = FairQueue()
     for _ in range(50):
         f = flight("a")
@@ -122,7 +123,8 @@ def test_an_idle_tenant_banks_no_credit() -> None:
         q.append(flight("a"))
     for _ in range(5):
         q.append(flight("b"))
-    assert q.tenants["b"].counter == q.tenants["a"].counter  # lifted
+    one = 10 * W_IN + 100 * W_OUT
+    assert q.tenants["b"].counter == q.tenants["a"].counter - one  # lifted
     order = []
     for _ in range(6):
         f = q.pop(NOW)
@@ -146,7 +148,7 @@ def test_the_estimate_is_corrected_by_what_the_node_reported() -> None:
     assert q.tenants["a"].counter == (12 * W_IN + 5 * W_OUT) / 2
     q.settle(f, 12, 5)  # once
     assert q.tenants["a"].counter == (12 * W_IN + 5 * W_OUT) / 2
-    report = q.report()
+    report = q.report(NOW)
     assert report is not None
     assert report[0] == [("a", 12 * W_IN + 5 * W_OUT, (12 * W_IN + 5 * W_OUT) / 2)]
 
@@ -157,9 +159,9 @@ def test_another_gateways_charges_put_a_tenant_behind_here_too() -> None:
         f = flight("a")
         g1.charge(f, NOW)
         g1.settle(f, 10, 100)
-    report = g1.report()
+    report = g1.report(NOW)
     assert report is not None
-    assert g1.report() is None  # nothing new since
+    assert g1.report(NOW) is None  # nothing new since
     g2.append(flight("b"))
     g2.append(flight("b"))
     g2.apply("gw-1", *report, NOW)
@@ -178,11 +180,12 @@ def test_a_lift_at_one_gateway_holds_at_the_others() -> None:
     g1, g2 = FairQueue(), FairQueue()
     g1.apply("gw-0", [("a", 5000.0, 5000.0)], [], NOW)
     g1.append(flight("a"))
-    g1.append(flight("b"))  # lifted to a's 5000 at gateway 1
-    report = g1.report()
-    assert report is not None and ("b", 0.0, 5000.0) in report[0]
+    g1.append(flight("b"))  # lifted to a's 5000 less its own request at gateway 1
+    lifted = 5000.0 - (10 * W_IN + 100 * W_OUT)
+    report = g1.report(NOW)
+    assert report is not None and ("b", 0.0, lifted) in report[0]
     g2.apply("gw-1", *report, NOW)
-    assert g2.tenants["b"].counter == 5000.0
+    assert g2.tenants["b"].counter == lifted
 
 
 def test_held_back_while_a_tenant_behind_waits_at_another_gateway() -> None:
@@ -190,7 +193,7 @@ def test_held_back_while_a_tenant_behind_waits_at_another_gateway() -> None:
     q.apply("gw-0", [("a", 3000.0, 3000.0)], [], NOW)
     assert not q.held_back(flight("a"), NOW)  # nothing waits anywhere: no hold
     # b waits at gateway 2 for the same nodes, far behind a: a waits
-    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "")], NOW)
+    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "", 0.0)], NOW)
     assert q.held_back(flight("a"), NOW)
     a = flight("a")
     q.append(a)
@@ -210,19 +213,19 @@ def test_a_hold_ends_with_the_other_gateways_list() -> None:
     q.apply("gw-0", [("a", 3000.0, 3000.0)], [], NOW)
     a = flight("a")
     q.append(a)
-    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "")], NOW)
+    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "", 0.0)], NOW)
     assert q.pop(NOW) is None
     q.apply("gw-2", [], [], NOW + 0.1)  # b no longer waits there
     assert q.pop(NOW + 0.1) is a
     q.append(a)
-    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "")], NOW + 0.2)
+    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "", 0.0)], NOW + 0.2)
     assert q.pop(NOW + 0.2) is None
     assert q.pop(NOW + 0.8) is a  # gw-2 silent for more than remote_ttl_s
 
 
 def test_a_higher_class_waiting_elsewhere_holds_back_any_counter() -> None:
     q = FairQueue(classes=lambda t: (1.0, 5 if t == "vip" else 0))
-    q.apply("gw-2", [("vip", 0.0, 1e9)], [("vip", "generate", "")], NOW)
+    q.apply("gw-2", [("vip", 0.0, 1e9)], [("vip", "generate", "", 0.0)], NOW)
     q.append(flight("a"))
     assert q.pop(NOW) is None
 
@@ -231,7 +234,7 @@ def test_within_half_a_request_of_each_other_nobody_is_held() -> None:
     q = FairQueue()
     one = 10 * W_IN + 100 * W_OUT
     q.apply("gw-0", [("a", 0.0, 1000.0 + one * 0.45)], [], NOW)
-    q.apply("gw-2", [("b", 0.0, 1000.0)], [("b", "generate", "")], NOW)
+    q.apply("gw-2", [("b", 0.0, 1000.0)], [("b", "generate", "", 0.0)], NOW)
     q.append(flight("a"))
     assert q.pop(NOW) is not None
 
@@ -240,12 +243,12 @@ def test_report_says_who_waits_and_once_more_when_nobody_does() -> None:
     q = FairQueue()
     f = flight("a")
     q.append(f)
-    report = q.report()
-    assert report is not None and report[1] == [("a", "generate", "")]
+    report = q.report(NOW)
+    assert report is not None and report[1] == [("a", "generate", "", 0.0)]
     assert q.pop(NOW) is f
-    report = q.report()
+    report = q.report(NOW)
     assert report is not None and report[1] == []  # the others stop holding for a
-    assert q.report() is None
+    assert q.report(NOW) is None
 
 
 def test_idle_tenants_are_forgotten_not_those_in_flight() -> None:
@@ -259,3 +262,41 @@ def test_idle_tenants_are_forgotten_not_those_in_flight() -> None:
     q.settle(busy, 10, 10)
     q.tidy(NOW + 200)
     assert not q.tenants
+
+
+def test_a_slot_seen_free_goes_to_the_gateway_whose_head_waited_longest() -> None:
+    """a waits here and at gateway 2 (there longer): a slot another gateway freed
+    (contended) is left to gateway 2; a slot freed here is used here."""
+    q = FairQueue()
+    f = flight("a")
+    q.append(f)
+    q.apply("gw-2", [("a", 0.0, 0.0)], [("a", "generate", "", 0.5)], NOW)
+    assert q.pop(NOW, contended=True) is None
+    assert q.pop(NOW, contended=False) is f
+    q.append(f)
+    q.apply("gw-2", [], [("a", "generate", "", 0.0)], NOW + 0.1)  # its head is younger
+    assert q.pop(NOW + 0.1, contended=True) is f
+
+
+def test_no_lift_for_a_tenant_waiting_at_another_gateway() -> None:
+    """b waits at gateway 2 behind a: its deficit stands here too; c, idle, is lifted to
+    the smallest counter waiting anywhere (b's), less one request."""
+    q = FairQueue()
+    q.apply("gw-0", [("a", 0.0, 5000.0), ("b", 0.0, 1000.0)], [], NOW)
+    q.apply("gw-2", [], [("b", "generate", "", 0.1)], NOW)
+    q.append(flight("a"))
+    q.append(flight("b"))
+    assert q.tenants["b"].counter == 1000.0
+    q.append(flight("c"))
+    assert q.tenants["c"].counter == 1000.0 - (10 * W_IN + 100 * W_OUT)
+
+
+def test_a_hold_lapses_hold_s_after_it_began_not_after_the_flight_queued() -> None:
+    q = FairQueue(hold_s=1.0, remote_ttl_s=60.0)
+    q.apply("gw-0", [("a", 0.0, 3000.0)], [], NOW)
+    a = flight("a", now=NOW - 5.0)  # queued long ago
+    q.append(a)
+    q.apply("gw-2", [("b", 0.0, 100.0)], [("b", "generate", "", 0.0)], NOW)
+    assert q.pop(NOW) is None  # held from now on
+    assert q.pop(NOW + 0.9) is None
+    assert q.pop(NOW + 1.0) is a

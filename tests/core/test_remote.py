@@ -30,11 +30,12 @@ def test_a_silent_gateway_holds_nothing_after_the_ttl() -> None:
 def test_waiting_lists_replace_each_other_and_go_stale() -> None:
     w = RemoteWaiting(ttl_s=0.5)
     assert not w
-    w.update("gw-1", [("a", "generate", ""), ("b", "embed", "e5")], NOW)
-    w.update("gw-2", [("c", "generate", "")], NOW + 0.3)
-    assert sorted(w.tenants(("generate", ""), NOW + 0.4)) == ["a", "c"]
-    assert list(w.tenants(("embed", "e5"), NOW + 0.4)) == ["b"]
+    w.update("gw-1", [("a", "generate", "", 0.25), ("b", "embed", "e5", 0.0)], NOW)
+    w.update("gw-2", [("c", "generate", "", 0.0)], NOW + 0.3)
+    assert sorted(w.tenants(("generate", ""), NOW + 0.4)) == [("a", NOW - 0.25), ("c", NOW + 0.3)]
+    assert list(w.tenants(("embed", "e5"), NOW + 0.4)) == [("b", NOW)]
+    assert w.everyone(NOW + 0.4) == {"a", "b", "c"}
     w.update("gw-1", [], NOW + 0.4)  # nothing waits there any more
-    assert list(w.tenants(("generate", ""), NOW + 0.4)) == ["c"]
+    assert list(w.tenants(("generate", ""), NOW + 0.4)) == [("c", NOW + 0.3)]
     assert list(w.tenants(("generate", ""), NOW + 0.9)) == []  # gw-2 silent for 0.6 s
     assert not w

@@ -181,6 +181,30 @@ async def test_full_nodes_queue_requests_oldest_first(gw: Gateway) -> None:
     assert body(gw.dispatches()[1].data)["request"] == {"input": "second"}
 
 
+async def test_a_queued_request_sent_to_a_busy_wait_comes_back_to_the_queue(
+    gw: Gateway,
+) -> None:
+    """The drain takes a queued request while the node is inside a Retry-After: it waits
+    for the node in a timer, then finds the node full again: it queues again (it used to
+    stay QUEUED outside the queue and wait for its deadline: a 504 after 30 s)."""
+    await gw.node("n1", capacity=2)
+    for token in ("1", "2", "3"):
+        await gw.ask({"input": f"r{token}"}, token=token)
+    assert gw.svc.queued == 1 and len(gw.dispatches()) == 2
+    busy = {"Fed-Error": "overloaded", "Nats-Service-Error-Code": "429", "Retry-After": "0.05"}
+    await gw.answer(gw.dispatches()[1], **busy)  # full with another gateway's work
+    await eventually(lambda: gw.svc.queued == 0, 5, "r3 taken from the queue to wait")
+    gw.clock.advance(1.0)  # the Retry-After is over
+    await gw.ask({"input": "r4"}, token="4")  # takes the free slot: n1 is full again
+    assert len(gw.dispatches()) == 3
+    await eventually(lambda: gw.svc.queued == 2, 5, "r2 and r3 back in the queue")
+    for n in (4, 5):
+        first = gw.dispatches()[0 if n == 4 else 2]
+        await gw.answer(first, result(first, "n1"))
+        await eventually(lambda n=n: len(gw.dispatches()) == n, 5, f"dispatch {n}")  # type: ignore[misc]
+    assert {body(d.data)["request"]["input"] for d in gw.dispatches()[3:]} == {"r2", "r3"}
+
+
 async def test_a_busy_node_is_waited_for_then_429_with_retry_after(gw: Gateway) -> None:
     await gw.node("n1")
     await gw.ask({"input": "hi", "timeout_ms": 1000})
