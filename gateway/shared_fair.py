@@ -112,7 +112,7 @@ class SharedFair:
         self._sent_at = 0.0
         self._draining = False
         self._flushing = False
-        fleet.on_hold = self._took
+        fleet.on_hold = queue.on_yield = self._took
 
     # -- this gateway's ----------------------------------------------------------------------
 
@@ -196,15 +196,17 @@ class SharedFair:
                 catalog.add_in_flight(node_id, target - node.local_in_flight)
 
     def _took(self) -> None:
-        """A dispatch took a slot: the others hear of it at once (a slot freed waits for
-        the tick: the drain that follows a release usually takes it again)."""
+        """A dispatch took a slot, or a slot freed here was left for another gateway's
+        tenant: the others hear of it at once (any other slot freed waits for the tick:
+        the drain that follows a release usually takes it again)."""
         if not self._flushing:
             self._flushing = True
             self.spawn(self._flush_now(), "fair-flush")
 
     async def _flush_now(self) -> None:
         self._flushing = False
-        await self.flush(self.clock())
+        if self.fleet.held != self._sent_holds:
+            await self.flush(self.clock())
 
     def _kick(self) -> None:
         if not self._draining:

@@ -26,7 +26,7 @@ the lift makes that harmless). No I/O, no clock: times are arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from gateway.core.flight import Flight
 from gateway.core.remote import RemoteWaiting, Waiting
@@ -77,6 +77,9 @@ class FairQueue:
         """The tenants waiting at the other gateways."""
         self.now = 0.0
         """The latest time any call was given."""
+        self.on_yield: Callable[[], None] | None = None
+        """Called when a slot freed here is left for another gateway's tenant (fair share
+        tells the others at once)."""
 
     # -- the deque's operations (what the engine and the table use) ------------------------
 
@@ -127,6 +130,8 @@ class FairQueue:
         for other in sorted(self._backlogged.values(), key=order):  # another pool's may go
             if other is not tenant and not self._held(other, other.queue[0], now, contended):
                 return self._take(other)
+        if not contended and self.on_yield is not None:
+            self.on_yield()
         return None
 
     def remove(self, flight: Flight) -> None:
@@ -302,8 +307,10 @@ class FairQueue:
         """A tenant of ``head``'s pool waits at another gateway in a higher class, or in
         the same class more than half of ``head``'s cost behind ``tenant`` (half: a tie,
         or a batch in transit, holds nobody; one request ahead does). For a ``contended``
-        slot (seen free in the others' figures, as they all see it), also one level with
-        ``tenant`` (within that half) whose head waited longer: one gateway takes it."""
+        slot (seen free in the others' figures, as they all see it), also ``tenant``
+        itself waiting longer there: one gateway takes it. (Two tenants level with each
+        other may both try: a tie-break between them could hold both, each for the other,
+        when their weights differ.)"""
         queued = tenant.queue and tenant.queue[0] is head
         if queued and tenant.held_since is not None and now - tenant.held_since >= self.hold_s:
             return False  # held long enough: the others' lists may be wrong
@@ -317,7 +324,7 @@ class FairQueue:
             if (
                 other.priority > tenant.priority
                 or other.counter + slack < tenant.counter
-                or (contended and other_since < since and other.counter <= tenant.counter + slack)
+                or (contended and other is tenant and other_since < since)
             ):
                 if queued and tenant.held_since is None:
                     tenant.held_since = now
