@@ -7,17 +7,21 @@ Each gateway tells the others, in one batch (``FairBatch``, JSON):
   virtual counter there. A receiver adds the service (divided by the tenant's weight)
   and keeps the larger of the two counters, so a tenant heavy on gateway 1 is behind
   on gateway 2 too, and a lift on one holds on all (gateway/core/fairqueue.py);
-- ``waiting``: the tenants waiting in its capacity queue, per (capability, model): a
-  receiver holds back its own flights of a tenant ahead of one of them;
+- ``waiting``: the tenants waiting in its capacity queue, per (capability, model), with
+  how long each head has waited: a receiver holds back its own flights of a tenant
+  ahead of one of them (and, for a slot it saw freed elsewhere, of the same tenant when
+  that head waited longer);
 - ``holds``: the slots its own dispatches hold, per node: a receiver counts them in
   the node's in-flight (gateway/core/remote.py), so a node another gateway filled is full
   here too and requests wait in the queue, where fair share orders them.
 
-How fresh: the loop ticks every ``tick_s`` (20 ms) and publishes when the holds changed
-or something waits here, else charges at most every ``charges_s`` (100 ms), and holds
-again every ``keepalive_s`` (0.5 s) while there are some; a receiver believes a
-waiting list for 0.5 s and holds for 2 s. At-most-once (core NATS, like heartbeats): a
-lost batch is corrected by the next. A batch from this gateway is skipped.
+How fresh: a batch goes out at once when a dispatch takes a slot or a slot freed here
+is left to another gateway's tenant; the loop ticks every ``tick_s`` (20 ms) and
+publishes when the holds changed or something waits here, else charges at most every
+``charges_s`` (100 ms), and holds again every ``keepalive_s`` (0.5 s) while there are
+some; a receiver believes a waiting list for 0.5 s and holds for 2 s. At-most-once
+(core NATS, like heartbeats): a lost batch is corrected by the next. A batch from this
+gateway is skipped.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ OSDI 2024), within each priority class (docs/tenants.md, "Fair share"):
 - the next flight admitted is the head of the backlogged tenant with the smallest
   counter, in the highest priority class that has one (strict priority between
   classes; a tie goes to the head that waited longer);
-- a tenant that becomes backlogged is lifted to at least the smallest counter of the
-  tenants backlogged in its class (none: the counter of the last one to leave the
-  queue), so an idle tenant banks no credit;
+- a tenant that becomes backlogged (nothing of it waits here or elsewhere) is lifted to
+  at least the smallest counter waiting in its class in the fleet, less its request's
+  cost (none waiting: the counter of the last one to leave the queue), so an idle
+  tenant banks no credit beyond going next;
 - a flight is charged an estimate when it is dispatched (its prompt bytes / 3 + its
   ``max_tokens``, what the tenant limits reserve: gateway/limits.py) and corrected
   with what the node reported when it ends (``settle``);
@@ -188,8 +189,8 @@ class FairQueue:
 
     def report(self, now: float) -> tuple[list[Charge], list[Waiting]] | None:
         """What to tell the other gateways now: each tenant charged since the last report
-        (service, counter) and every tenant waiting here (tenant, capability, model);
-        None when there is nothing new and nothing waits."""
+        (service, counter) and every tenant waiting here (tenant, capability, model, how
+        long its head has waited); None when there is nothing new and nothing waits."""
         if not self.fair:
             return None
         self.now = now
