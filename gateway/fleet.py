@@ -42,8 +42,8 @@ class Fleet:
         self._routed = router.affinity.routed
         self.share: ShareOutcome | None = None
         """``SharedOutcomes.record``: tells the other gateways each outcome (None: alone)."""
-        self.on_hold: Callable[[], None] | None = None
-        """Called after each ``hold`` (fair share publishes the new figure at once)."""
+        self.on_hold: Callable[[str], None] | None = None
+        """Called with the node after each ``hold`` (fair share: gateway/shared_fair.py)."""
         self.held: dict[str, int] = {}
         """This gateway's own dispatches in flight, by node (what fair share tells the
         others; the catalog's in-flight count may include theirs: gateway/core/remote.py)."""
@@ -64,7 +64,7 @@ class Fleet:
         self.catalog.add_in_flight(node_id, 1)
         self.held[node_id] = self.held.get(node_id, 0) + 1
         if self.on_hold is not None:
-            self.on_hold()
+            self.on_hold(node_id)
 
     def release(
         self, attempt: Attempt, success: bool | None, now: float, tokens: int, stream: bool

@@ -15,7 +15,7 @@ Each gateway tells the others, in one batch (``FairBatch``, JSON):
   the node's in-flight (gateway/core/remote.py), so a node another gateway filled is full
   here too and requests wait in the queue, where fair share orders them.
 
-How fresh: a batch goes out at once when a dispatch takes a slot or a slot freed here
+How fresh: a batch goes out at once when a dispatch fills a node or a slot freed here
 is left to another gateway's tenant; the loop ticks every ``tick_s`` (20 ms) and
 publishes when the holds changed or something waits here, else charges at most every
 ``charges_s`` (100 ms), and holds again every ``keepalive_s`` (0.5 s) while there are
@@ -116,7 +116,8 @@ class SharedFair:
         self._sent_at = 0.0
         self._draining = False
         self._flushing = False
-        fleet.on_hold = queue.on_yield = self._took
+        fleet.on_hold = self._held
+        queue.on_yield = self._took
 
     # -- this gateway's ----------------------------------------------------------------------
 
@@ -199,8 +200,15 @@ class SharedFair:
                 target = own.get(node_id, 0) + self.holds.held(node_id)
                 catalog.add_in_flight(node_id, target - node.local_in_flight)
 
+    def _held(self, node_id: str) -> None:
+        """A dispatch took a slot of ``node_id``: if that filled it, the others hear of it
+        at once (else at the next tick: no publish per request on a fleet with room)."""
+        node = self.fleet.catalog.node(node_id)
+        if node is not None and node.local_in_flight >= node.capacity:
+            self._took()
+
     def _took(self) -> None:
-        """A dispatch took a slot, or a slot freed here was left for another gateway's
+        """A dispatch filled a node, or a slot freed here was left for another gateway's
         tenant: the others hear of it at once (any other slot freed waits for the tick:
         the drain that follows a release usually takes it again)."""
         if not self._flushing:
