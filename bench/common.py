@@ -256,6 +256,7 @@ class StubNC:
     def __init__(self) -> None:
         self.callbacks: dict[str, Callable[[Msg], Awaitable[None]]] = {}
         self.last_reply = ""
+        self.is_connected = True
 
     def new_inbox(self) -> str:
         return "_INBOX.hot"

@@ -69,8 +69,9 @@ class FairQueue:
         self._len = 0
         self._floor: dict[int, float] = {}
         """Class -> counter of the last tenant to leave the queue (the lift when empty)."""
-        self._charged: dict[str, float] = {}
-        """Flight key -> the service it was charged (estimate), until settled."""
+        self._charged: dict[str, tuple[float, float]] = {}
+        """Flight key -> (the service it was charged: an estimate, its prompt estimate),
+        until settled."""
         self._service: dict[str, float] = {}
         """Tenant -> service charged here since the last ``report``."""
         self._announced = False
@@ -151,8 +152,8 @@ class FairQueue:
     def held_back(self, flight: Flight, now: float) -> bool:
         """Whether ``flight`` (not queued) should wait: a flight of its pool waits here, or
         a tenant behind its own waits at another gateway."""
-        if not self.fair:
-            return False
+        if not self.fair or not (self._pools or self._remote):
+            return False  # nothing waits anywhere (the common case: one check)
         self.now = now
         if self._pools.get(pool_of(flight)):
             return True
@@ -165,25 +166,27 @@ class FairQueue:
             return
         self.now = now
         tenant = self._tenant(flight.ident[0])
-        charge = cost(*estimate(flight.request, self.default_max_tokens))
-        self._charged[flight.key] = charge
+        prompt, completion = estimate(flight.request, self.default_max_tokens)
+        charge = cost(prompt, completion)
+        self._charged[flight.key] = charge, prompt
         tenant.charged += 1
         self._add(tenant, charge, now)
 
     def settle(self, flight: Flight, prompt_tokens: int, completion_tokens: int) -> None:
         """``flight`` ended: replace its estimate with what it used (``prompt_tokens`` 0:
         not reported, the estimate stands)."""
-        charged = self._charged.pop(flight.key, None)
-        if charged is None:
+        entry = self._charged.pop(flight.key, None)
+        if entry is None:
             return
+        charged, prompt = entry
         tenant = self._tenant(flight.ident[0])
         tenant.charged -= 1
-        prompt = prompt_tokens or estimate(flight.request, self.default_max_tokens)[0]
-        self._add(tenant, cost(prompt, completion_tokens) - charged, self.now)
+        self._add(tenant, cost(prompt_tokens or prompt, completion_tokens) - charged, self.now)
 
     def cost_of(self, flight: Flight) -> float:
         """What ``flight`` is charged while it runs (0: not charged)."""
-        return self._charged.get(flight.key, 0.0)
+        entry = self._charged.get(flight.key)
+        return 0.0 if entry is None else entry[0]
 
     # -- the other gateways ------------------------------------------------------------------
 
