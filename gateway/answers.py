@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.core.flight import ATTEMPT, DONE, Flight
-from gateway.core.lifecycle import answered_tokens
+from gateway.core.verdicts import answered_tokens
 from gateway.limits import prompt_tokens
 from gateway.wire import error_headers, ok_headers
 from shared import errors

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gateway.core.flight import Flight
-from gateway.core.lifecycle import refusal
+from gateway.core.verdicts import refusal
 from gateway.engine import Engine
 from gateway.wire import ENVELOPE_BYTES
 from shared import errors

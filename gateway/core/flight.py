@@ -50,6 +50,7 @@ class Attempt:
         "dtag",
         "epoch",
         "first_chunk_at",
+        "first_chunk_s",
         "last_activity",
         "node_id",
         "number",
@@ -73,6 +74,9 @@ class Attempt:
         self.started = started
         self.first_chunk_at: float | None = None
         """When the node's first chunk (or whole reply) arrived (None: not yet)."""
+        self.first_chunk_s = 0.0
+        """How long the node may take to that first chunk, seconds (0: the configured
+        ``first_chunk_timeout_s``; set at dispatch from the node's own record)."""
         self.last_activity = started
         self.pinged = False
         """A liveness ping is out since the last activity."""

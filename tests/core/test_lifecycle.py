@@ -15,14 +15,7 @@ from hypothesis import strategies as st
 from gateway.clock import FakeClock
 from gateway.core.cooldown import DEFAULT_BUSY_S, Cooldowns, busy_seconds
 from gateway.core.flight import Flight, Phase
-from gateway.core.lifecycle import (
-    Lifecycle,
-    Limits,
-    answered_tokens,
-    final_error,
-    read_node_error,
-    refusal,
-)
+from gateway.core.lifecycle import Lifecycle, Limits
 from gateway.core.steps import (
     ENQUEUE,
     STAY,
@@ -34,6 +27,7 @@ from gateway.core.steps import (
     WaitBusy,
 )
 from gateway.core.table import FlightTable
+from gateway.core.verdicts import answered_tokens, final_error, read_node_error, refusal
 from gateway.outcome import Blame
 from shared import errors
 from shared import messages as m
@@ -258,6 +252,8 @@ def test_timers_fire_in_their_order() -> None:
     assert lc.due(f, NOW + 3) is Timer.STALL
     assert lc.due(f, NOW + 30) is Timer.DEADLINE
     assert lc.timeout_failure(f, Timer.STALL).blame is Blame.NOW
+    # Late to the first chunk but answering pings: slow, judged when the request ends.
+    assert lc.timeout_failure(f, Timer.FIRST_CHUNK).blame is Blame.DEFERRED
     f.enqueue(NOW)
     assert lc.due(f, NOW + 29) is Timer.NONE and lc.due(f, NOW + 30) is Timer.DEADLINE
     f.finish()
@@ -350,3 +346,23 @@ def test_one_retry_budget_and_exactly_one_outcome(answers: list[str]) -> None:
     else:
         assert isinstance(outcome, errors.FedError)
         assert clock() < NOW + 60  # answered before the deadline, never at it
+
+
+def test_the_first_chunk_limit_follows_the_nodes_own_record() -> None:
+    lc = lifecycle(first_chunk_timeout_s=10)
+    stream = m.InferRequest(input="hi", stream=True)
+    whole = m.InferRequest(input="hi", params={"max_tokens": 100})
+    fast = m.EngineSignals(ttft_p90_ms=200, itl_p90_ms=20)
+    slow = m.EngineSignals(ttft_p90_ms=6_000, itl_p90_ms=150)
+    assert lc.first_chunk_limit(stream, None) == 10  # no record: the configured limit
+    assert lc.first_chunk_limit(stream, m.EngineSignals()) == 10
+    assert lc.first_chunk_limit(stream, fast) == 10  # never below the configured limit
+    assert lc.first_chunk_limit(stream, slow) == pytest.approx(18.0)  # 3 × its TTFT p90
+    assert lc.first_chunk_limit(whole, slow) == pytest.approx(3 * (6 + 100 * 0.15))
+    no_budget = m.InferRequest(input="hi", params={"max_tokens": "lots"})
+    assert lc.first_chunk_limit(no_budget, slow) == pytest.approx(18.0)
+    f = flight(stream=True)
+    dispatch(f, "n1")
+    f.current.first_chunk_s = 18.0  # type: ignore[union-attr]
+    f.current.pinged = True  # type: ignore[union-attr]
+    assert lc.due(f, NOW + 17) is Timer.NONE and lc.due(f, NOW + 18) is Timer.FIRST_CHUNK
