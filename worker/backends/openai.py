@@ -52,6 +52,7 @@ from worker.backends.openai_wire import (
     chat_messages,
     choice_piece,
     pooled,
+    tls_context,
     usage_count,
 )
 
@@ -146,7 +147,9 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.options.api_key}"
         try:
             async with httpx2.AsyncClient(
-                timeout=timeout, limits=httpx2.Limits(max_keepalive_connections=0)
+                timeout=timeout,
+                limits=httpx2.Limits(max_keepalive_connections=0),
+                verify=tls_context(),
             ) as http:
                 resp = await http.get(f"{self.base_url}/v1/models", headers=headers)
             if resp.status_code != 200:
