@@ -106,8 +106,13 @@ class Answers:
         if flight.ticket is not None and self.limiter is not None:
             self.limiter.settle(flight.ticket, flight.prompt_tokens + (tokens or flight.seq))
             flight.ticket = None
-        if flight.blame.pending:  # not poison after all: the nodes' errors were theirs
-            for node_id in flight.blame.settle():
-                self.fleet.penalise(node_id)
+        if flight.blame.pending:
+            # Another node served it: the pending nodes' errors were theirs. A request
+            # that ended in an error anyway (its deadline, the caller gone) proves
+            # nothing against them (docs/routing.md, "Blame").
+            pending = flight.blame.settle()
+            if error is None:
+                for node_id in pending:
+                    self.fleet.penalise(node_id)
         if not self.flights:
             self.idle.set()

@@ -188,8 +188,8 @@ class Engine(Answers):
         now = self.clock()
         fresh = flight.phase is NEW
         attempt = flight.start_attempt(node.node_id, candidate.score, now, self.epoch)
-        if node.engine is not None:
-            attempt.first_chunk_s = self.lifecycle.first_chunk_limit(flight.request, node.engine)
+        if node.engine is not None or flight.late:
+            attempt.first_chunk_s = self.lifecycle.first_chunk_limit(flight, node.engine, now)
         self.fleet.hold(node.node_id)
         subject = self.wire.subjects.node_infer(node.node_id)
         failover = resume is not None

@@ -113,6 +113,7 @@ class Flight:
         "job_id",
         "key",
         "last_error",
+        "late",
         "overhead_ns",
         "phase",
         "prompt_tokens",
@@ -180,6 +181,8 @@ class Flight:
         self.chunk_log: list[bytes] = []
         """Every chunk exactly as relayed to the caller (its seq is the caller's)."""
         self.failovers = 0
+        self.late = 0
+        """Nodes that were late with their first chunk (``Lifecycle.first_chunk_limit``)."""
         self.gapped = False
         """A direct node's copies reached this gateway with a gap: what the caller has is
         not known here, so the stream cannot resume elsewhere."""

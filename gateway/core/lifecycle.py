@@ -110,6 +110,8 @@ class Lifecycle:
         node_id = flight.node_id
         error = failure.error
         flight.last_error = (failure.code or error.code, failure.kind or error.kind, error.message)
+        if failure.late:
+            flight.late += 1
         if node_id is not None and flight.blame.record(node_id, failure.blame, counted=fair):
             # Failed the same way on several nodes: the request, not the fleet.
             return Finish(final_error(flight, error, now))
@@ -230,16 +232,25 @@ class Lifecycle:
             return PING
         return NO_TIMER
 
-    def first_chunk_limit(self, request: m.InferRequest, engine: m.EngineSignals | None) -> float:
-        """Seconds a node may take to its first chunk (a non-streaming request: its whole
-        answer) for ``request``: the configured ``first_chunk_timeout_s``, or
-        ``SLOW_NODE_FACTOR`` times what the node's own recent record predicts when that is
-        longer: its TTFT p90, plus ``max_tokens`` × its ITL p90 for a whole answer.
+    def first_chunk_limit(
+        self, flight: Flight, engine: m.EngineSignals | None, now: float
+    ) -> float:
+        """Seconds the node of ``flight``'s next attempt may take to its first chunk (a
+        non-streaming request: its whole answer): the configured
+        ``first_chunk_timeout_s``, or ``SLOW_NODE_FACTOR`` times what the node's own
+        recent record predicts when that is longer: its TTFT p90, plus ``max_tokens`` ×
+        its ITL p90 for a whole answer. After one node was late with this request, the
+        next one has until the deadline: two late nodes say the work is slow (a long
+        prompt, a cold or loaded fleet), and abandoning a prefill to start it cold again
+        elsewhere only wastes it.
 
         A node that is merely slow (a CPU node, a long prompt, a long non-streaming
         answer) is not cut off at a limit sized for fast ones (docs/routing.md, "Blame").
         """
+        if flight.late:
+            return max(flight.deadline - now, 0.001)
         limit = self.limits.first_chunk_timeout_s
+        request = flight.request
         if engine is None or engine.ttft_p90_ms is None:
             return limit
         expected_ms = engine.ttft_p90_ms
@@ -265,6 +276,6 @@ class Lifecycle:
             limit = attempt.first_chunk_s if attempt is not None else 0.0
             within = limit or lim.first_chunk_timeout_s
             detail = f"no answer from {flight.node_id} within {within:g}s"
-            return Failure(errors.Timeout(detail=detail), Blame.DEFERRED)
+            return Failure(errors.Timeout(detail=detail), Blame.DEFERRED, late=True)
         detail = f"{flight.node_id} stalled for {lim.stall_timeout_s:g}s"
         return Failure(errors.Timeout(detail=detail), Blame.NOW)

@@ -350,17 +350,28 @@ def test_one_retry_budget_and_exactly_one_outcome(answers: list[str]) -> None:
 
 def test_the_first_chunk_limit_follows_the_nodes_own_record() -> None:
     lc = lifecycle(first_chunk_timeout_s=10)
-    stream = m.InferRequest(input="hi", stream=True)
-    whole = m.InferRequest(input="hi", params={"max_tokens": 100})
+
+    def of(request: m.InferRequest) -> Flight:
+        return FlightTable("_INBOX.t", "job").open(request, b"{}", "r1", "reply", NOW, 30.0)
+
+    stream = of(m.InferRequest(input="hi", stream=True))
+    whole = of(m.InferRequest(input="hi", params={"max_tokens": 100}))
     fast = m.EngineSignals(ttft_p90_ms=200, itl_p90_ms=20)
     slow = m.EngineSignals(ttft_p90_ms=6_000, itl_p90_ms=150)
-    assert lc.first_chunk_limit(stream, None) == 10  # no record: the configured limit
-    assert lc.first_chunk_limit(stream, m.EngineSignals()) == 10
-    assert lc.first_chunk_limit(stream, fast) == 10  # never below the configured limit
-    assert lc.first_chunk_limit(stream, slow) == pytest.approx(18.0)  # 3 × its TTFT p90
-    assert lc.first_chunk_limit(whole, slow) == pytest.approx(3 * (6 + 100 * 0.15))
-    no_budget = m.InferRequest(input="hi", params={"max_tokens": "lots"})
-    assert lc.first_chunk_limit(no_budget, slow) == pytest.approx(18.0)
+    assert lc.first_chunk_limit(stream, None, NOW) == 10  # no record: the configured limit
+    assert lc.first_chunk_limit(stream, m.EngineSignals(), NOW) == 10
+    assert lc.first_chunk_limit(stream, fast, NOW) == 10  # never below the configured limit
+    assert lc.first_chunk_limit(stream, slow, NOW) == pytest.approx(18.0)  # 3 × TTFT p90
+    assert lc.first_chunk_limit(whole, slow, NOW) == pytest.approx(3 * (6 + 100 * 0.15))
+    no_budget = of(m.InferRequest(input="hi", params={"max_tokens": "lots"}))
+    assert lc.first_chunk_limit(no_budget, slow, NOW) == pytest.approx(18.0)
+    # One node was late already: the next one has until the deadline.
+    dispatch(stream, "n1")
+    lc.after_failure(
+        stream, lc.timeout_failure(stream, Timer.FIRST_CHUNK), NOW + 10, Cooldowns(), True
+    )
+    assert stream.late == 1
+    assert lc.first_chunk_limit(stream, None, NOW + 10) == pytest.approx(20.0)
     f = flight(stream=True)
     dispatch(f, "n1")
     f.current.first_chunk_s = 18.0  # type: ignore[union-attr]

@@ -243,14 +243,17 @@ async def test_stop_answers_what_is_left_interrupted(gw: Gateway) -> None:
 
 async def test_a_first_chunk_late_on_every_node_blames_none_of_them(gw: Gateway) -> None:
     # A cold or overloaded fleet: the prompt's prefill outlasts the limit everywhere. The
-    # nodes answer their pings (slow, not gone): the request is poison after two late
-    # nodes, they stay healthy and the next request is routed, not refused 503.
+    # nodes answer their pings (slow, not gone): after one late node the next one has
+    # until the deadline (not cut at 10 s again), nobody is blamed for the 504, and the
+    # next request is routed, not refused 503 all_unhealthy.
     await gw.node("n1", cost=0.1)
     await gw.node("n2", cost=0.9)
     await gw.ask({"input": "hi", "stream": True}, token="1")
     await gw.tick(10.0)
     await gw.tick(10.0)
     assert [d.subject for d in gw.dispatches()] == ["fed.node.n1.infer", "fed.node.n2.infer"]
+    assert not gw.to_caller()  # n2 is still given its time
+    await gw.tick(10.0)
     (reply,) = gw.to_caller()
     assert reply.headers is not None and reply.headers["Nats-Service-Error-Code"] == "504"
     for node in ("n1", "n2"):
@@ -296,3 +299,18 @@ async def test_a_whole_answer_is_given_the_time_its_tokens_take(gw: Gateway) -> 
     assert len(gw.dispatches()) == 1
     await gw.tick(3.5)
     assert len(gw.dispatches()) == 2
+
+
+async def test_the_node_after_a_late_one_is_given_until_the_deadline(gw: Gateway) -> None:
+    await gw.node("n1", cost=0.1)
+    await gw.node("n2", cost=0.9)
+    await gw.ask({"input": "hi", "stream": True})
+    await gw.tick(10.0)  # n1 late: abandoned
+    await gw.tick(15.0)  # n2 slow too, but a second late node is not abandoned
+    second = gw.dispatches("n2")[0]
+    await gw.answer(second, chunk(1, "finally"))
+    await gw.answer(second, **OK, **{"Fed-Tokens": "1"})
+    relayed = gw.to_caller()
+    assert relayed[-1].headers is not None and relayed[-1].headers["Fed-Status"] == "ok"
+    assert len(gw.dispatches()) == 2
+    assert gw.svc.breaker.failures("n1") == 1  # n1 was slower than a node that answered
