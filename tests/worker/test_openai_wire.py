@@ -18,7 +18,7 @@ BODIES = {
     "cr": b'data: {"a":1}\r\rdata: [DONE]\r\r',
     "no space": b'data:{"a":1}\n\ndata:[DONE]\n\n',
     "multi-line": b'data: {"a":\ndata: 1}\n\ndata: [DONE]\n\n',
-    "fields and comments": b': ping\n\nevent: message\nid: 7\nretry: 10\n\n'
+    "fields and comments": b": ping\n\nevent: message\nid: 7\nretry: 10\n\n"
     b'id: 8\ndata: {"a":1}\n: x\n\ndata: [DONE]\n\n',
 }
 
