@@ -190,6 +190,7 @@ def _fedgate(
             [*fedgate, "worker", "--nats", nats.url, "--node-id", f"{tag}-up{i}",
              "--backend", "openai", "--upstream", url, "--model", MODEL,
              "--capacity", str(capacity)],
+            **where,  # type: ignore[arg-type]
         )  # fmt: skip
         names.append(name)
     return Router(tag, urls, names, nats)
