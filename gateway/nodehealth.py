@@ -3,14 +3,18 @@
 ``HealthState`` is the state of the machine drawn in gateway/health.py; ``HealthConfig``
 its thresholds (times in seconds); ``NodeHealth`` the immutable snapshot readers get
 (latencies and time per token in milliseconds, throughput in tokens per second).
-``gateway.health`` (the ``HealthChecker``) re-exports them all.
+``gateway.health`` (the ``HealthChecker``) re-exports them all. ``HealthRecord`` is the
+checker's own mutable record of one node (counters, samples, probe times, snapshot).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from gateway.latency import NodeSamples
 
 
 class HealthState(enum.Enum):
@@ -81,3 +85,30 @@ class NodeHealth:
 
 HealthListener = Callable[[str], None]
 """Called with the node id after every change of its health."""
+
+
+class HealthRecord:
+    """One node's health as ``HealthChecker`` keeps it (gateway/health.py)."""
+
+    __slots__ = (
+        "failures",
+        "last_outcome",
+        "last_probe",
+        "published_at",
+        "registered",
+        "samples",
+        "snapshot",
+        "status",
+        "successes",
+    )
+
+    def __init__(self, snapshot: NodeHealth, config: HealthConfig, now: float) -> None:
+        self.snapshot = snapshot
+        self.status = snapshot.status
+        self.failures = 0
+        self.successes = 0
+        self.samples = NodeSamples(config.window, config.sample_max_age_s)
+        self.last_probe = -math.inf
+        self.last_outcome = now
+        self.registered = now
+        self.published_at = -math.inf
