@@ -11,6 +11,7 @@ is a failure. Pure: no I/O; the service owns the probe loop.
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 from gateway.nodehealth import HealthConfig, HealthRecord, HealthState
@@ -39,15 +40,19 @@ class HealthProbes:
         """A probe (canary) answered in ``latency_s`` (its TTFT; None: not measured).
 
         It counts as a success. An UNHEALTHY node goes back to UNKNOWN first (counters
-        reset); an UNHEALTHY node or one over ``latency_limit_s`` keeps the probe's
-        latency as its only sample, so it is back in service at once."""
+        reset); an UNHEALTHY node, one over ``latency_limit_s`` or one idle for
+        ``idle_probe_s`` (no latency sample since) keeps the probe's latency as its only
+        sample: it is back in service at once, and figures measured in another moment
+        (a cold start, a burst) no longer keep an idle node out of the near-best band."""
         st = self._nodes.get(node_id)
         if st is None:
             return
         cfg = self.config
         now = self._clock()
         st.samples.expire(now)
-        out = st.status is HealthState.UNHEALTHY or self._over_limit(st)
+        idle = cfg.idle_probe_s
+        stale = bool(idle) and now - st.samples.lat.last_at >= idle
+        out = st.status is HealthState.UNHEALTHY or self._over_limit(st) or stale
         if st.status is HealthState.UNHEALTHY:
             st.status = HealthState.UNKNOWN
             st.successes = 0
@@ -87,12 +92,15 @@ class HealthProbes:
         Due: UNHEALTHY nodes; nodes whose p50 is over ``latency_limit_s``; UNKNOWN and
         DEGRADED nodes with no outcome for ``check_interval_s`` (traffic is not proving
         them; a new node first gets its share of real traffic, exploration's job); nodes
-        with no latency sample for ``idle_probe_s`` (never measured, or idle). Also ages
-        every node's samples out (call it periodically)."""
+        with no latency sample for ``idle_probe_s`` (never measured, or idle), at most
+        ``max_idle_probes`` of those per call, the longest idle first (an idle fleet of
+        10,000 nodes costs a bounded trickle of canaries, not a burst). Also ages every
+        node's samples out (call it periodically)."""
         cfg = self.config
         now = self._clock()
         interval, idle = cfg.check_interval_s, cfg.idle_probe_s
         due: list[str] = []
+        idlers: list[tuple[float, str, HealthRecord]] = []
         for node_id, st in self._nodes.items():
             if st.samples.expire(now):
                 self._publish(node_id, st)
@@ -103,10 +111,18 @@ class HealthProbes:
                 status is HealthState.UNHEALTHY
                 or self._over_limit(st)
                 or (status is not HealthState.HEALTHY and now - st.last_outcome >= interval)
-                or (idle and now - max(st.samples.lat.last_at, st.registered) >= idle)
             ):
                 st.last_probe = now
                 due.append(node_id)
+            elif idle:
+                since = max(st.samples.lat.last_at, st.registered)
+                if now - since >= idle:
+                    idlers.append((since, node_id, st))
+        if len(idlers) > cfg.max_idle_probes:
+            idlers = heapq.nsmallest(cfg.max_idle_probes, idlers, key=_since)
+        for _, node_id, st in idlers:
+            st.last_probe = now
+            due.append(node_id)
         return due
 
     def start_monitoring(self) -> None:
@@ -120,3 +136,7 @@ class HealthProbes:
     def is_monitoring(self) -> bool:
         """The monitoring flag."""
         return self.monitoring
+
+
+def _since(idler: tuple[float, str, HealthRecord]) -> float:
+    return idler[0]

@@ -53,8 +53,13 @@ class HealthConfig:
     """The relative rule needs at least this many earlier time-per-token samples."""
     sample_max_age_s: float = 120.0
     """Samples older than this leave the windows, except each window's newest (0: never)."""
-    idle_probe_s: float = 60.0
-    """A node with no latency sample for this long is due for a probe (0: never)."""
+    idle_probe_s: float = 15.0
+    """A node with no latency sample for this long is due for a probe (0: never); the
+    probe's latency replaces its older samples. 60 s left a node whose few samples came
+    from a cold start with 7-18 % of the traffic of two identical peers for minutes
+    (bench/peers, docs/routing.md "Canaries")."""
+    max_idle_probes: int = 16
+    """Idle nodes probed per ``needs_probe()`` call at most (the longest idle first)."""
     latency_limit_s: float = 5.0
     """p50 above which routing excludes a node (keep equal to LatencyPolicy.max_latency_s):
     such a node is probed, and a probe success replaces its latency samples."""
