@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{v['rps_64']:6d} req/s @64  gateway CPU {v['gateway_cpu_us_per_req']:6.1f} µs/req"
         )
     print(
-        f"claiming adds {fig['added_p50_us']:+.1f} µs at p50 (rounds {fig['added_p50_us_rounds']}), "
+        f"claiming adds {fig['added_p50_us']:+.1f} µs at p50 "
+        f"(rounds {fig['added_p50_us_rounds']}), "
         f"{fig['added_cpu_us_per_req']:+.1f} µs of gateway CPU per request, "
         f"req/s ratio {fig['rps_ratio']}"
     )
