@@ -30,7 +30,7 @@ from gateway.claims import Claim, claim_decoder, claim_encoder
 log = logging.getLogger("fedgate.gateway")
 
 BUCKET = "fedgate_requests"
-TIMEOUT_S = 0.5
+TIMEOUT_S = 1.0
 """Longest wait for one answer of JetStream: longer, and the request runs unregistered."""
 
 WRONG_LAST = (10071, 10164)
