@@ -16,7 +16,7 @@ import hashlib
 import random
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -109,7 +109,7 @@ class Intake:
         if given and claims is not None:  # across gateways (gateway/idempotency.py)
             claiming = claims.pending.get(ident)
             if claiming is not None:  # being claimed here: then a same-gateway collision
-                self.engine.spawn(self._after(claiming, msg), "resend")
+                self.engine.spawn(self._after(claiming, self.on_request, msg), "resend")
                 return
             if claims.shared:
 
@@ -144,11 +144,14 @@ class Intake:
         flight.overhead_ns += time.perf_counter_ns() - t0
         return flight
 
-    async def _after(self, claiming: asyncio.Event, msg: Msg) -> None:
-        """A request whose identity is being claimed here: once that claim is settled, it
-        is a same-gateway collision (or, its flight already over, a request again)."""
+    @staticmethod
+    async def _after(
+        claiming: asyncio.Event, callback: Callable[[Msg], Awaitable[None]], msg: Msg
+    ) -> None:
+        """A request or cancel whose identity is being claimed here: once that claim is
+        settled, it meets the flight held here (or, none held, is taken again)."""
         await claiming.wait()
-        await self.on_request(msg)
+        await callback(msg)
 
     async def _collision(self, held: Flight, msg: Msg, reply: str, digest: bytes) -> None:
         """A request whose (tenant, request id) is already in flight here.
@@ -190,6 +193,10 @@ class Intake:
                 return
         if tenant == m.ANONYMOUS_HTTP_TENANT:
             return  # reserved for the front door's callers: not a NATS caller's to cancel
-        flight = self.engine.by_ident.get((tenant, self.subjects.last_token(msg.subject)))
+        ident = (tenant, self.subjects.last_token(msg.subject))
+        flight = self.engine.by_ident.get(ident)
         if flight is not None:
             await self.engine.cancel(flight)
+        elif self.claims is not None and ident in self.claims.pending:
+            claiming = self.claims.pending[ident]
+            self.engine.spawn(self._after(claiming, self.on_cancel, msg), "cancel")

@@ -183,9 +183,12 @@ class Idempotency:
 
     async def _run(self, ident: Ident, key: str, revision: int, job_id: str, run: Run) -> None:
         self.held[ident] = (key, revision)
-        if await run(job_id) is None:  # refused before anything ran: let go of the claim
-            self.held.pop(ident, None)
-            self._write(lambda kv: kv.delete(key, revision))
+        flight = None
+        try:
+            flight = await run(job_id)
+        finally:  # refused before anything ran (tenant limits), or failed: let go of it
+            if flight is None and self.held.pop(ident, None) is not None:
+                self._write(lambda kv: kv.delete(key, revision))
 
     async def _changed(self, kv: KvRegistry, key: str, revision: int) -> None:
         """Wait (bounded, polling) until the claim under ``key`` is past ``revision``."""

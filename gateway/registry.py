@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.js.errors import (
     APIError,
@@ -71,7 +72,10 @@ class KvRegistry:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
             return None, 0
-        return claim_decoder.decode(entry.value or b""), entry.revision or 0
+        try:
+            return claim_decoder.decode(entry.value or b""), entry.revision or 0
+        except msgspec.DecodeError:  # not a claim (written by hand?): as if absent
+            return None, entry.revision or 0
 
     async def replace(self, key: str, claim: Claim, revision: int) -> int | None:
         """Write ``claim`` if ``revision`` is still the last: the new revision, or None
