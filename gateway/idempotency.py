@@ -158,7 +158,11 @@ class Idempotency:
                 return
             if asked is Taken.UNKNOWN and rev != waited:
                 waited = rev  # its answer or its deletion may be on the way: look again
-                await self._changed(kv, key, rev)
+                try:
+                    await self._changed(kv, key, rev)
+                except Exception as exc:
+                    self.registry.failed(exc)
+                    break
                 continue
             if asked in (Taken.REFUSED, Taken.SILENT):
                 why = f"request_id {ident[1]} is already in flight at gateway {found.owner}"
@@ -219,7 +223,7 @@ class Idempotency:
             )
         except nats.errors.NoRespondersError:
             return Taken.GONE
-        except nats.errors.TimeoutError:
+        except Exception:  # no answer in time, or our own connection is down
             return Taken.SILENT
         try:
             return takeover_reply_decoder.decode(msg.data).status
