@@ -115,9 +115,9 @@ class Verdict(enum.Enum):
 
 
 def key_of(tenant: str, request_id: str) -> str:
-    """The bucket key of an identity (KV keys allow few characters: a hex digest).
-    A request id has no newline, so ``tenant \\n request_id`` is unambiguous."""
-    ident = f"{tenant}\n{request_id}".encode()
+    """The bucket key of an identity (KV keys allow few characters: a hex digest of
+    the tenant, length-prefixed so that no two identities meet, and the request id)."""
+    ident = f"{len(tenant)}:{tenant}{request_id}".encode()
     return hashlib.blake2b(ident, digest_size=16).hexdigest()
 
 
