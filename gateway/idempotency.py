@@ -192,7 +192,7 @@ class Idempotency:
             flight = await run(job_id)
         finally:  # refused before anything ran (tenant limits), or failed: let go of it
             if flight is None and self.held.pop(ident, None) is not None:
-                self._write(lambda kv: kv.delete(key, revision))
+                self._write(lambda kv: kv.delete_later(key, revision))
 
     async def _changed(self, kv: KvRegistry, key: str, revision: int) -> None:
         """Wait (bounded, polling) until the claim under ``key`` is past ``revision``."""
@@ -266,13 +266,13 @@ class Idempotency:
             owner=self.gateway_id, digest=flight.digest, state=State.DONE,
             job_id=flight.job_id, answer=answer, unreplayable=why, at_s=time.time(),
         )  # fmt: skip
-        self._write(lambda kv: kv.replace(key, done, revision))
+        self._write(lambda kv: kv.replace_later(key, done, revision))
 
     def dropped(self, flight: Flight) -> None:
         held = self.held.pop(flight.ident, None)
         if held is not None:
             key, revision = held
-            self._write(lambda kv: kv.delete(key, revision))
+            self._write(lambda kv: kv.delete_later(key, revision))
 
     # -- the background writer -------------------------------------------------------------
 

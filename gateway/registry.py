@@ -34,17 +34,39 @@ BUCKET = "fedgate_requests"
 TIMEOUT_S = 1.0
 """Longest wait for one answer of JetStream: longer, and the request runs unregistered."""
 
+_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+"""JetStream's compare-and-set header: the write applies only at that revision (0: new)."""
 WRONG_LAST = (10071, 10164)
 """JetStream's error codes for a compare-and-set that lost (the last revision moved)."""
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
 
 
-class KvRegistry:
-    """Claims in the bucket ``fedgate_requests``."""
+class _PubAck(msgspec.Struct):
+    """JetStream's answer to a publish into the bucket (the fields read here)."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    seq: int = 0
+    error: dict[str, Any] | None = None
+
+
+_puback = msgspec.json.Decoder(_PubAck)
+
+
+class KvRegistry:
+    """Claims in the bucket ``fedgate_requests``.
+
+    A claim's creation waits for JetStream's acknowledgement (it decides who runs the
+    request), read by hand: the hot path's one round trip. The writes at a request's
+    end (done, delete) are published without waiting: JetStream applies them only if
+    the revision is still the one the flight claimed (compare-and-set on the server),
+    and a lost one leaves a claim that its TTL removes."""
+
+    def __init__(self, nc: Client, kv: KeyValue, timeout_s: float = TIMEOUT_S) -> None:
+        self.nc = nc
         self.kv = kv
+        self.timeout_s = timeout_s
+        self.prefix = f"$KV.{BUCKET}."
+        """The bucket's subjects (JetStream's naming: one subject per key)."""
 
     @classmethod
     async def open(cls, nc: Client, ttl_s: float, timeout_s: float = TIMEOUT_S) -> KvRegistry:
@@ -57,12 +79,21 @@ class KvRegistry:
                 kv = await js.create_key_value(bucket=BUCKET, history=1, ttl=ttl_s)
             except Exception:  # another gateway created it meanwhile (or a real failure)
                 kv = await js.key_value(BUCKET)
-        return cls(kv)
+        return cls(nc, kv, timeout_s)
 
     async def create(self, key: str, claim: Claim) -> int | None:
         """Register ``claim`` unless the key exists: its revision, or None."""
-        try:
-            return await self.kv.create(key, claim_encoder.encode(claim))
+        data = claim_encoder.encode(claim)
+        msg = await self.nc.request(
+            self.prefix + key, data, timeout=self.timeout_s, headers={_EXPECTED: "0"}
+        )
+        ack = _puback.decode(msg.data)
+        if ack.error is None:
+            return ack.seq
+        if ack.error.get("err_code") not in WRONG_LAST:
+            raise APIError.from_error(ack.error)
+        try:  # taken, or deleted (a tombstone: nats-py's create takes it over)
+            return await self.kv.create(key, data)
         except KeyWrongLastSequenceError:
             return None
 
@@ -85,13 +116,15 @@ class KvRegistry:
         except KeyWrongLastSequenceError:
             return None
 
-    async def delete(self, key: str, revision: int) -> None:
-        """Delete the claim if ``revision`` is still the last (else it is not ours now)."""
-        try:
-            await self.kv.delete(key, last=revision)
-        except APIError as exc:  # nats-py's delete does not map the wrong-sequence error
-            if exc.err_code not in WRONG_LAST:
-                raise
+    async def replace_later(self, key: str, claim: Claim, revision: int) -> None:
+        """``replace`` without waiting for the outcome."""
+        headers = {_EXPECTED: str(revision)}
+        await self.nc.publish(self.prefix + key, claim_encoder.encode(claim), headers=headers)
+
+    async def delete_later(self, key: str, revision: int) -> None:
+        """Delete the claim if ``revision`` is still the last, without waiting."""
+        headers = {_EXPECTED: str(revision), "KV-Operation": "DEL"}
+        await self.nc.publish(self.prefix + key, b"", headers=headers)
 
 
 class Registry:

@@ -25,7 +25,7 @@ class Opening:
         self.calls += 1
         if self.down:
             raise ConnectionError("nats: no responders available for request")
-        return KvRegistry(kv=None)  # type: ignore[arg-type]
+        return KvRegistry(None, None)  # type: ignore[arg-type]
 
 
 async def test_jetstream_away_degrades_once_and_comes_back(
