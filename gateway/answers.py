@@ -37,8 +37,9 @@ class ClaimHooks(Protocol):
     held: dict[tuple[str, str], tuple[str, int]]
     """Identities registered by this gateway's flights: (key, revision)."""
 
-    def finished(self, flight: Flight, data: bytes, headers: dict[str, str]) -> None:
-        """``flight`` (registered) was answered: keep its answer for resends."""
+    async def finished(self, flight: Flight, data: bytes, headers: dict[str, str]) -> None:
+        """``flight`` (registered) was answered: keep its answer for resends (a publish
+        that does not wait for JetStream)."""
 
     def dropped(self, flight: Flight) -> None:
         """``flight`` ended without an answer to keep: a resend runs it again."""
@@ -86,7 +87,7 @@ class Answers:
         claims = self.claims
         if claims is not None and flight.ident in claims.held:
             hdrs = hdrs if hdrs is not None else ok_headers(flight, node_headers, tokens, t0)
-            claims.finished(flight, data, hdrs)
+            await claims.finished(flight, data, hdrs)
 
     async def finish_error(self, flight: Flight, error: errors.FedError) -> None:
         """Answer the caller with ``error``."""

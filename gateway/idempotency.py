@@ -259,14 +259,14 @@ class Idempotency:
 
     # -- a flight's end (gateway.answers.ClaimHooks) ---------------------------------------
 
-    def finished(self, flight: Flight, data: bytes, headers: dict[str, str]) -> None:
+    async def finished(self, flight: Flight, data: bytes, headers: dict[str, str]) -> None:
         key, revision = self.held.pop(flight.ident)
         answer, why = answer_of(flight.stream, data, flight.chunk_log, headers, flight.gapped)
         done = Claim(
             owner=self.gateway_id, digest=flight.digest, state=State.DONE,
             job_id=flight.job_id, answer=answer, unreplayable=why, at_s=time.time(),
         )  # fmt: skip
-        self._write(lambda kv: kv.replace_later(key, done, revision))
+        await self._apply(lambda kv: kv.replace_later(key, done, revision))  # a publish
 
     def dropped(self, flight: Flight) -> None:
         held = self.held.pop(flight.ident, None)
@@ -287,7 +287,8 @@ class Idempotency:
             await self._wake.wait()
             self._wake.clear()
             batch, self._writes = self._writes, []
-            await asyncio.gather(*(self._apply(op) for op in batch))
+            for op in batch:  # publishes: none waits for JetStream
+                await self._apply(op)
             if not self._writes:
                 self._idle.set()
 
