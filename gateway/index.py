@@ -154,8 +154,7 @@ class CandidateIndex(Scorer):
             base = bases.get(o.variant)
             if base is None:
                 base = bases[o.variant] = self.base(node, h, o.template)
-            if not o.same(node, base, unknown):
-                o.put(node, base, unknown)
+            o.put(node, base, unknown)  # a no-op when nothing changes
 
     def _on_catalog(self, event: CatalogEvent, node: NodeInfo) -> None:
         nid = node.node_id
