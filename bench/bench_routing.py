@@ -123,7 +123,7 @@ class Fleet:
         return out
 
 
-CORE = ("policies", "ordering", "strategies", "index", "explain", "spread", "router")
+CORE = ("policies", "scorer", "ordering", "strategies", "index", "explain", "spread", "router")
 """The routing core's modules, dependencies first: ``before_router`` loads them all."""
 
 
