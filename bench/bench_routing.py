@@ -11,6 +11,9 @@ nodes' time to first token distributed as:
 * ``mix``     - 100 models, 1-3 per node over 7 capabilities, 8 regions, half the
   requests with a region, a fifth with a high cost tolerance (the older benchmark).
 
+The garbage collector stays on while routes are timed, as in the gateway (which does not
+tune it); a route and a report free what they allocate (no net growth of the objects it
+tracks), so it does not run: a figure that saw collections says how many.
 Each is measured for the default strategy and for ``least_latency``; with ``--before REV``
 the router of git revision REV (with that revision's routing core, ``CORE``) runs on an
 identical fleet, call for call interleaved with the current one (same reports, same
@@ -49,6 +52,11 @@ DISTRIBUTIONS = ("equal", "spread", "regions", "mix")
 N_MODELS = 100
 
 RouterFactory = Callable[[ModelCatalog, HealthChecker, CircuitBreaker, RouterConfig], Any]
+
+
+def _collections() -> int:
+    """Cyclic garbage collections so far, every generation."""
+    return sum(s["collections"] for s in gc.get_stats())
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -123,7 +131,7 @@ class Fleet:
         return out
 
 
-CORE = ("policies", "ordering", "strategies", "index", "explain", "spread", "router")
+CORE = ("policies", "scorer", "ordering", "strategies", "index", "explain", "spread", "router")
 """The routing core's modules, dependencies first: ``before_router`` loads them all."""
 
 
@@ -175,23 +183,21 @@ def bench_route(
             fleet.router.route(r)
     samples: list[list[float]] = [[] for _ in fleets]
     pick = random.Random(4)
-    gc.disable()
-    try:
-        for i in range(calls):
-            node = pick.randrange(n)
-            for fleet, out in zip(fleets, samples, strict=True):
-                if fleet is not fleets[0] and i >= before_calls:
-                    break
-                fleet.report(node)
-                route, r = fleet.router.route, fleet.requests[i % len(fleet.requests)]
-                t0 = time.perf_counter_ns()
-                route(r)
-                out.append((time.perf_counter_ns() - t0) / 1000)
-    finally:
-        gc.enable()
+    collected = _collections()
+    for i in range(calls):  # the collector on, as in the gateway (which does not tune it)
+        node = pick.randrange(n)
+        for fleet, out in zip(fleets, samples, strict=True):
+            if fleet is not fleets[0] and i >= before_calls:
+                break
+            fleet.report(node)
+            route, r = fleet.router.route, fleet.requests[i % len(fleet.requests)]
+            t0 = time.perf_counter_ns()
+            route(r)
+            out.append((time.perf_counter_ns() - t0) / 1000)
     alone = samples[0][len(samples[1]) :] if before is not None else samples[0]
     alone = alone or samples[0]  # the calls after the interleaved ones (caches unshared)
     res = {"p50_us": _pct(alone, 0.5), "p99_us": _pct(alone, 0.99)}
+    res["gc_collections"] = _collections() - collected
     if before is not None:  # both routers over the same interleaved calls
         paired = samples[0][: len(samples[1])]
         res |= {
@@ -278,6 +284,8 @@ def main() -> None:
         if n < 10_000:
             results[f"route_{n}"] = r
         line = f"{n:>6} {dist:<8} {strategy.value:<14} | {r['p50_us']:>7.1f} {r['p99_us']:>8.1f}"
+        if r["gc_collections"]:
+            line += f" (gc: {r['gc_collections']:g} collections)"
         if "before_p50_us" in r:
             line += f" | {'':>12} {r['interleaved_p50_us']:>7.1f} {r['interleaved_p99_us']:>8.1f}"
             line += f" | {'':>6} {r['before_p50_us']:>8.1f} {r['before_p99_us']:>8.1f}"

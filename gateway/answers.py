@@ -6,16 +6,17 @@ terminal (or only records it when the node answered the caller itself: a direct
 reply), ``finish_error`` with an error's contract headers; ``cancel`` answers 499,
 ``caller_gone`` answers nobody. Each releases the flight's node first and then
 ``_close``s the flight: its blame settled, its tenant's limits charged (prompt plus
-output tokens), its place in every table given up.
+output tokens), its place in every table given up, its claim across gateways (when
+registered, gateway/idempotency.py) given its answer or deleted.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.core.flight import ATTEMPT, DONE, Flight
-from gateway.core.lifecycle import answered_tokens
+from gateway.core.verdicts import answered_tokens
 from gateway.limits import prompt_tokens
 from gateway.wire import error_headers, ok_headers
 from shared import errors
@@ -30,6 +31,20 @@ if TYPE_CHECKING:
     from gateway.wire import Wire
 
 
+class ClaimHooks(Protocol):
+    """The request registry as a flight's end sees it (gateway/idempotency.py)."""
+
+    held: dict[tuple[str, str], tuple[str, int]]
+    """Identities registered by this gateway's flights: (key, revision)."""
+
+    async def finished(self, flight: Flight, data: bytes, headers: dict[str, str]) -> None:
+        """``flight`` (registered) was answered: keep its answer for resends (a publish
+        that does not wait for JetStream)."""
+
+    def dropped(self, flight: Flight) -> None:
+        """``flight`` ended without an answer to keep: a resend runs it again."""
+
+
 class Answers:
     """The answering half of the engine (mixed into ``gateway.engine.Engine``)."""
 
@@ -39,6 +54,7 @@ class Answers:
     table: FlightTable
     flights: dict[str, Flight]
     limiter: Limiter | None
+    claims: ClaimHooks | None
     idle: asyncio.Event
 
     if TYPE_CHECKING:
@@ -68,6 +84,10 @@ class Answers:
         if hdrs is not None:
             await self.wire.answer(flight, data, hdrs)
         self.recorder.answered(flight, "ok", tokens)
+        claims = self.claims
+        if claims is not None and flight.ident in claims.held:
+            hdrs = hdrs if hdrs is not None else ok_headers(flight, node_headers, tokens, t0)
+            await claims.finished(flight, data, hdrs)
 
     async def finish_error(self, flight: Flight, error: errors.FedError) -> None:
         """Answer the caller with ``error``."""
@@ -103,11 +123,18 @@ class Answers:
         """The flight is over: settle its blame, let go of its place in every table."""
         self.recorder.closed(flight, error, tokens)
         self.table.close(flight, tokens or flight.seq)
+        if error is not None and self.claims is not None:
+            self.claims.dropped(flight)
         if flight.ticket is not None and self.limiter is not None:
             self.limiter.settle(flight.ticket, flight.prompt_tokens + (tokens or flight.seq))
             flight.ticket = None
-        if flight.blame.pending:  # not poison after all: the nodes' errors were theirs
-            for node_id in flight.blame.settle():
-                self.fleet.penalise(node_id)
+        if flight.blame.pending:
+            # Another node served it: the pending nodes' errors were theirs. A request
+            # that ended in an error anyway (its deadline, the caller gone) proves
+            # nothing against them (docs/routing.md, "Blame").
+            pending = flight.blame.settle()
+            if error is None:
+                for node_id in pending:
+                    self.fleet.penalise(node_id)
         if not self.flights:
             self.idle.set()

@@ -4,15 +4,19 @@ Two ways in: the reference API (``register``/``deregister``, static deployments 
 expire) and ``apply_heartbeat`` (the live federation: nodes announce themselves, an older
 incarnation is ignored, silent nodes expire). Indexes by capability and by
 (capability, model) are maintained incrementally; listeners learn about every change.
+
+The reference API's model view (``register``, ``get``, ...) is the ``ModelRegistry`` mixin
+of gateway/catalog_models.py.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
+from gateway.catalog_models import ModelRegistry
 from gateway.clock import MONOTONIC, Clock
 from gateway.nodeinfo import (
     STATIC_CAPACITY,
@@ -27,7 +31,6 @@ from gateway.nodeinfo import (
     models_of,
     node_from_heartbeat,
 )
-from shared.errors import Internal
 from shared.messages import Heartbeat, ModelInfo
 
 __all__ = [
@@ -45,7 +48,7 @@ __all__ = [
 _RETIRED_MAX = 4096
 
 
-class ModelCatalog:
+class ModelCatalog(ModelRegistry):
     """In-memory catalog of nodes, models and capabilities with incremental indexes."""
 
     def __init__(
@@ -122,80 +125,6 @@ class ModelCatalog:
         self._retired[(node_id, incarnation)] = None
         if len(self._retired) > _RETIRED_MAX:
             self._retired.popitem(last=False)
-
-    # -- reference API ------------------------------------------------------------
-
-    def register(
-        self, model: str, node_id: str, region: str, capabilities: Iterable[str], **attrs: Any
-    ) -> None:
-        """Deploy ``model`` on ``node_id`` (static: never expires); re-registering updates it."""
-        caps = frozenset(capabilities)
-        node = self._nodes.get(node_id)
-        if node is None:
-            node = NodeInfo(node_id=node_id, region=region, last_seen=self._clock())
-            for key, value in attrs.items():
-                setattr(node, key, value)
-            node.models = {model: caps}
-            node.capabilities = caps
-            self._add(node)
-            return
-        for key, value in attrs.items():
-            setattr(node, key, value)
-        node.region = region
-        models = dict(node.models)
-        models[model] = caps
-        self._set_models(node, models)
-        self._notify(CatalogEvent.MOVED, node)
-
-    def deregister(self, model: str, node_id: str) -> None:
-        """Remove ``model`` from ``node_id``; a static node left with no model goes away."""
-        node = self._nodes.get(node_id)
-        if node is None or model not in node.models:
-            return
-        models = dict(node.models)
-        del models[model]
-        if not models and node.static:
-            self._drop(node)
-            return
-        self._set_models(node, models)
-        self._notify(CatalogEvent.MOVED, node)
-
-    def find_by_capability(self, capability: str) -> list[tuple[str, str]]:
-        """(node_id, region) of every deployment serving ``capability``."""
-        out: list[tuple[str, str]] = []
-        for model, nodes in self._by_model.items():
-            for node in nodes.values():
-                if capability in node.models.get(model, ()):
-                    out.append((node.node_id, node.region))
-        return out
-
-    def list_all(self) -> list[str]:
-        """Distinct model ids with at least one deployment."""
-        return list(self._by_model)
-
-    def get(self, model: str) -> ModelEntry | None:
-        """The model's entry, or None."""
-        nodes = self._by_model.get(model)
-        if not nodes:
-            return None
-        deployments = [Deployment(n.node_id, n.region, n.models[model]) for n in nodes.values()]
-        caps: dict[str, None] = {}
-        for dep in deployments:
-            for cap in sorted(dep.capabilities):
-                caps[cap] = None
-        meta = ModelMetadata(model_id=model, name=model, version="1.0.0", capabilities=list(caps))
-        return ModelEntry(model_id=model, metadata=meta, deployments=deployments)
-
-    def get_metadata(self, model: str) -> ModelMetadata:
-        """The model's metadata (capabilities: union over deployments); raises Internal."""
-        entry = self.get(model)
-        if entry is None:
-            raise Internal(f"Model not found: {model}")
-        return entry.metadata
-
-    def all_entries(self) -> list[ModelEntry]:
-        """Every model entry."""
-        return [e for m in list(self._by_model) if (e := self.get(m)) is not None]
 
     # -- live federation ----------------------------------------------------------
 

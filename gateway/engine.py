@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.answers import Answers
+from gateway.answers import Answers, ClaimHooks
 from gateway.core import steps
 from gateway.core.cooldown import Cooldowns
 from gateway.core.flight import ATTEMPT, DONE, NEW, QUEUED, Flight
@@ -79,6 +79,8 @@ class Engine(Answers):
         self.cooldowns = Cooldowns()
         self.limiter: Limiter | None = None
         """Tenant limits (gateway/quota.py), set by the service when any are configured."""
+        self.claims: ClaimHooks | None = None
+        """Request identity across gateways (gateway/idempotency.py), set by the service."""
         self.idle = asyncio.Event()
         """Set whenever no request is held."""
         self.connected = True
@@ -105,10 +107,12 @@ class Engine(Answers):
         subject: str = "",
         ack: bool = False,
         sink: Any = None,
+        job_id: str = "",
     ) -> Flight:
         """Accept a decoded request (its capability set, its identity free) and start it.
 
-        The caller is a NATS ``reply`` subject or an in-process ``sink`` queue.
+        The caller is a NATS ``reply`` subject or an in-process ``sink`` queue; ``job_id``:
+        the one its claim across gateways registered (default: the table's).
         """
         t0 = time.perf_counter_ns()
         ticket = None
@@ -118,6 +122,8 @@ class Engine(Answers):
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.request_timeout_s
         flight = self.table.open(request, raw, request_id, reply, self.clock(), timeout_s, digest)
         flight.sink = sink
+        if job_id:
+            flight.job_id = job_id
         flight.t0_ns = t0
         flight.ticket = ticket
         if headers and TRACEPARENT in headers:
@@ -196,6 +202,8 @@ class Engine(Answers):
         now = self.clock()
         fresh = flight.phase is NEW
         attempt = flight.start_attempt(node.node_id, candidate.score, now, self.epoch)
+        if node.engine is not None or flight.late:
+            attempt.first_chunk_s = self.lifecycle.first_chunk_limit(flight, node.engine, now)
         self.fleet.hold(node.node_id)
         self.waiting.charge(flight, now)  # fair share: its tenant's estimate, once
         subject = self.wire.subjects.node_infer(node.node_id)

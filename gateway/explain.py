@@ -1,6 +1,6 @@
 """The full scans: every candidate explained (dry runs), and why nothing was selectable.
 
-Both use the index's arithmetic (``CandidateIndex.base``/``total``/``rejection``), so a
+Both use the index's arithmetic (``base``/``total``/``rejection``, gateway/scorer.py), so a
 dry run shows bit for bit the totals ``route()`` compares.
 """
 

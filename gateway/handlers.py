@@ -5,23 +5,27 @@ A request is refused before it is accepted (``400``: bad subject, oversize, unde
 ``stream`` on ``embed``) with the caller's trace context kept. An accepted request's
 identity is (tenant, request id): the same caller resending the same bytes with
 ``Fed-Ack`` takes its request over; anything else that collides is ``409 duplicate``
-(docs/protocol.md, "Request identity").
+(docs/protocol.md, "Request identity"). A request with a caller-given id is first
+claimed across gateways (gateway/idempotency.py), in a task of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gateway.core.flight import Flight
-from gateway.core.lifecycle import refusal
+from gateway.core.verdicts import refusal
 from gateway.engine import Engine
+from gateway.idempotency import Idempotency
 from gateway.wire import ENVELOPE_BYTES
 from shared import errors
 from shared import headers as h
@@ -44,6 +48,8 @@ class Intake:
         self.max_payload_bytes = max_payload_bytes
         self._ids = random.Random(secrets.randbits(64))
         """Generated request ids: 16 hex digits, as documented."""
+        self.claims: Idempotency | None = None
+        """Request identity across gateways, set by the service when on."""
 
     @property
     def max_body(self) -> int:
@@ -94,20 +100,58 @@ class Intake:
         given = request.request_id
         request_id = given or f"{self._ids.getrandbits(64):016x}"
         digest = hashlib.blake2b(raw, digest_size=16).digest() if given else b""
-        held = self.engine.by_ident.get((request.tenant_id or "", request_id))
+        ident = (request.tenant_id or "", request_id)
+        held = self.engine.by_ident.get(ident)
         if held is not None:
             await self._collision(held, msg, reply, digest)
             return
+        claims = self.claims
+        if given and claims is not None:  # across gateways (gateway/idempotency.py)
+            claiming = claims.pending.get(ident)
+            if claiming is not None:  # being claimed here: then a same-gateway collision
+                self.engine.spawn(self._after(claiming, self.on_request, msg), "resend")
+                return
+            if claims.shared:
+
+                def run(job_id: str) -> Awaitable[Flight | None]:
+                    return self._admit(request, raw, request_id, msg, digest, t0, job_id)
+
+                claims.start(ident, request, digest, msg, run)
+                return
+        await self._admit(request, raw, request_id, msg, digest, t0)
+
+    async def _admit(
+        self,
+        request: m.InferRequest,
+        raw: bytes,
+        request_id: str,
+        msg: Msg,
+        digest: bytes,
+        t0: int,
+        job_id: str = "",
+    ) -> Flight | None:
+        """Accept the request into the engine (None: refused before anything was held)."""
         hdrs = msg.headers
+        reply = msg.reply
         try:
             flight = await self.engine.admit(
                 request, raw, request_id, reply, digest, hdrs, msg.subject,
-                bool(hdrs and h.ACK in hdrs),
+                bool(hdrs and h.ACK in hdrs), job_id=job_id,
             )  # fmt: skip
         except errors.RateLimited as exc:  # the tenant is over a limit: nothing was held
-            await refuse(reply, exc, hdrs)
-            return
+            await self.wire.refuse(reply, exc, hdrs)
+            return None
         flight.overhead_ns += time.perf_counter_ns() - t0
+        return flight
+
+    @staticmethod
+    async def _after(
+        claiming: asyncio.Event, callback: Callable[[Msg], Awaitable[None]], msg: Msg
+    ) -> None:
+        """A request or cancel whose identity is being claimed here: once that claim is
+        settled, it meets the flight held here (or, none held, is taken again)."""
+        await claiming.wait()
+        await callback(msg)
 
     async def _collision(self, held: Flight, msg: Msg, reply: str, digest: bytes) -> None:
         """A request whose (tenant, request id) is already in flight here.
@@ -121,11 +165,7 @@ class Intake:
         """
         acked = bool(msg.headers and h.ACK in msg.headers)
         if acked and digest == held.digest and held.sink is None:
-            if held.reply != reply:
-                await self.wire.moved(held)
-            held.reply = reply
-            await self.wire.ack(held)
-            await self.wire.replay(held)
+            await self.wire.take_over(held, reply)
             return
         why = " with a different body" if acked else ""
         error = errors.Duplicate(f"request_id {held.request_id} is already in flight{why}")
@@ -153,6 +193,10 @@ class Intake:
                 return
         if tenant == m.ANONYMOUS_HTTP_TENANT:
             return  # reserved for the front door's callers: not a NATS caller's to cancel
-        flight = self.engine.by_ident.get((tenant, self.subjects.last_token(msg.subject)))
+        ident = (tenant, self.subjects.last_token(msg.subject))
+        flight = self.engine.by_ident.get(ident)
         if flight is not None:
             await self.engine.cancel(flight)
+        elif self.claims is not None and ident in self.claims.pending:
+            claiming = self.claims.pending[ident]
+            self.engine.spawn(self._after(claiming, self.on_cancel, msg), "cancel")

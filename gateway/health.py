@@ -24,16 +24,17 @@ out-of-service node back with the probe's latency as its only sample.
 
 Reports about unregistered nodes are silent no-ops. Each change replaces the node's
 immutable ``NodeHealth`` snapshot, so readers never see a half-updated record. The
-states, thresholds and snapshot are in gateway/nodehealth.py, re-exported here.
+states, thresholds, snapshot and per-node record are in gateway/nodehealth.py (the
+first three re-exported here); the canaries (``needs_probe``, probe reports) are the
+``HealthProbes`` mixin of gateway/health_probes.py.
 """
 
 from __future__ import annotations
 
-import math
-
 from gateway.clock import MONOTONIC, Clock
-from gateway.latency import NodeSamples, percentile
-from gateway.nodehealth import HealthConfig, HealthListener, HealthState, NodeHealth
+from gateway.health_probes import HealthProbes
+from gateway.latency import percentile
+from gateway.nodehealth import HealthConfig, HealthListener, HealthRecord, HealthState, NodeHealth
 from shared.errors import NodeUnreachable
 
 __all__ = [
@@ -46,38 +47,13 @@ __all__ = [
 ]
 
 
-class _State:
-    __slots__ = (
-        "failures",
-        "last_outcome",
-        "last_probe",
-        "published_at",
-        "registered",
-        "samples",
-        "snapshot",
-        "status",
-        "successes",
-    )
-
-    def __init__(self, snapshot: NodeHealth, config: HealthConfig, now: float) -> None:
-        self.snapshot = snapshot
-        self.status = snapshot.status
-        self.failures = 0
-        self.successes = 0
-        self.samples = NodeSamples(config.window, config.sample_max_age_s)
-        self.last_probe = -math.inf
-        self.last_outcome = now
-        self.registered = now
-        self.published_at = -math.inf
-
-
-class HealthChecker:
+class HealthChecker(HealthProbes):
     """Tracks every registered node's health from reported outcomes and probes."""
 
     def __init__(self, config: HealthConfig | None = None, clock: Clock = MONOTONIC) -> None:
         self.config = config or HealthConfig()
         self._clock = clock
-        self._nodes: dict[str, _State] = {}
+        self._nodes: dict[str, HealthRecord] = {}
         self._listeners: list[HealthListener] = []
         self._dirty: set[str] = set()
         self.monitoring = False
@@ -86,7 +62,7 @@ class HealthChecker:
         """Call ``listener(node_id)`` after every change."""
         self._listeners.append(listener)
 
-    def _publish(self, node_id: str, st: _State) -> None:
+    def _publish(self, node_id: str, st: HealthRecord) -> None:
         self._dirty.discard(node_id)
         now = st.published_at = self._clock()
         lat, tpot = st.samples.lat, st.samples.tpot
@@ -111,7 +87,7 @@ class HealthChecker:
         """(Re)register a node: fresh UNKNOWN state."""
         now = self._clock()
         snap = NodeHealth(node_id=node_id, status=HealthState.UNKNOWN, last_check=now)
-        self._nodes[node_id] = _State(snap, self.config, now)
+        self._nodes[node_id] = HealthRecord(snap, self.config, now)
         for listener in self._listeners:
             listener(node_id)
 
@@ -170,7 +146,7 @@ class HealthChecker:
             return
         self._publish(node_id, st)
 
-    def _slow_tpot(self, st: _State, tpot_ms: float) -> bool:
+    def _slow_tpot(self, st: HealthRecord, tpot_ms: float) -> bool:
         cfg = self.config
         if tpot_ms > cfg.degraded_tpot_s * 1000.0:
             return True
@@ -202,52 +178,6 @@ class HealthChecker:
             st.status = HealthState.DEGRADED
         self._publish(node_id, st)
 
-    def report_probe_success(self, node_id: str, latency_s: float | None = None) -> None:
-        """A probe (canary) answered in ``latency_s`` (its TTFT; None: not measured).
-
-        It counts as a success. An UNHEALTHY node goes back to UNKNOWN first (counters
-        reset); an UNHEALTHY node or one over ``latency_limit_s`` keeps the probe's
-        latency as its only sample, so it is back in service at once."""
-        st = self._nodes.get(node_id)
-        if st is None:
-            return
-        cfg = self.config
-        now = self._clock()
-        st.samples.expire(now)
-        out = st.status is HealthState.UNHEALTHY or self._over_limit(st)
-        if st.status is HealthState.UNHEALTHY:
-            st.status = HealthState.UNKNOWN
-            st.successes = 0
-        st.failures = 0
-        st.successes += 1
-        st.last_outcome = now
-        slow = False
-        if latency_s is not None:
-            if out:
-                st.samples.lat.reset(now, latency_s * 1000.0)
-            else:
-                st.samples.lat.add(now, latency_s * 1000.0)
-            slow = latency_s > cfg.degraded_ttft_s
-        if slow:
-            st.status = HealthState.DEGRADED
-        elif st.successes >= cfg.recovery_threshold:
-            st.status = HealthState.HEALTHY
-        self._publish(node_id, st)
-
-    def report_probe_failure(self, node_id: str) -> None:
-        """A probe failed: counts as a failure."""
-        self.report_failure(node_id)
-
-    def note_probe(self, node_id: str) -> None:
-        """Another gateway sent the node a canary now: not due here for ``check_interval_s``."""
-        st = self._nodes.get(node_id)
-        if st is not None:
-            st.last_probe = self._clock()
-
-    def _over_limit(self, st: _State) -> bool:
-        lat = st.samples.lat
-        return bool(lat.sorted) and lat.quantile(0.5) > self.config.latency_limit_s * 1e3
-
     def get_cached_health(self, node_id: str) -> NodeHealth | None:
         """The node's current snapshot, or None if unregistered."""
         st = self._nodes.get(node_id)
@@ -271,43 +201,3 @@ class HealthChecker:
     def total_count(self) -> int:
         """Registered nodes."""
         return len(self._nodes)
-
-    def needs_probe(self) -> list[str]:
-        """Nodes due for a canary, each at most once per ``check_interval_s``.
-
-        Due: UNHEALTHY nodes; nodes whose p50 is over ``latency_limit_s``; UNKNOWN and
-        DEGRADED nodes with no outcome for ``check_interval_s`` (traffic is not proving
-        them; a new node first gets its share of real traffic, exploration's job); nodes
-        with no latency sample for ``idle_probe_s`` (never measured, or idle). Also ages
-        every node's samples out (call it periodically)."""
-        cfg = self.config
-        now = self._clock()
-        interval, idle = cfg.check_interval_s, cfg.idle_probe_s
-        due: list[str] = []
-        for node_id, st in self._nodes.items():
-            if st.samples.expire(now):
-                self._publish(node_id, st)
-            if now - st.last_probe < interval:
-                continue
-            status = st.status
-            if (
-                status is HealthState.UNHEALTHY
-                or self._over_limit(st)
-                or (status is not HealthState.HEALTHY and now - st.last_outcome >= interval)
-                or (idle and now - max(st.samples.lat.last_at, st.registered) >= idle)
-            ):
-                st.last_probe = now
-                due.append(node_id)
-        return due
-
-    def start_monitoring(self) -> None:
-        """Set the monitoring flag (the service owns the probe loop)."""
-        self.monitoring = True
-
-    def stop_monitoring(self) -> None:
-        """Clear the monitoring flag."""
-        self.monitoring = False
-
-    def is_monitoring(self) -> bool:
-        """The monitoring flag."""
-        return self.monitoring

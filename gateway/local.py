@@ -25,7 +25,7 @@ from typing import Any, Self
 import msgspec
 
 from gateway.core.flight import Flight
-from gateway.core.lifecycle import refusal
+from gateway.core.verdicts import refusal
 from gateway.engine import Engine
 from shared import errors
 from shared import headers as h

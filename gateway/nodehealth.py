@@ -3,14 +3,18 @@
 ``HealthState`` is the state of the machine drawn in gateway/health.py; ``HealthConfig``
 its thresholds (times in seconds); ``NodeHealth`` the immutable snapshot readers get
 (latencies and time per token in milliseconds, throughput in tokens per second).
-``gateway.health`` (the ``HealthChecker``) re-exports them all.
+``gateway.health`` (the ``HealthChecker``) re-exports them all. ``HealthRecord`` is the
+checker's own mutable record of one node (counters, samples, probe times, snapshot).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from gateway.latency import NodeSamples
 
 
 class HealthState(enum.Enum):
@@ -49,8 +53,13 @@ class HealthConfig:
     """The relative rule needs at least this many earlier time-per-token samples."""
     sample_max_age_s: float = 120.0
     """Samples older than this leave the windows, except each window's newest (0: never)."""
-    idle_probe_s: float = 60.0
-    """A node with no latency sample for this long is due for a probe (0: never)."""
+    idle_probe_s: float = 15.0
+    """A node with no latency sample for this long is due for a probe (0: never); the
+    probe's latency replaces its older samples. 60 s left a node whose few samples came
+    from a cold start with 7-18 % of the traffic of two identical peers for minutes
+    (bench/peers, docs/routing.md "Canaries")."""
+    max_idle_probes: int = 16
+    """Idle nodes probed per ``needs_probe()`` call at most (the longest idle first)."""
     latency_limit_s: float = 5.0
     """p50 above which routing excludes a node (keep equal to LatencyPolicy.max_latency_s):
     such a node is probed, and a probe success replaces its latency samples."""
@@ -81,3 +90,30 @@ class NodeHealth:
 
 HealthListener = Callable[[str], None]
 """Called with the node id after every change of its health."""
+
+
+class HealthRecord:
+    """One node's health as ``HealthChecker`` keeps it (gateway/health.py)."""
+
+    __slots__ = (
+        "failures",
+        "last_outcome",
+        "last_probe",
+        "published_at",
+        "registered",
+        "samples",
+        "snapshot",
+        "status",
+        "successes",
+    )
+
+    def __init__(self, snapshot: NodeHealth, config: HealthConfig, now: float) -> None:
+        self.snapshot = snapshot
+        self.status = snapshot.status
+        self.failures = 0
+        self.successes = 0
+        self.samples = NodeSamples(config.window, config.sample_max_age_s)
+        self.last_probe = -math.inf
+        self.last_outcome = now
+        self.registered = now
+        self.published_at = -math.inf

@@ -3,10 +3,15 @@
 An ordering holds its nodes sorted by base score (the request-independent part of their
 composite score), best first, once globally and once per region, plus the nodes whose
 health is still UNKNOWN (the ones a spreading strategy explores). A node that moves
-within its region costs two ``bisect`` searches per list and a shift of the entries
-between its old and new places (a health report moves it a few places: no memmove of a
-list's tail); a new node or a region change, a deletion and an insertion per list.
-Nothing is ever re-sorted.
+within its region costs, per list, two searches and a shift of the entries between its
+old and new places (a health report moves it a few places: no memmove of a list's tail);
+a new node or a region change, a deletion and an insertion per list. Nothing is ever
+re-sorted.
+
+The searches start where the node was last placed (``at``, a hint that other nodes'
+moves shift by a few places) and gallop outwards: a handful of entries next to each
+other, not a ``bisect`` of the whole list, whose dozen entries (a tuple and a float
+each) are scattered in memory and cold when a health report comes.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Ordering:
     """Nodes of one (capability, model, variant) sorted by base score, also per region."""
 
     __slots__ = (
+        "at",
         "by_region",
         "capability",
         "entries",
@@ -86,6 +92,9 @@ class Ordering:
         self.by_region: dict[str, list[Entry]] = {}
         self.keys: dict[str, tuple[Entry, str, bool]] = {}
         """node id -> (its entry, its region, whether it is in ``unknown``)."""
+        self.at: dict[str, list[int]] = {}
+        """node id -> [its index in ``entries``, in its region's list] when last placed
+        (where a move starts looking; other nodes' moves and insertions shift it)."""
         self.unknown = Bag()
         self.unknown_by_region: dict[str, Bag] = {}
         self.layout = 0
@@ -108,6 +117,7 @@ class Ordering:
         old = self.keys.pop(node_id, None)
         if old is None:
             return
+        del self.at[node_id]
         entry, region, unknown = old
         del self.entries[bisect.bisect_left(self.entries, entry)]
         bucket = self.by_region[region]
@@ -127,14 +137,17 @@ class Ordering:
         """Insert the node, or move it to its new place (in its region: by shifting the
         entries between its old and new places, not the lists' tails)."""
         nid, region = node.node_id, node.region
-        entry = (-base, node.seq, node)
         old = self.keys.get(nid)
+        entry = (-base, node.seq, node)
         if old is None or old[1] != region or old[0][1] != node.seq:
             self.remove(nid)
             self._insert(entry, region)
         else:
-            _move(self.entries, old[0], entry)
-            _move(self.by_region[region], old[0], entry)
+            if old[2] is unknown and old[0][2] is node and old[0][0] == entry[0]:
+                return  # nothing changes (``same``)
+            at = self.at[nid]
+            at[0] = _move(self.entries, old[0], entry, at[0])
+            at[1] = _move(self.by_region[region], old[0], entry, at[1])
             if old[2] and not unknown:
                 self.unknown.discard(nid)
                 gone = self.unknown_by_region[region]
@@ -152,12 +165,15 @@ class Ordering:
             bag.add(node)
 
     def _insert(self, entry: Entry, region: str) -> None:
-        bisect.insort(self.entries, entry)
+        i = bisect.bisect_right(self.entries, entry)
+        self.entries.insert(i, entry)
         bucket = self.by_region.get(region)
         if bucket is None:
             bucket = self.by_region[region] = []
             self.layout += 1
-        bisect.insort(bucket, entry)
+        j = bisect.bisect_right(bucket, entry)
+        bucket.insert(j, entry)
+        self.at[entry[2].node_id] = [i, j]
 
     def fill(self, items: list[tuple[NodeInfo, float, bool]]) -> None:
         """Bulk-load an empty ordering (one sort instead of n insertions)."""
@@ -171,22 +187,66 @@ class Ordering:
                 self.unknown_by_region.setdefault(node.region, Bag()).add(node)
         entries.sort()
         self.entries = entries
-        for entry in entries:
-            self.by_region.setdefault(entry[2].region, []).append(entry)
+        for i, entry in enumerate(entries):
+            bucket = self.by_region.setdefault(entry[2].region, [])
+            self.at[entry[2].node_id] = [i, len(bucket)]
+            bucket.append(entry)
 
 
-def _move(entries: list[Entry], old: Entry, new: Entry) -> None:
-    """Replace ``old`` (in ``entries``) with ``new`` (same node, same seq) where it sorts:
-    O(log n) compares and a shift of the entries between the two places."""
-    i = bisect.bisect_left(entries, old)
+def _move(entries: list[Entry], old: Entry, new: Entry, hint: int) -> int:
+    """Replace ``old`` (in ``entries``, looked for from ``hint``) with ``new`` (same node,
+    same seq) where it sorts, and return that index: compares next to the two places
+    (seqs are unique: no node is compared) and a shift of the entries between them."""
+    i = _locate(entries, old, hint)
     key, seq = new[0], new[1]
-    if key == old[0]:  # same place (seqs are unique: no node is compared)
+    if key == old[0]:  # same place
         entries[i] = new
-    elif key < old[0]:  # towards the head
-        j = bisect.bisect_left(entries, (key, seq), 0, i)
+        return i
+    if key < old[0]:  # towards the head
+        j = _left(entries, (key, seq), i)
         entries[j + 1 : i + 1] = entries[j:i]
         entries[j] = new
-    else:
-        j = bisect.bisect_left(entries, (key, seq), i + 1)
-        entries[i : j - 1] = entries[i + 1 : j]
-        entries[j - 1] = new
+        return j
+    j = _right(entries, (key, seq), i + 1)
+    entries[i : j - 1] = entries[i + 1 : j]
+    entries[j - 1] = new
+    return j - 1
+
+
+def _locate(entries: list[Entry], entry: Entry, hint: int) -> int:
+    """The index of ``entry`` (in ``entries``), looked for from ``hint`` outwards."""
+    last = len(entries) - 1
+    if hint > last:
+        hint = last
+    here = entries[hint]
+    if here is entry:
+        return hint
+    if here < entry:
+        return _right(entries, entry, hint + 1)
+    return _left(entries, entry, hint)
+
+
+def _left(entries: list[Entry], x: tuple[float, int] | Entry, hi: int) -> int:
+    """``bisect_left(entries, x, 0, hi)``, galloping down from ``hi``."""
+    step = 1
+    while True:
+        lo = hi - step
+        if lo <= 0:
+            return bisect.bisect_left(entries, x, 0, hi)
+        if entries[lo] < x:
+            return bisect.bisect_left(entries, x, lo + 1, hi)
+        hi = lo  # x sorts at or before lo
+        step += step
+
+
+def _right(entries: list[Entry], x: tuple[float, int] | Entry, lo: int) -> int:
+    """``bisect_left(entries, x, lo)``, galloping up from ``lo``."""
+    n, step = len(entries), 1
+    while True:
+        probe = lo + step - 1
+        if probe >= n:
+            return bisect.bisect_left(entries, x, lo, n)
+        if not entries[probe] < x:  # x sorts at or before probe
+            return bisect.bisect_left(entries, x, lo, probe)
+        lo = probe + 1
+        step += step

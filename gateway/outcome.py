@@ -11,8 +11,10 @@ Blame (docs/routing.md, "Blame"):
       advertises (node_unavailable: upstream 404,
       401/403, engine down)                       -> NOW
     the node reports an engine failure (5xx,
-      internal, its own timeout)                  -> DEFERRED  counts when the request ends,
-                                                               unless the request is poison
+      internal, its own timeout); no first chunk
+      in time from a node that answers pings      -> DEFERRED  counts when another node
+                                                               serves the request (not if
+                                                               it is poison or fails anyway)
     busy (429), draining, superseded, not served  -> NONE      tried elsewhere, no fault
     the caller's request (400, 403, 413) or its
       own deadline                                -> NONE      answered at once

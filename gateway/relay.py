@@ -25,8 +25,8 @@ import time
 from nats.aio.msg import Msg
 
 from gateway.core.flight import ATTEMPT, Attempt, Flight
-from gateway.core.lifecycle import read_node_error
 from gateway.core.steps import Failure
+from gateway.core.verdicts import read_node_error
 from gateway.engine import Engine
 from gateway.outcome import Blame
 from gateway.wire import node_seq, renumber

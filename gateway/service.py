@@ -38,10 +38,12 @@ from gateway.engine import Engine
 from gateway.fleet import Fleet
 from gateway.handlers import Intake
 from gateway.health import HealthChecker
+from gateway.idempotency import Idempotency
 from gateway.membership import Membership
 from gateway.quota import Limiter
 from gateway.quota_store import DegradingStore, LeaseStore, LocalStore
 from gateway.recorder import Recorder
+from gateway.registry import Registry
 from gateway.relay import Relay
 from gateway.router import Router
 from gateway.shared_fair import SharedFair
@@ -112,6 +114,12 @@ class GatewayService:
             direct=cfg.direct_replies,
         )  # fmt: skip
         self.intake = Intake(nc, engine, subjects, cfg.max_payload_bytes)
+        self.claims: Idempotency | None = None
+        """Request identity across gateways (gateway/idempotency.py), when on."""
+        if cfg.idempotency:
+            registry = Registry(nc, cfg.idempotency_ttl_s, self._spawn)
+            self.claims = Idempotency(nc, engine, subjects, gid, registry, cfg.idempotency_ttl_s)
+            engine.claims = self.intake.claims = self.claims
         self.relay = Relay(engine)
         self.views = Views(
             gid, catalog=self.catalog, health=self.health, breaker=self.breaker, router=router,
@@ -178,6 +186,9 @@ class GatewayService:
         stack.callback(self._cancel_tasks)  # first out: the loops end, then the group waits
         try:
             await self._limits(stack)
+            if self.claims is not None:  # the bucket, or per gateway with a warning
+                await self.claims.registry.open()
+                stack.push_async_callback(self.claims.close)
             await self._subscribe()
             telemetry.setup("fedgate-gateway")  # no-op unless OTEL_TRACES_EXPORTER is set
             if self.metrics is not None:
@@ -189,6 +200,8 @@ class GatewayService:
             await stack.aclose()
             raise
         self._spawn(self.sweeper.run(), "sweeper")
+        if self.claims is not None:
+            self._spawn(self.claims.run(), "claims")
         if self.engine.limiter is not None:
             self._spawn(self.engine.limiter.renew_loop(), "limits")
         self._spawn(self.membership.probe_loop(self.config.probe_interval_s), "prober")
@@ -226,6 +239,9 @@ class GatewayService:
             self._subs.append(await self.prefixes.subscribe())
         if self.fair is not None:
             self._subs.append(await self.fair.subscribe())
+        if self.claims is not None:
+            takeover = s.takeover(self.gateway_id)
+            self._subs.append(await subscribe(takeover, cb=self.claims.on_takeover))
         await self.nc.flush()
         # Intake last: the catalog fills from heartbeats first.
         self._subs.append(await subscribe(s.infer_all, queue=GATEWAY_QUEUE, cb=self._on_request))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Collection
+from itertools import islice
 from random import Random
 
 from gateway.catalog import NodeInfo
@@ -105,23 +106,37 @@ class Spreader:
         # and in the heads, index.available.
         cfg = self.config
         ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
-        ref_load = max(max(ref.in_flight, ref.local_in_flight) / ref.capacity, ref.engine_load)
+        x, y = ref.in_flight, ref.local_in_flight  # max(), inlined: a call costs a line
+        ref_load = (x if x >= y else y) / ref.capacity
+        if ref.engine_load > ref_load:
+            ref_load = ref.engine_load
         tolerance_ms = (cfg.spread_tolerance + ref_load) * ref_health.latency_p50_ms
         band = (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * index.ms_worth + 1e-9
         floor = ceiling - band
         floor_n = floor * n
-        key = hi1 - floor_n + 1e-9  # _band_end's first lines inlined: most bands are small
-        if len(first) > _SMALL_BAND and first[_SMALL_BAND][0] <= key:
-            end1 = _band_end(first, key, ends, 0)
+        # _band_end's first lines inlined (most bands are small), reading each list's
+        # entries from the head and no further than the band: each is a tuple and a
+        # float, cold in memory when this view was last read many routes ago.
+        key, m = hi1 - floor_n + 1e-9, len(first)
+        if first[0][0] > key:
+            end1 = 0
+        elif m == 1 or first[1][0] > key:
+            end1 = 1
+        elif m == 2 or first[2][0] > key:
+            end1 = 2
         else:
-            end1 = (first[0][0] <= key) + (len(first) > 1 and first[1][0] <= key)
+            end1 = _band_end(first, key, ends, 0)
         size = end1
         if second:
-            key = hi2 - floor_n + 1e-9
-            if len(second) > _SMALL_BAND and second[_SMALL_BAND][0] <= key:
-                size += _band_end(second, key, ends, 1)
+            key, m = hi2 - floor_n + 1e-9, len(second)
+            if second[0][0] > key:
+                pass
+            elif m == 1 or second[1][0] > key:
+                size += 1
+            elif m == 2 or second[2][0] > key:
+                size += 2
             else:
-                size += (second[0][0] <= key) + (len(second) > 1 and second[1][0] <= key)
+                size += _band_end(second, key, ends, 1)
         random = self._random
         explorer = None
         if bag is not None and bag.items:
@@ -152,13 +167,22 @@ class Spreader:
             if a is not None and b is not None:
                 if random() < 0.5:  # the first of an equal-load pair wins: make it either
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
-                if max(max(b.in_flight, b.local_in_flight) / b.capacity, b.engine_load) < (
-                    max(max(a.in_flight, a.local_in_flight) / a.capacity, a.engine_load)
-                ):
+                # NodeInfo.load of a and b, inlined (engine-aware: gateway/nodeinfo.py)
+                x, y = a.in_flight, a.local_in_flight
+                load_a = (x if x >= y else y) / a.capacity
+                if a.engine_load > load_a:
+                    load_a = a.engine_load
+                x, y = b.in_flight, b.local_in_flight
+                load_b = (x if x >= y else y) / b.capacity
+                if b.engine_load > load_b:
+                    load_b = b.engine_load
+                if load_b < load_a:
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
-                c = index.candidate(a, -a_nb, request, exclude)
+                h = ref_health if a is ref else None
+                c = index.candidate(a, -a_nb, request, exclude, False, h)
                 if c is None:
-                    c = index.candidate(b, -b_nb, request, exclude)
+                    h = ref_health if b is ref else None
+                    c = index.candidate(b, -b_nb, request, exclude, False, h)
                 if c is not None:
                     return [c]
         if size <= _SMALL_BAND:  # the heads of the lists: the band and the runner-up
@@ -174,9 +198,15 @@ class Spreader:
                 if -pair[1][0] >= floor and random() < 0.5:
                     pair.reverse()  # both near-best: on equal load, either
                 a, b = pair[0][3], pair[1][3]
-                if max(max(b.in_flight, b.local_in_flight) / b.capacity, b.engine_load) < (
-                    max(max(a.in_flight, a.local_in_flight) / a.capacity, a.engine_load)
-                ):
+                x, y = a.in_flight, a.local_in_flight  # as in the draws
+                load_a = (x if x >= y else y) / a.capacity
+                if a.engine_load > load_a:
+                    load_a = a.engine_load
+                x, y = b.in_flight, b.local_in_flight
+                load_b = (x if x >= y else y) / b.capacity
+                if b.engine_load > load_b:
+                    load_b = b.engine_load
+                if load_b < load_a:
                     pair.reverse()
             for _, _, neg_base, node in pair:
                 h = ref_health if node is ref else None
@@ -217,7 +247,7 @@ class Spreader:
         skipped in ``second``)."""
         n, admits = self._index.n, self._admits
         a = b = None  # the best two so far, a first (what sorting the list would give)
-        for entry in first if len(first) <= _SCAN else first[:_SCAN]:  # bounds ascend
+        for entry in islice(first, _SCAN):  # bounds ascend (a slice would copy 32 entries)
             node = entry[2]
             nid = node.node_id
             if (
@@ -232,7 +262,7 @@ class Spreader:
             else:
                 b = ((entry[0] - hi1) / n, entry[1], entry[0], node)
                 break
-        for entry in second if len(second) <= _SCAN else second[:_SCAN]:
+        for entry in islice(second, _SCAN):
             key = (entry[0] - hi2) / n
             if b is not None and key >= b[0]:
                 break  # nothing further in this list places better

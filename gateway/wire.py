@@ -2,8 +2,8 @@
 
     to a node      dispatch (the caller's body untouched inside), cancel, liveness ping
     to a caller    ack, the one answer (result, terminal message, error), an early
-                   refusal (before a request is accepted), a resend's replay, the
-                   answer to a liveness question
+                   refusal (before a request is accepted), a resend's takeover and
+                   replay, a stored answer replayed, the answer to a liveness question
 
 A caller is a NATS reply subject, or a queue inside this process (``Flight.sink``): the
 same bytes and headers reach both. The chunks of a stream are the one exception, for
@@ -179,7 +179,11 @@ class Wire:
 
     async def cancel(self, node_id: str, flight: Flight) -> None:
         """Tell ``node_id`` to stop ``flight``'s job."""
-        body = m.encode(m.CancelNode(request_id=flight.request_id, job_id=flight.job_id))
+        await self.cancel_job(node_id, flight.request_id, flight.job_id)
+
+    async def cancel_job(self, node_id: str, request_id: str, job_id: str) -> None:
+        """Tell ``node_id`` to stop the job ``job_id`` (e.g. a gone gateway's)."""
+        body = m.encode(m.CancelNode(request_id=request_id, job_id=job_id))
         try:
             await self.nc.publish(self.subjects.node_cancel(node_id), body)
         except Exception as exc:  # closed or disconnected with a full buffer
@@ -239,6 +243,25 @@ class Wire:
             h.REQUEST_ID: flight.request_id,
         })  # fmt: skip
 
+    async def take_over(self, flight: Flight, reply: str) -> None:
+        """A resend (same caller, same bytes) takes ``flight`` over on ``reply``: the
+        subject it leaves is told (409), the new one is acknowledged and sent the chunks
+        relayed so far."""
+        if flight.reply != reply:
+            await self.moved(flight)
+        flight.reply = reply
+        await self.ack(flight)
+        await self.replay(flight)
+
+    async def replay_answer(
+        self, reply: str, chunks: list[bytes], data: bytes, hdrs: dict[str, str]
+    ) -> None:
+        """A stored answer (another gateway's, gateway/claims.py) to a resend: a stream's
+        chunks then its terminal message, or a result."""
+        for chunk in chunks:
+            await self._publish(reply, chunk, None)
+        await self._publish(reply, data, hdrs)
+
     async def replay(self, flight: Flight) -> None:
         """Every chunk relayed so far, again, to the caller (after a resend took it over)."""
         sink = flight.sink
@@ -252,7 +275,7 @@ class Wire:
         """Answer a caller asking whether this gateway still holds its request."""
         await self.nc.publish(reply, b"", headers=None if known else UNKNOWN)
 
-    async def _publish(self, reply: str, data: bytes, hdrs: dict[str, str]) -> None:
+    async def _publish(self, reply: str, data: bytes, hdrs: dict[str, str] | None) -> None:
         try:
             await self.nc.publish(reply, data, headers=hdrs)
         except Exception as exc:

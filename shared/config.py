@@ -189,6 +189,16 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     limits_store: str = "kv"
     """Where gateways share tenant allowances: ``kv`` (JetStream key-value bucket
     ``fedgate_limits``; limits hold across gateways) or ``local`` (each gateway alone)."""
+    idempotency: bool = True
+    """Register each request that has a caller-given ``request_id`` in the JetStream
+    key-value bucket ``fedgate_requests``, so that a resend through another gateway
+    attaches to the running request or replays its answer instead of running it twice,
+    and another caller's collision is refused there too (docs/protocol.md, "Request
+    identity"); per gateway, with a warning, while JetStream does not answer."""
+    idempotency_ttl_s: PositiveSeconds = 600.0
+    """How long a request's identity stays registered (the bucket's ``max_age``): keep
+    it above the longest request deadline in use. Set by the gateway that creates the
+    bucket."""
     default_max_tokens: Annotated[int, Meta(ge=1)] = 1024
     """Completion tokens reserved against a tenant's token limits for a request that
     sets no ``max_tokens`` (the unused part is given back when it ends)."""

@@ -82,6 +82,11 @@ class Subjects:
     def prefix_all(self) -> str:
         return f"{self.internal}.prefix.*"
 
+    def takeover(self, gateway_id: str) -> str:
+        """Where another gateway hands ``gateway_id`` a resend of a request it holds
+        (gateway/idempotency.py; request/reply, "no responders" = that gateway is gone)."""
+        return f"{self.internal}.takeover.{gateway_id}"
+
     # inspection
     @property
     def gateway_nodes(self) -> str:

@@ -20,7 +20,8 @@ no multi-turn chats sharing a system prompt, and it cannot tell a truncated repl
   restarted afterwards.
 
 Routers: ``direct``, ``fedgate`` (defaults), ``fedgate-patient`` (``PATIENT`` timeouts),
-``fedgate-noprefix`` (``--no-prefix-routing``),
+``fedgate-noprefix`` (``--no-prefix-routing``), ``fedgate-2gw`` (two gateways, the
+client alternating between their front doors),
 ``sglang:cache_aware`` (its prefix-aware policy), ``litellm:least-busy``; 3 chats in
 flight (one per server: more only queue inside llama.cpp). Every router gets prompts of
 its own (seeded by the router's position): no router finds the servers' caches warmed by
@@ -60,7 +61,11 @@ PATIENT = ("--first-chunk-timeout", "60", "--request-timeout", "180")
 another (defaults: 10 s to the first chunk, 30 s a request)."""
 NO_PREFIX = ("--no-prefix-routing",)
 """``fedgate-noprefix``: the gateway without prefix-cache-aware routing (the A/B of it)."""
-VARIANTS = {"fedgate-patient": PATIENT, "fedgate-noprefix": NO_PREFIX}
+VARIANTS = {"fedgate-patient": PATIENT, "fedgate-noprefix": NO_PREFIX, "fedgate-2gw": ()}
+GATEWAYS = {"fedgate-2gw": 2}
+"""``fedgate-2gw``: two gateways (one queue group, one front door each); the client sends
+each request to the other one, so a chat's turns alternate between them (issue 14: two
+gateways must hit the caches as well as one)."""
 VOCAB = (
     "system user answer question model server request token cache memory network policy "
     "region latency queue worker gateway stream budget limit error retry failover health "
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 spec, extra = ("fedgate", VARIANTS[name]) if name in VARIANTS else (name, ())
                 running.append(
                     routers.start(spec, owner, servers.urls, timeout_s=180, capacity=1,
-                                  gateway_args=extra, name=name)
+                                  gateway_args=extra, name=name,
+                                  gateways=GATEWAYS.get(name, 1))
                 )  # fmt: skip
                 print(f"  {name} ready", flush=True)
             for w, workload in enumerate(workloads):

@@ -75,7 +75,7 @@ class Router:
                 if "-worker" in name:
                     part = "workers"
                 else:
-                    part = "gateway" if name.endswith("-gateway") else "router"
+                    part = "gateway" if "-gateway" in name else "router"
                 parts.setdefault(part, []).extend(children(owner.pid(name)))
         if self.nats is not None and self.nats.proc is not None:
             parts["nats"] = [self.nats.proc.pid]
@@ -110,12 +110,14 @@ def start(
     capacity: int = 64,
     gateway_args: Sequence[str] = (),
     name: str | None = None,
+    gateways: int = 1,
 ) -> Router:
     """Start router ``spec`` over ``upstreams`` and wait until it answers.
 
     ``capacity``: each fedgate worker's ``--capacity``; ``gateway_args``: more flags for
     ``fedgate gateway``; ``name``: the router's name in the figures and logs (default
-    ``spec``)."""
+    ``spec``); ``gateways``: fedgate gateways (one queue group, each with its own front
+    door: the clients alternate between them)."""
     kind, _, policy = spec.partition(":")
     if kind == "direct":
         return Router(name or spec, list(upstreams))
@@ -123,8 +125,9 @@ def start(
     kind, _, checkout = kind.partition("@")
     if kind == "fedgate":
         router = _fedgate(
-            tag, owner, upstreams, policy or None, capacity, gateway_args, checkout or None
-        )
+            tag, owner, upstreams, policy or None, capacity, gateway_args, checkout or None,
+            gateways,
+        )  # fmt: skip
     elif kind == "sglang":
         router = _sglang(tag, owner, upstreams, policy or "cache_aware")
     elif kind == "litellm":
@@ -153,6 +156,7 @@ def _fedgate(
     capacity: int,
     gateway_args: Sequence[str],
     checkout: str | None = None,
+    gateways: int = 1,
 ) -> Router:
     """fedgate's processes; ``checkout``: run the code of that directory instead of this
     one (its own ``fedgate.cli`` first on ``PYTHONPATH``, this interpreter)."""
@@ -164,19 +168,21 @@ def _fedgate(
         where = {"cwd": root, "env": {"PYTHONPATH": root}}
     nats = NatsServer(data_dir=owner.log_dir / f"{tag}-nats")
     nats.start()
-    port = free_port()
     fedgate = [sys.executable, "-m", "fedgate.cli", "--log-level", "warning"]
-    gw = f"{tag}-gateway"
     strategy_args = ["--strategy", strategy] if strategy else []
     config = owner.log_dir / f"{tag}-gateway.toml"
     config.write_text(f'[gateway]\napi_keys = {{ "{API_KEY}" = "bench" }}\n')
-    owner.spawn(
-        gw,
-        [*fedgate, "gateway", "--nats", nats.url, "--config", str(config), "--http-port",
-         str(port), *strategy_args, *gateway_args],
-        **where,  # type: ignore[arg-type]
-    )  # fmt: skip
-    names = [gw]
+    names, urls = [], []
+    for g in range(gateways):
+        gw, port = f"{tag}-gateway" + (f"{g}" if g else ""), free_port()
+        owner.spawn(
+            gw,
+            [*fedgate, "gateway", "--nats", nats.url, "--config", str(config), "--http-port",
+             str(port), *strategy_args, *gateway_args],
+            **where,  # type: ignore[arg-type]
+        )  # fmt: skip
+        names.append(gw)
+        urls.append(f"http://127.0.0.1:{port}")
     for i, url in enumerate(upstreams):
         name = f"{tag}-worker{i}"
         owner.spawn(
@@ -184,9 +190,10 @@ def _fedgate(
             [*fedgate, "worker", "--nats", nats.url, "--node-id", f"{tag}-up{i}",
              "--backend", "openai", "--upstream", url, "--model", MODEL,
              "--capacity", str(capacity)],
+            **where,  # type: ignore[arg-type]
         )  # fmt: skip
         names.append(name)
-    return Router(tag, [f"http://127.0.0.1:{port}"], names, nats)
+    return Router(tag, urls, names, nats)
 
 
 def _sglang(tag: str, owner: Procs, upstreams: Sequence[str], policy: str) -> Router:

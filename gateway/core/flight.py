@@ -51,6 +51,7 @@ class Attempt:
         "dtag",
         "epoch",
         "first_chunk_at",
+        "first_chunk_s",
         "last_activity",
         "node_id",
         "number",
@@ -74,6 +75,9 @@ class Attempt:
         self.started = started
         self.first_chunk_at: float | None = None
         """When the node's first chunk (or whole reply) arrived (None: not yet)."""
+        self.first_chunk_s = 0.0
+        """How long the node may take to that first chunk, seconds (0: the configured
+        ``first_chunk_timeout_s``; set at dispatch from the node's own record)."""
         self.last_activity = started
         self.pinged = False
         """A liveness ping is out since the last activity."""
@@ -110,6 +114,7 @@ class Flight:
         "job_id",
         "key",
         "last_error",
+        "late",
         "overhead_ns",
         "phase",
         "prompt_tokens",
@@ -177,6 +182,8 @@ class Flight:
         self.chunk_log: list[bytes] = []
         """Every chunk exactly as relayed to the caller (its seq is the caller's)."""
         self.failovers = 0
+        self.late = 0
+        """Nodes that were late with their first chunk (``Lifecycle.first_chunk_limit``)."""
         self.gapped = False
         """A direct node's copies reached this gateway with a gap: what the caller has is
         not known here, so the stream cannot resume elsewhere."""

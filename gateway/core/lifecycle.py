@@ -9,6 +9,9 @@
     a node reported an error        read_node_error          a Verdict and a Failure
     the node finished               answered_tokens          (the tokens to report)
 
+(``read_node_error``, ``answered_tokens``, ``final_error`` and ``refusal`` are
+``gateway/core/verdicts.py``.)
+
 The engine (``gateway/engine.py``) runs the loop: it routes on ``Route`` (a
 ``Failover`` routes with its ``resume``), sends, and asks again after the next event.
 The decisions keep the flight's own record (blame ledger, busy nodes, failovers, last
@@ -22,9 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import msgspec
-
-from gateway.core.cooldown import Cooldowns, busy_seconds
+from gateway.core.cooldown import Cooldowns
 from gateway.core.flight import ATTEMPT, DONE, QUEUED, Flight
 from gateway.core.steps import (
     DEADLINE,
@@ -42,10 +43,10 @@ from gateway.core.steps import (
     Timer,
     WaitBusy,
 )
-from gateway.outcome import Blame, Verdict, busy_wait, judge_node_error, retry_after
+from gateway.core.verdicts import final_error
+from gateway.outcome import Blame, busy_wait, retry_after
 from gateway.retry import RetryPolicy
 from shared import errors
-from shared import headers as h
 from shared import messages as m
 from shared.config import GatewayConfig
 
@@ -58,10 +59,9 @@ BUSY_BACKOFF_S = 0.1
 QUEUE_FULL_RETRY_AFTER_S = 1.0
 """``Retry-After`` of a ``429`` answered because the capacity queue is full."""
 
-NOT_ON_THE_WIRE = frozenset(
-    {"node_draining", "node_unreachable", "node_unavailable", "circuit_open", "unavailable"}
-)
-"""Error kinds of nodes or the core that the contract does not define for services."""
+SLOW_NODE_FACTOR = 3.0
+"""A node may take this many times what its own recent p90s predict before its first
+chunk is overdue (``Lifecycle.first_chunk_limit``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,8 @@ class Lifecycle:
         node_id = flight.node_id
         error = failure.error
         flight.last_error = (failure.code or error.code, failure.kind or error.kind, error.message)
+        if failure.late:
+            flight.late += 1
         if node_id is not None and flight.blame.record(node_id, failure.blame, counted=fair):
             # Failed the same way on several nodes: the request, not the fleet.
             return Finish(final_error(flight, error, now))
@@ -222,7 +224,7 @@ class Lifecycle:
             return NO_TIMER
         lim = self.limits
         if attempt.first_chunk_at is None:
-            if now - attempt.started >= lim.first_chunk_timeout_s:
+            if now - attempt.started >= (attempt.first_chunk_s or lim.first_chunk_timeout_s):
                 return FIRST_CHUNK
         elif now - attempt.last_activity >= lim.stall_timeout_s:
             return STALL
@@ -230,72 +232,50 @@ class Lifecycle:
             return PING
         return NO_TIMER
 
+    def first_chunk_limit(
+        self, flight: Flight, engine: m.EngineSignals | None, now: float
+    ) -> float:
+        """Seconds the node of ``flight``'s next attempt may take to its first chunk (a
+        non-streaming request: its whole answer): the configured
+        ``first_chunk_timeout_s``, or ``SLOW_NODE_FACTOR`` times what the node's own
+        recent record predicts when that is longer: its TTFT p90, plus ``max_tokens`` ×
+        its ITL p90 for a whole answer. After one node was late with this request, the
+        next one has until the deadline: two late nodes say the work is slow (a long
+        prompt, a cold or loaded fleet), and abandoning a prefill to start it cold again
+        elsewhere only wastes it.
+
+        A node that is merely slow (a CPU node, a long prompt, a long non-streaming
+        answer) is not cut off at a limit sized for fast ones (docs/routing.md, "Blame").
+        """
+        if flight.late:
+            return max(flight.deadline - now, 0.001)
+        limit = self.limits.first_chunk_timeout_s
+        request = flight.request
+        if engine is None or engine.ttft_p90_ms is None:
+            return limit
+        expected_ms = engine.ttft_p90_ms
+        if not request.stream and engine.itl_p90_ms is not None:
+            max_tokens = request.params.get("max_tokens")
+            if type(max_tokens) is int and max_tokens > 0:
+                expected_ms += max_tokens * engine.itl_p90_ms
+        return max(limit, SLOW_NODE_FACTOR * expected_ms / 1000.0)
+
     def timeout_failure(self, flight: Flight, timer: Timer) -> Failure:
-        """The failure of an attempt whose first-chunk or stall timer fired."""
+        """The failure of an attempt whose first-chunk or stall timer fired.
+
+        A first chunk that is late is ``DEFERRED`` blame: the node answered its liveness
+        pings (a dead one fails at the ping), so it is slow, not gone; it counts against
+        the node only if the request then succeeds elsewhere, and a request that is late
+        on ``poison_after`` nodes in a row blames none of them (a prompt too long for the
+        limit, or a fleet that is cold or overloaded everywhere, must not make every node
+        unhealthy). A stall mid-stream is ``NOW``: the node stopped what it had started.
+        """
         lim = self.limits
+        attempt = flight.current
         if timer is FIRST_CHUNK:
-            detail = f"no answer from {flight.node_id} within {lim.first_chunk_timeout_s:g}s"
-        else:
-            detail = f"{flight.node_id} stalled for {lim.stall_timeout_s:g}s"
+            limit = attempt.first_chunk_s if attempt is not None else 0.0
+            within = limit or lim.first_chunk_timeout_s
+            detail = f"no answer from {flight.node_id} within {within:g}s"
+            return Failure(errors.Timeout(detail=detail), Blame.DEFERRED, late=True)
+        detail = f"{flight.node_id} stalled for {lim.stall_timeout_s:g}s"
         return Failure(errors.Timeout(detail=detail), Blame.NOW)
-
-
-def refusal(request: m.InferRequest) -> errors.FedError | None:
-    """Why a decoded request (its capability set) is refused before it is accepted."""
-    if request.stream and request.capability == "embed":
-        return errors.BadRequest('embeddings do not stream: send "stream": false')
-    return None
-
-
-def final_error(flight: Flight, routing_error: errors.FedError, now: float) -> errors.FedError:
-    """The error to answer when no further node can be tried."""
-    if flight.attempts == 0 or flight.last_error is None:
-        return routing_error
-    code, kind, text = flight.last_error
-    if kind == "timeout" or now >= flight.deadline:
-        return errors.Timeout(detail=text)
-    if flight.seq:
-        return errors.Interrupted(f"stream lost its node after {flight.seq} chunks: {text}")
-    if kind == "overloaded":
-        return errors.Overloaded(text)
-    if kind in NOT_ON_THE_WIRE:
-        return errors.AllNodesUnhealthy(flight.capability, text)
-    err = errors.from_headers({h.FED_ERROR: kind, h.ERROR_CODE: str(code), h.ERROR: text})
-    return err or errors.Internal(text)
-
-
-def read_node_error(hdrs: dict[str, str], remaining_s: float) -> tuple[Verdict, Failure, float]:
-    """A node's error reply: the verdict (docs/routing.md, "Blame"), the failure to
-    record, and how long to leave the node alone when it is busy (its Retry-After)."""
-    kind = hdrs.get(h.FED_ERROR, "internal")
-    code_text = hdrs.get(h.ERROR_CODE, "500")
-    code = int(code_text) if code_text.isdigit() else 500
-    text = hdrs.get(h.ERROR, kind)
-    verdict = judge_node_error(kind, code, remaining_s)
-    err = errors.from_headers(hdrs) or errors.Internal(text)
-    busy_s = busy_seconds(hdrs.get(h.RETRY_AFTER, "")) if verdict.busy else 0.0
-    return verdict, Failure(err, verdict.blame, code, kind, node_reported=True), busy_s
-
-
-class _Tokens(msgspec.Struct):
-    tokens: int = 0
-
-
-_tokens_decoder = msgspec.json.Decoder(_Tokens)
-
-
-def answered_tokens(flight: Flight, node_headers: dict[str, str], data: bytes) -> int:
-    """The tokens to report for a successful answer."""
-    if flight.request.stream and flight.failovers:
-        # After a failover the caller's total is what it received, whatever the last
-        # node counted (it may or may not include ``resume.tokens``).
-        return flight.relayed()[1]
-    text = node_headers.get(h.TOKENS, "")
-    if text.isdigit():
-        return int(text)
-    if data:  # a node that does not send Fed-Tokens: read the result
-        try:
-            return _tokens_decoder.decode(data).tokens
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return 0
-    return 0

@@ -79,6 +79,8 @@ class Failure:
     kind: str | None = None
     node_reported: bool = False
     """The node itself sent the error (its job is over: nothing to cancel there)."""
+    late: bool = False
+    """No first chunk in time from a node that answers its pings (slow, not gone)."""
 
 
 class Timer(enum.Enum):
@@ -88,7 +90,7 @@ class Timer(enum.Enum):
     DEADLINE = 1
     """The request's deadline passed: ``504``, whatever the phase."""
     FIRST_CHUNK = 2
-    """No first chunk (or whole reply) within ``first_chunk_timeout_s``: the node's fault."""
+    """No first chunk (or whole reply) within the attempt's first-chunk limit."""
     STALL = 3
     """No chunk for ``stall_timeout_s`` after the first: the node's fault."""
     PING = 4

@@ -222,7 +222,8 @@ def test_new_defaults() -> None:
         8.0,
         8,
     )
-    assert (c.sample_max_age_s, c.idle_probe_s, c.latency_limit_s) == (120.0, 60.0, 5.0)
+    assert (c.sample_max_age_s, c.idle_probe_s, c.latency_limit_s) == (120.0, 15.0, 5.0)
+    assert c.max_idle_probes == 16
 
 
 def test_long_generation_with_normal_token_time_is_not_slow(clock: FakeClock) -> None:
@@ -341,3 +342,33 @@ def test_probes_prove_a_degraded_node_healthy(clock: FakeClock) -> None:
     assert status(hc, "n") is HealthState.HEALTHY
     hc.report_probe_success("n", latency_s=30.0)  # answers, but 30 s for one token
     assert status(hc, "n") is HealthState.DEGRADED
+
+
+def test_an_idle_probe_replaces_figures_from_another_moment(clock: FakeClock) -> None:
+    # A node whose few samples came from a cold start (slow), then no traffic: the
+    # near-best band leaves it out, so traffic alone never re-measures it.
+    hc = checker(clock, check_interval_s=10, idle_probe_s=15)
+    hc.register_node("n")
+    for _ in range(3):
+        hc.report_success("n", 0.05, ttft_s=0.4, tokens=10)
+    assert snap(hc, "n").latency_p50_ms == pytest.approx(400.0)
+    clock.advance(15)
+    assert hc.needs_probe() == ["n"]
+    hc.report_probe_success("n", latency_s=0.08)
+    h = snap(hc, "n")
+    assert (h.samples, h.latency_p50_ms) == (1, pytest.approx(80.0))  # replaced, not added
+    hc.report_success("n", 0.05, ttft_s=0.09, tokens=10)
+    hc.report_probe_success("n", latency_s=0.5)  # measured just now: a probe only adds
+    assert snap(hc, "n").samples == 3
+
+
+def test_idle_probes_are_bounded_per_call_longest_idle_first(clock: FakeClock) -> None:
+    hc = checker(clock, check_interval_s=10, idle_probe_s=15, max_idle_probes=2)
+    for n in ("a", "b", "c"):
+        hc.register_node(n)
+        for _ in range(2):  # HEALTHY: due only for being idle
+            hc.report_success(n, 0.05, ttft_s=0.05, tokens=10)
+        clock.advance(1)
+    clock.advance(20)
+    assert hc.needs_probe() == ["a", "b"]  # the two idle longest
+    assert hc.needs_probe() == ["c"]  # the rest on the next call

@@ -15,14 +15,7 @@ from hypothesis import strategies as st
 from gateway.clock import FakeClock
 from gateway.core.cooldown import DEFAULT_BUSY_S, Cooldowns, busy_seconds
 from gateway.core.flight import Flight, Phase
-from gateway.core.lifecycle import (
-    Lifecycle,
-    Limits,
-    answered_tokens,
-    final_error,
-    read_node_error,
-    refusal,
-)
+from gateway.core.lifecycle import Lifecycle, Limits
 from gateway.core.steps import (
     ENQUEUE,
     STAY,
@@ -34,6 +27,7 @@ from gateway.core.steps import (
     WaitBusy,
 )
 from gateway.core.table import FlightTable
+from gateway.core.verdicts import answered_tokens, final_error, read_node_error, refusal
 from gateway.outcome import Blame
 from shared import errors
 from shared import messages as m
@@ -258,6 +252,8 @@ def test_timers_fire_in_their_order() -> None:
     assert lc.due(f, NOW + 3) is Timer.STALL
     assert lc.due(f, NOW + 30) is Timer.DEADLINE
     assert lc.timeout_failure(f, Timer.STALL).blame is Blame.NOW
+    # Late to the first chunk but answering pings: slow, judged when the request ends.
+    assert lc.timeout_failure(f, Timer.FIRST_CHUNK).blame is Blame.DEFERRED
     f.enqueue(NOW)
     assert lc.due(f, NOW + 29) is Timer.NONE and lc.due(f, NOW + 30) is Timer.DEADLINE
     f.finish()
@@ -350,3 +346,34 @@ def test_one_retry_budget_and_exactly_one_outcome(answers: list[str]) -> None:
     else:
         assert isinstance(outcome, errors.FedError)
         assert clock() < NOW + 60  # answered before the deadline, never at it
+
+
+def test_the_first_chunk_limit_follows_the_nodes_own_record() -> None:
+    lc = lifecycle(first_chunk_timeout_s=10)
+
+    def of(request: m.InferRequest) -> Flight:
+        return FlightTable("_INBOX.t", "job").open(request, b"{}", "r1", "reply", NOW, 30.0)
+
+    stream = of(m.InferRequest(input="hi", stream=True))
+    whole = of(m.InferRequest(input="hi", params={"max_tokens": 100}))
+    fast = m.EngineSignals(ttft_p90_ms=200, itl_p90_ms=20)
+    slow = m.EngineSignals(ttft_p90_ms=6_000, itl_p90_ms=150)
+    assert lc.first_chunk_limit(stream, None, NOW) == 10  # no record: the configured limit
+    assert lc.first_chunk_limit(stream, m.EngineSignals(), NOW) == 10
+    assert lc.first_chunk_limit(stream, fast, NOW) == 10  # never below the configured limit
+    assert lc.first_chunk_limit(stream, slow, NOW) == pytest.approx(18.0)  # 3 × TTFT p90
+    assert lc.first_chunk_limit(whole, slow, NOW) == pytest.approx(3 * (6 + 100 * 0.15))
+    no_budget = of(m.InferRequest(input="hi", params={"max_tokens": "lots"}))
+    assert lc.first_chunk_limit(no_budget, slow, NOW) == pytest.approx(18.0)
+    # One node was late already: the next one has until the deadline.
+    dispatch(stream, "n1")
+    lc.after_failure(
+        stream, lc.timeout_failure(stream, Timer.FIRST_CHUNK), NOW + 10, Cooldowns(), True
+    )
+    assert stream.late == 1
+    assert lc.first_chunk_limit(stream, None, NOW + 10) == pytest.approx(20.0)
+    f = flight(stream=True)
+    dispatch(f, "n1")
+    f.current.first_chunk_s = 18.0  # type: ignore[union-attr]
+    f.current.pinged = True  # type: ignore[union-attr]
+    assert lc.due(f, NOW + 17) is Timer.NONE and lc.due(f, NOW + 18) is Timer.FIRST_CHUNK

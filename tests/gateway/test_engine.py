@@ -8,6 +8,7 @@ here each path is taken deterministically and fast.
 from __future__ import annotations
 
 import json
+import time
 
 from shared import messages as m
 from tests.gateway.conftest import Gateway, chunk, result
@@ -262,3 +263,78 @@ async def test_stop_answers_what_is_left_interrupted(gw: Gateway) -> None:
     (reply,) = gw.to_caller()
     assert reply.headers is not None and reply.headers["Fed-Error"] == "interrupted"
     await gw.svc.stop()  # idempotent
+
+
+async def test_a_first_chunk_late_on_every_node_blames_none_of_them(gw: Gateway) -> None:
+    # A cold or overloaded fleet: the prompt's prefill outlasts the limit everywhere. The
+    # nodes answer their pings (slow, not gone): after one late node the next one has
+    # until the deadline (not cut at 10 s again), nobody is blamed for the 504, and the
+    # next request is routed, not refused 503 all_unhealthy.
+    await gw.node("n1", cost=0.1)
+    await gw.node("n2", cost=0.9)
+    await gw.ask({"input": "hi", "stream": True}, token="1")
+    await gw.tick(10.0)
+    await gw.tick(10.0)
+    assert [d.subject for d in gw.dispatches()] == ["fed.node.n1.infer", "fed.node.n2.infer"]
+    assert not gw.to_caller()  # n2 is still given its time
+    await gw.tick(10.0)
+    (reply,) = gw.to_caller()
+    assert reply.headers is not None and reply.headers["Nats-Service-Error-Code"] == "504"
+    for node in ("n1", "n2"):
+        assert gw.svc.breaker.failures(node) == 0
+        health = gw.svc.health.get_cached_health(node)
+        assert health is None or health.consecutive_failures == 0
+    await gw.ask({"input": "again", "stream": True}, token="2")
+    assert len(gw.dispatches()) == 3  # routed again: nobody was made unhealthy
+
+
+async def test_a_late_first_chunk_counts_against_the_node_when_another_answers(
+    gw: Gateway,
+) -> None:
+    await gw.node("n1", cost=0.1)
+    await gw.node("n2", cost=0.9)
+    await gw.ask({"input": "hi"})
+    await gw.tick(10.0)
+    second = gw.dispatches("n2")[0]
+    await gw.answer(second, result(second, "n2"))
+    assert gw.svc.breaker.failures("n1") == 1 and gw.svc.breaker.failures("n2") == 0
+
+
+async def test_a_node_with_a_slow_record_gets_a_longer_first_chunk_limit(gw: Gateway) -> None:
+    now_ms = int(time.time() * 1000)
+    slow = m.EngineSignals(ttft_p90_ms=5_000, itl_p90_ms=100, measured_at=now_ms)
+    await gw.node("n1", cost=0.1, engine=slow)
+    await gw.node("n2", cost=0.9)
+    await gw.ask({"input": "hi", "stream": True}, token="1")  # limit 3 × 5 s = 15 s
+    await gw.tick(14.0)
+    assert len(gw.dispatches()) == 1
+    await gw.tick(1.5)
+    assert [d.subject for d in gw.dispatches()][-1] == "fed.node.n2.infer"
+
+
+async def test_a_whole_answer_is_given_the_time_its_tokens_take(gw: Gateway) -> None:
+    now_ms = int(time.time() * 1000)
+    record = m.EngineSignals(ttft_p90_ms=1_000, itl_p90_ms=100, measured_at=now_ms)
+    await gw.node("n1", cost=0.1, engine=record)
+    await gw.node("n2", cost=0.9)
+    # Not streamed: 3 × (1 s + 200 tokens × 0.1 s) = 63 s before the answer is overdue.
+    await gw.ask({"input": "hi", "params": {"max_tokens": 200}, "timeout_ms": 120_000})
+    await gw.tick(60.0)
+    assert len(gw.dispatches()) == 1
+    await gw.tick(3.5)
+    assert len(gw.dispatches()) == 2
+
+
+async def test_the_node_after_a_late_one_is_given_until_the_deadline(gw: Gateway) -> None:
+    await gw.node("n1", cost=0.1)
+    await gw.node("n2", cost=0.9)
+    await gw.ask({"input": "hi", "stream": True})
+    await gw.tick(10.0)  # n1 late: abandoned
+    await gw.tick(15.0)  # n2 slow too, but a second late node is not abandoned
+    second = gw.dispatches("n2")[0]
+    await gw.answer(second, chunk(1, "finally"))
+    await gw.answer(second, **OK, **{"Fed-Tokens": "1"})
+    relayed = gw.to_caller()
+    assert relayed[-1].headers is not None and relayed[-1].headers["Fed-Status"] == "ok"
+    assert len(gw.dispatches()) == 2
+    assert gw.svc.breaker.failures("n1") == 1  # n1 was slower than a node that answered

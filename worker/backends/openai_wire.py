@@ -1,5 +1,5 @@
-"""The OpenAI wire format as the openai backend speaks it: request bodies, streamed
-events, and the SDK client that reads them.
+"""The OpenAI wire format as the openai backend speaks it: request bodies and streamed
+events (pure: no I/O).
 
 - ``RESERVED``: ``params`` keys the backend sets itself; ``budget``: the output tokens
   still to ask for; ``chat_messages``: the chat to send, or None for a completion.
@@ -7,15 +7,16 @@ events, and the SDK client that reads them.
   tool-call deltas, log-probabilities) as a ``Piece`` of 1 token; ``usage_count``: a
   token count of the upstream's ``usage``; ``pooled``: an embedding as one vector of
   floats (per-token vectors averaged).
-- ``SDKClient``: ``AsyncOpenAI`` with an SSE decoder that drops blocks without data.
+- ``SSEParser``: server-sent events read incrementally from the bytes of a response
+  body (every valid framing); ``json_of``: one event's or answer's JSON.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from openai import AsyncOpenAI
-from openai._streaming import ServerSentEvent, SSEDecoder
+import msgspec
 
 from worker.backends.base import Job, Piece
 
@@ -53,21 +54,66 @@ def chat_messages(job: Job, plain_as_chat: bool) -> list[dict[str, Any]] | None:
     return None
 
 
-class _Decoder(SSEDecoder):
-    """The SDK's decoder, less one deviation from the SSE spec: a block without ``data``
-    lines dispatches nothing (the SDK would hand on an empty event once an ``id:`` was
-    seen, which is not JSON)."""
+class SSEParser:
+    """Server-sent events (the WHATWG framing), incrementally: ``feed`` the body's bytes as
+    they come and get back the ``data`` of every event they complete.
 
-    def decode(self, line: str) -> ServerSentEvent | None:
-        sse = super().decode(line)
-        return sse if sse is None or sse.data else None
+    Lines end in CRLF, LF or CR (a CRLF may be split between two chunks); ``data`` lines
+    are joined with LF, with one space after the colon dropped; a blank line dispatches;
+    comments (``:``) and the other fields (``event``, ``id``, ``retry``) are ignored; an
+    event without data dispatches nothing, and one the body ends inside is dropped.
+    """
+
+    __slots__ = ("_data", "_skip_lf", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        """The unfinished last line of the bytes fed so far."""
+        self._data: list[bytes] = []
+        """The ``data`` lines of the event being read."""
+        self._skip_lf = False
+        """The last chunk ended in CR: a LF starting the next one completes a CRLF."""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of the events this chunk completes (most often one)."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buf = self._tail + chunk if self._tail else chunk
+        if b"\r" in buf:
+            self._skip_lf = buf[-1:] == b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._tail = lines.pop()
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    joined = b"\n".join(data) if len(data) > 1 else data[0]
+                    data.clear()
+                    if joined:
+                        events.append(joined)
+            elif line[:5] == b"data:":
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line == b"data":
+                data.append(b"")
+        return events
 
 
-class SDKClient(AsyncOpenAI):
-    """``AsyncOpenAI`` with that decoder."""
+_decode = msgspec.json.Decoder().decode
 
-    def _make_sse_decoder(self) -> SSEDecoder:
-        return _Decoder()
+
+def json_of(data: bytes) -> Any:
+    """A JSON document (msgspec; the stdlib for what only it reads: NaN, Infinity).
+
+    Raises ``ValueError`` when it is not JSON.
+    """
+    try:
+        return _decode(data)
+    except msgspec.DecodeError:
+        return json.loads(data)
 
 
 def choice_piece(choice: dict[str, Any], chat: bool) -> Piece | None:
