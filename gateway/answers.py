@@ -128,13 +128,9 @@ class Answers:
         if flight.ticket is not None and self.limiter is not None:
             self.limiter.settle(flight.ticket, flight.prompt_tokens + (tokens or flight.seq))
             flight.ticket = None
-        if flight.blame.pending:
-            # Another node served it: the pending nodes' errors were theirs. A request
-            # that ended in an error anyway (its deadline, the caller gone) proves
-            # nothing against them (docs/routing.md, "Blame").
-            pending = flight.blame.settle()
-            if error is None:
-                for node_id in pending:
-                    self.fleet.penalise(node_id)
+        blame = flight.blame
+        if blame.pending or blame.late:  # not poison after all (docs/routing.md, "Blame")
+            for node_id in blame.settle(served=error is None):
+                self.fleet.penalise(node_id)
         if not self.flights:
             self.idle.set()

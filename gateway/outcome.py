@@ -11,10 +11,11 @@ Blame (docs/routing.md, "Blame"):
       advertises (node_unavailable: upstream 404,
       401/403, engine down)                       -> NOW
     the node reports an engine failure (5xx,
-      internal, its own timeout); no first chunk
-      in time from a node that answers pings      -> DEFERRED  counts when another node
-                                                               serves the request (not if
-                                                               it is poison or fails anyway)
+      internal, its own timeout)                  -> DEFERRED  counts when the request ends,
+                                                               unless the request is poison
+    no first chunk in time from a node that
+      answers its pings (late)                    -> DEFERRED  counts only if another node
+                                                               serves the request
     busy (429), draining, superseded, not served  -> NONE      tried elsewhere, no fault
     the caller's request (400, 403, 413) or its
       own deadline                                -> NONE      answered at once
@@ -80,17 +81,25 @@ class BlameLedger:
     failures: int = 0
     """DEFERRED failures in a row (a NOW failure resets the run)."""
     pending: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+    """Nodes that were only late with their first chunk: blamed if another node served."""
 
-    def record(self, node_id: str, blame: Blame, counted: bool = True) -> bool:
+    def record(self, node_id: str, blame: Blame, counted: bool = True, late: bool = False) -> bool:
         """Note a failure on ``node_id``; True when the request has become poison.
 
         ``counted`` False (e.g. the gateway's NATS link was down) keeps the node out of
-        the ledger but still counts the failure toward poison.
+        the ledger but still counts the failure toward poison. ``late``: no first chunk
+        in time (slow, not failed): it counts against the node only if another node
+        then serves the request, and not toward poison.
         """
         if blame is Blame.NOW:
             self.failures = 0
             return False
         if blame is not Blame.DEFERRED:
+            return False
+        if late:
+            if counted:
+                self.late.append(node_id)
             return False
         self.failures += 1
         if counted:
@@ -100,9 +109,13 @@ class BlameLedger:
             return True
         return False
 
-    def settle(self) -> list[str]:
-        """The nodes to blame now that the request ended (not poison); empties the ledger."""
-        out, self.pending = self.pending, []
+    def settle(self, served: bool) -> list[str]:
+        """The nodes to blame now that the request ended (not poison): the nodes whose
+        reported failures are pending, and the late ones if another node ``served`` it
+        (a request that ends in an error anyway proves nothing against a slow node).
+        Empties the ledger."""
+        out = self.pending + self.late if served else self.pending
+        self.pending, self.late = [], []
         return out
 
 

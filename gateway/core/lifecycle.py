@@ -112,7 +112,9 @@ class Lifecycle:
         flight.last_error = (failure.code or error.code, failure.kind or error.kind, error.message)
         if failure.late:
             flight.late += 1
-        if node_id is not None and flight.blame.record(node_id, failure.blame, counted=fair):
+        if node_id is not None and flight.blame.record(
+            node_id, failure.blame, counted=fair, late=failure.late
+        ):
             # Failed the same way on several nodes: the request, not the fleet.
             return Finish(final_error(flight, error, now))
         remaining = flight.deadline - now

@@ -93,7 +93,7 @@ class Fleet:
                 break
         else:
             outcome = "exhausted"
-        for node in ledger.settle():
+        for node in ledger.settle(served=True):
             self.health.report_failure(node)
             self.breaker.record_failure(node)
         return outcome
@@ -184,7 +184,7 @@ def test_poison_forgives_and_otherwise_every_deferred_failure_counts(
         if ledger.record(f"n{i}", verdict.blame):
             poisoned = True
             break
-    settled = ledger.settle()
+    settled = ledger.settle(served=True)
     if poisoned:
         assert settled == []
     else:
