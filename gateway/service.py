@@ -26,11 +26,10 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from gateway import settings
+from gateway import settings, sharing
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
 from gateway.control import Control
-from gateway.core.flight import Flight
 from gateway.core.lifecycle import Lifecycle, Limits
 from gateway.core.table import FlightTable
 from gateway.decisions import Decisions
@@ -38,30 +37,25 @@ from gateway.engine import Engine
 from gateway.fleet import Fleet
 from gateway.handlers import Intake
 from gateway.health import HealthChecker
-from gateway.idempotency import Idempotency
 from gateway.membership import Membership
 from gateway.quota import Limiter
 from gateway.quota_store import DegradingStore, LeaseStore, LocalStore
 from gateway.recorder import Recorder
-from gateway.registry import Registry
 from gateway.relay import Relay
 from gateway.router import Router
-from gateway.shared_fair import SharedFair
-from gateway.shared_outcomes import SharedOutcomes
-from gateway.shared_prefix import SharedPrefixes
+from gateway.service_figures import Figures
 from gateway.stats import GatewayStats
 from gateway.sweeper import Sweeper
 from gateway.views import Views
 from gateway.wire import Wire
 from shared import errors, telemetry
-from shared import messages as m
 from shared.config import GatewayConfig
 from shared.subjects import GATEWAY_QUEUE, Subjects
 
 log = logging.getLogger("fedgate.gateway")
 
 
-class GatewayService:
+class GatewayService(Figures):
     """One gateway process: routes ``infer.>`` requests to nodes and relays replies."""
 
     def __init__(
@@ -114,12 +108,6 @@ class GatewayService:
             direct=cfg.direct_replies,
         )  # fmt: skip
         self.intake = Intake(nc, engine, subjects, cfg.max_payload_bytes)
-        self.claims: Idempotency | None = None
-        """Request identity across gateways (gateway/idempotency.py), when on."""
-        if cfg.idempotency:
-            registry = Registry(nc, cfg.idempotency_ttl_s, self._spawn)
-            self.claims = Idempotency(nc, engine, subjects, gid, registry, cfg.idempotency_ttl_s)
-            engine.claims = self.intake.claims = self.claims
         self.relay = Relay(engine)
         self.views = Views(
             gid, catalog=self.catalog, health=self.health, breaker=self.breaker, router=router,
@@ -134,24 +122,13 @@ class GatewayService:
             changed=engine.capacity_changed, connected=lambda: engine.connected,
             spawn=self._spawn,
         )  # fmt: skip
-        self.outcomes: SharedOutcomes | None = None
-        if cfg.share_outcomes:
-            self.outcomes = SharedOutcomes(
-                nc, subjects.outcomes, gid, self.health, self.breaker, self._spawn
-            )
-            self.engine.fleet.share = self.membership.share = self.outcomes.record
-        self.prefixes: SharedPrefixes | None = None
-        if cfg.prefix_routing:
-            self.prefixes = SharedPrefixes(
-                nc, subjects, gid, router.prefixes, self.catalog, self._spawn, clock
-            )
-            router.affinity.publish = self.prefixes.record
-        self.fair: SharedFair | None = None
-        if cfg.fair_share:
-            self.fair = SharedFair(
-                nc, subjects.fair, gid, engine.waiting, engine.fleet, engine.capacity_changed,
-                self._spawn, clock,
-            )  # fmt: skip
+        shared = sharing.build(
+            cfg, nc, subjects, gid, engine, self.intake, self.membership, router, self.catalog,
+            self.health, self.breaker, self._spawn, clock,
+        )  # fmt: skip
+        self.claims = shared.claims
+        """Request identity across gateways (gateway/idempotency.py), when on."""
+        self.outcomes, self.prefixes, self.fair = shared.outcomes, shared.prefixes, shared.fair
         self.catalog.add_listener(self._on_catalog)
         self.decisions.terms = router.affinity.pop_terms
         self.sweeper = Sweeper(
@@ -298,50 +275,6 @@ class GatewayService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
-
-    # -- figures ---------------------------------------------------------------------------
-
-    @property
-    def in_flight(self) -> int:
-        """Requests accepted and not yet answered."""
-        return len(self.engine.flights)
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for capacity."""
-        return len(self.engine.waiting)
-
-    @property
-    def retries(self) -> int:
-        """Dispatches retried on another node (before the first chunk)."""
-        return self.recorder.retries
-
-    @property
-    def failovers(self) -> int:
-        """Streams continued on another node after chunks were relayed."""
-        return self.recorder.failovers
-
-    def load(self) -> m.GatewayLoad:
-        """The live figures, as a read model."""
-        rec = self.recorder
-        return m.GatewayLoad(
-            in_flight=self.in_flight, queued=self.queued, retries=rec.retries,
-            failovers=rec.failovers,
-        )  # fmt: skip
-
-    # -- the intake callback and tables, as tests and benchmarks reach them ----------------
-
-    @property
-    def _on_request(self) -> Callable[[Any], Coroutine[Any, Any, None]]:
-        return self.intake.on_request
-
-    @property
-    def _flights(self) -> dict[str, Flight]:
-        return self.engine.flights
-
-    @property
-    def _inbox(self) -> str:
-        return self.engine.inbox
 
 
 async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
