@@ -29,10 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from gateway.core.fairshare_sync import FleetExchange
 from gateway.core.flight import Flight
-from gateway.core.remote import RemoteWaiting, Waiting
+from gateway.core.remote import RemoteWaiting
 from gateway.core.vtc import (
-    Charge,
     Classes,
     Pool,
     TenantState,
@@ -44,7 +44,7 @@ from gateway.core.vtc import (
 )
 
 
-class FairQueue:
+class FairQueue(FleetExchange):
     """The capacity queue of one gateway (``fair=False``: oldest first)."""
 
     def __init__(
@@ -187,65 +187,6 @@ class FairQueue:
         """What ``flight`` is charged while it runs (0: not charged)."""
         entry = self._charged.get(flight.key)
         return 0.0 if entry is None else entry[0]
-
-    # -- the other gateways ------------------------------------------------------------------
-
-    def report(self, now: float) -> tuple[list[Charge], list[Waiting]] | None:
-        """What to tell the other gateways now: each tenant charged since the last report
-        (service, counter) and every tenant waiting here (tenant, capability, model, how
-        long its head has waited); None when there is nothing new and nothing waits."""
-        if not self.fair:
-            return None
-        self.now = now
-        waiting = [
-            (t.name, *pool, max(0.0, now - (t.queue[0].queued_at or now)))
-            for t in self._backlogged.values()
-            for pool in t.pools
-        ]
-        if not self._service and not waiting and not self._announced:
-            return None
-        names = set(self._service) | {w[0] for w in waiting}
-        charges = [(n, self._service.get(n, 0.0), self._tenant(n).counter) for n in sorted(names)]
-        self._service = {}
-        self._announced = bool(waiting)
-        return charges, waiting
-
-    def apply(
-        self, gateway_id: str, charges: list[Charge], waiting: list[Waiting], now: float,
-    ) -> None:  # fmt: skip
-        """Another gateway's report: its charges added, its counters merged (the larger
-        wins: a lift there holds here), its waiting tenants noted."""
-        if not self.fair:
-            return
-        self.now = now
-        for name, service, counter in charges:
-            tenant = self._tenant(name)
-            tenant.counter = max(tenant.counter + service / tenant.weight, counter)
-            tenant.seen = now
-        self._remote.update(gateway_id, waiting, now)
-
-    def tidy(self, now: float) -> None:
-        """Forget idle tenants and other gateways' stale lists."""
-        self.now = now
-        self._remote.expire(now)
-        idle = now - self.forget_after_s
-        for name, tenant in list(self.tenants.items()):
-            if not tenant.queue and not tenant.charged and tenant.seen < idle:
-                del self.tenants[name]
-
-    @property
-    def announced(self) -> bool:
-        """The last report said something waits here (the next one says if it still does)."""
-        return self._announced
-
-    @property
-    def unreported(self) -> bool:
-        """Service was charged here since the last report."""
-        return bool(self._service)
-
-    def waiting(self) -> dict[str, int]:
-        """Flights waiting here, by tenant."""
-        return {name: len(t.queue) for name, t in self._backlogged.items()}
 
     # -- inside ------------------------------------------------------------------------------
 
