@@ -21,6 +21,7 @@ again — never unlimited, never a refusal of everything (docs/tenants.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -35,6 +36,11 @@ from shared.connection import RateLimitedLog
 from shared.messages import TenantLimitView
 
 log = logging.getLogger("fedgate.gateway")
+
+SLOT_GRACE_S = 0.05
+"""How long a request over its tenant's concurrency waits for a slot before the 429."""
+SLOT_POLL_S = 0.01
+"""How often, meanwhile, the shared holds are asked again (another gateway's slot)."""
 
 LABELS = {
     lim.CONCURRENT: "concurrent requests",
@@ -74,6 +80,8 @@ class Limiter:
         self.pools: dict[str, list[Pool]] = {}
         self.store_errors = 0
         self._locks: dict[str, asyncio.Lock] = {}
+        self._released: dict[str, asyncio.Event] = {}
+        """Set when a request of the tenant ends (its slot is free again)."""
         self._shrinking: set[asyncio.Task[bool]] = set()
         self._noisy = RateLimitedLog(log)
 
@@ -104,9 +112,34 @@ class Limiter:
                             "limits store is unavailable); try again shortly"
                         )
             short = lim.shortfall(pools, tokens, self.clock())
+            if short and all(pool.kind == lim.CONCURRENT for pool, _ in short):
+                short = await self._await_slot(tenant, pools, tokens, lock)
             if short:
                 raise await self._refusal(tenant, short, tokens, now)
         return lim.charge(tenant, pools, tokens)
+
+    async def _await_slot(
+        self, tenant: str, pools: list[Pool], tokens: int, lock: asyncio.Lock
+    ) -> list[tuple[Pool, int]]:
+        """Over its concurrency only: wait up to ``SLOT_GRACE_S`` for one of the tenant's
+        requests to end (here, or another gateway's hold to shrink), leasing again each
+        ``SLOT_POLL_S``; what is still short then. With direct replies a caller has its
+        answer before the gateway has seen the node's copy: a caller that sends its next
+        request at once would otherwise find its last request's slot still held."""
+        loop = asyncio.get_running_loop()
+        released = self._released.setdefault(tenant, asyncio.Event())
+        deadline = loop.time() + SLOT_GRACE_S
+        short = lim.shortfall(pools, tokens, self.clock())
+        while short and (left := deadline - loop.time()) > 0:
+            released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), min(left, SLOT_POLL_S))
+            async with lock:
+                for pool, need in lim.shortfall(pools, tokens, self.clock()):
+                    if not await self._lease(pool, need):
+                        break
+            short = lim.shortfall(pools, tokens, self.clock())
+        return short
 
     async def _refusal(
         self, tenant: str, short: list[tuple[Pool, int]], tokens: int, now: float
@@ -177,6 +210,9 @@ class Limiter:
         beyond what is in use (plus the spare) go back to the bucket at once, so that
         another gateway can admit the tenant's next request."""
         lim.settle(ticket, used_tokens)
+        released = self._released.get(ticket.tenant)
+        if released is not None:
+            released.set()
         for pool, _ in ticket.pools:
             if pool.kind == lim.CONCURRENT and pool.balance > pool.in_use + pool.limit // 16:
                 task = asyncio.get_running_loop().create_task(self._lease(pool, 0))
