@@ -74,7 +74,7 @@ def request_options(fn: F) -> F:
             **group,
         ),
         click.option(
-            "--max-tokens", type=click.IntRange(0), metavar="N", help="Output budget.", **group
+            "--max-tokens", type=click.IntRange(1), metavar="N", help="Output budget.", **group
         ),
         click.option("--seed", type=int, metavar="N", help="Sampling seed.", **group),
         click.option(

@@ -66,6 +66,9 @@ def test_usage_errors_exit_2_naming_the_flag(capsys: pytest.CaptureFixture[str])
         capsys.readouterr().err
     )
     assert main(["nodes", "--no-such-flag"]) == 2
+    capsys.readouterr()
+    assert main(["infer", "generate", "hi", "--max-tokens", "0"]) == 2  # as the HTTP door: >= 1
+    assert "Invalid value for '--max-tokens': 0 is not in the range x>=1" in capsys.readouterr().err
     assert main(["worker", "--label", "no-equals-sign"]) == 2
     assert main([]) == 2  # no command: the help, as a usage error
 
