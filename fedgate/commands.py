@@ -64,6 +64,7 @@ def request_fields(params: Params) -> dict[str, Any]:
     if params.get("seed") is not None:
         extra["seed"] = params["seed"]
     return {
+        "request_id": params.get("request_id"),
         "model": params.get("model"),
         "tenant_id": params.get("tenant_id"),
         "qos": qos or None,

@@ -44,12 +44,12 @@ async def test_worker_gateway_infer_round_trip(nats_url: str) -> None:
         assert "served by w-eu, 4 tokens" in streamed.stderr
 
         as_json, stream_json = fedgate_all(
-            ["infer", "generate", "hi", "--json", "--nats", nats_url],
+            ["infer", "generate", "hi", "--json", "--request-id", "cli-1", "--nats", nats_url],
             ["infer", "generate", "hi", "--json", "--stream", "--max-tokens", "3",
              "--nats", nats_url],
         )  # fmt: skip
         result = json.loads(as_json.stdout)
-        assert result["served_by"] == "w-eu"
+        assert (result["served_by"], result["request_id"]) == ("w-eu", "cli-1")
         # --json is json.dumps of the Result as it always was: one line, ", " and ": "
         # separators, the Struct's field order
         assert as_json.stdout == json.dumps(result) + "\n"

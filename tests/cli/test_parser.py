@@ -137,6 +137,24 @@ def test_positionals_and_request_flags() -> None:
     assert parse(["top", "--once", "--tab", "health"]).params["tab"] == "health"
 
 
+def test_infer_request_id_is_the_requests_and_follows_the_protocols_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedgate.commands import request_fields
+    from shared.client import FedClient
+
+    params = parse(["infer", "generate", "hi", "--request-id", "my-req_1", "--tenant", "t"]).params
+    request = FedClient.build_request("hi", **request_fields(params))
+    assert (request.request_id, request.tenant_id) == ("my-req_1", "t")
+    generated = FedClient.build_request(
+        "hi", **request_fields(parse(["infer", "generate", "hi"]).params)
+    )
+    assert generated.request_id and len(generated.request_id) == 16  # none given: generated
+    for bad in ("", "a.b", "x" * 129):
+        assert main(["infer", "generate", "hi", "--request-id", bad]) == 2
+        assert "Invalid value for '--request-id'" in capsys.readouterr().err
+
+
 def test_up_keeps_its_argv_and_its_supervised_flag() -> None:
     inv = parse(["up", "--workers", "2", "--no-probe"])
     assert inv.argv == ("up", "--workers", "2", "--no-probe")
