@@ -161,3 +161,19 @@ def test_up_keeps_its_argv_and_its_supervised_flag() -> None:
     p = inv.params
     assert (p["workers"], p["no_probe"], p["supervised"], p["http_port"]) == (2, True, False, 8080)
     assert p["url"] is None  # no --nats: up starts its own server
+
+
+def test_infer_error_line_says_when_to_retry() -> None:
+    from fedgate.commands import error_line
+    from shared import errors
+
+    limited = errors.RateLimited("tenant 'acme' is over its requests per minute (3)", 12.2)
+    back = errors.from_headers(limited.headers())  # as the CLI gets it: through the headers
+    assert back is not None
+    assert error_line(back) == (
+        "fedgate: 429 rate_limited: tenant 'acme' is over its requests per minute (3)"
+        " (retry after 13 s)"
+    )
+    assert error_line(errors.SloUnmet("no node meets it now", 0.2)).endswith("(retry after 1 s)")
+    assert error_line(errors.Overloaded("busy")) == "fedgate: 429 overloaded: busy"
+    assert "retry after" not in error_line(errors.PolicyViolation("no"))  # not a RetryAfter
