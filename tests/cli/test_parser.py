@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,26 @@ def test_infer_error_line_says_when_to_retry() -> None:
     assert error_line(errors.SloUnmet("no node meets it now", 0.2)).endswith("(retry after 1 s)")
     assert error_line(errors.Overloaded("busy")) == "fedgate: 429 overloaded: busy"
     assert "retry after" not in error_line(errors.PolicyViolation("no"))  # not a RetryAfter
+
+
+def test_up_banner_curl_carries_the_api_key_the_gateway_wants(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedgate.up import _banner, key_tenants
+
+    monkeypatch.delenv("FEDGATE_GATEWAY_API_KEYS", raising=False)
+    monkeypatch.delenv("FEDGATE_CONFIG", raising=False)
+    config = tmp_path / "keys.toml"
+    config.write_text(
+        '[gateway.api_keys]\n"sk-a" = "team-a"\n"sk-b" = "team-b"\n"sk-c" = "team-a"\n'
+    )
+    tenants = key_tenants(parse(["up", "--config", str(config)]).params)
+    assert tenants == ["team-a", "team-b"]
+    assert key_tenants(parse(["up"]).params) == []
+    _banner("nats://127.0.0.1:4222", 8080, tenants=tenants)
+    out = capsys.readouterr().out
+    assert 'completions -H "Authorization: Bearer $FEDGATE_API_KEY" -H' in out
+    assert "export FEDGATE_API_KEY=<one of gateway.api_keys>; their tenants: team-a, team-b" in out
+    assert "sk-a" not in out  # the keys themselves are not printed
+    _banner("nats://127.0.0.1:4222", 8080)
+    assert "Authorization" not in capsys.readouterr().out  # no keys: no header
