@@ -146,6 +146,8 @@ async def test_tables_of_replayed_replies(nats_url: str) -> None:
         ["gw-a", "eu-1", "eu-west"], ["gw-a", "us-1", "us-west"], ["gw-a", "emb-1", "us-west"],
         ["gw-b", "eu-1", "eu-west"], ["gw-b", "us-1", "us-west"], ["gw-b", "emb-1", "us-west"],
     ]  # fmt: skip
+    # recorded before any request: no latency sample, "–" rather than a fast-looking 0.00
+    assert [line.split()[6:8] for line in nodes[2:]] == [["–", "–"]] * 6
     assert "\x1b[" not in outputs["nodes"].stdout  # no colour when piped
     stats = outputs["stats"].stdout.splitlines()
     assert stats[0].split()[:3] == ["GATEWAY", "TOTAL", "OK"]

@@ -201,3 +201,11 @@ def test_up_banner_curl_carries_the_api_key_the_gateway_wants(
     assert "sk-a" not in out  # the keys themselves are not printed
     _banner("nats://127.0.0.1:4222", 8080)
     assert "Authorization" not in capsys.readouterr().out  # no keys: no header
+
+
+def test_nodes_latency_cells_say_not_measured_rather_than_zero() -> None:
+    from fedgate.tables import latencies
+
+    assert latencies({"latency_p50_ms": 0.0, "latency_p99_ms": 0.0}) == ("–", "–")
+    assert latencies({"latency_p50_ms": None, "latency_p99_ms": None}) == ("–", "–")
+    assert latencies({"latency_p50_ms": 12.0, "latency_p99_ms": 30.25}) == ("12.0", "30.2")
