@@ -24,7 +24,7 @@ from fedgate.backends import backend_options
 from fedgate.flags import GENERAL as GENERAL
 from fedgate.flags import LOG_LEVELS as LOG_LEVELS
 from fedgate.flags import REQUEST as REQUEST
-from fedgate.flags import general, json_flag, log_level_option, request_options
+from fedgate.flags import general, json_flag, log_level_option, request_id_option, request_options
 from fedgate.help import CONTEXT, Group, Option
 from fedgate.options import Invocation, config_options
 from gateway.strategies import LoadBalanceStrategy
@@ -45,7 +45,8 @@ EXAMPLES = {
     "  FEDGATE_WORKER_REGION=eu-west fedgate worker --node-id eu-1",
     "infer": "fedgate infer generate 'hello there' --stream\n"
     "  fedgate infer generate 'hi' --privacy confidential --region eu-west\n"
-    "  fedgate infer embed 'some text' --json",
+    "  fedgate infer embed 'some text' --json\n"
+    "  fedgate infer generate 'hi' --tenant acme --request-id my-req-1",
     "nodes": "fedgate nodes\n  fedgate nodes --json | jq '.[].nodes[].node_id'",
     "stats": "fedgate stats\n  fedgate stats --json | jq '.[].total_requests'",
     "route": "fedgate route generate 'hello' --privacy confidential --region eu-west\n"
@@ -197,6 +198,7 @@ _command(
     click.argument("capability", help="generate, code, embed, ... or a custom one"),
     click.argument("text", help="the input text"),
     request_options,
+    request_id_option,
     click.option("--stream", is_flag=True, cls=Option, help="Stream tokens as they arrive."),
     json_flag("Print the raw JSON result (streaming: one JSON chunk per line)."),
 )

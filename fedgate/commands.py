@@ -8,6 +8,7 @@ replies exactly as ``json.dumps(replies, indent=2)`` writes it (scripts depend o
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -64,12 +65,22 @@ def request_fields(params: Params) -> dict[str, Any]:
     if params.get("seed") is not None:
         extra["seed"] = params["seed"]
     return {
+        "request_id": params.get("request_id"),
         "model": params.get("model"),
         "tenant_id": params.get("tenant_id"),
         "qos": qos or None,
         "params": extra or None,
         "timeout_ms": int(params["timeout"] * 1000),
     }
+
+
+def error_line(exc: errors.FedError) -> str:
+    """How ``infer`` reports a failed request: with its ``Retry-After`` when it has one
+    (the whole seconds the header carries)."""
+    line = f"fedgate: {exc.code} {exc.kind}: {exc.message}"
+    if isinstance(exc, errors.RetryAfter) and exc.retry_after_s is not None:
+        line += f" (retry after {max(1, math.ceil(exc.retry_after_s))} s)"
+    return line
 
 
 def infer(inv: Invocation) -> int:
@@ -100,7 +111,7 @@ async def _infer(params: Params) -> int:
                 file=sys.stderr,
             )
     except errors.FedError as exc:
-        print(f"fedgate: {exc.code} {exc.kind}: {exc.message}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
     finally:
         await client.close()

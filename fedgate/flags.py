@@ -2,7 +2,8 @@
 generated: ``fedgate.settings``).
 
 ``general``: ``--config`` and ``--log-level``; ``request_options``: the request flags of ``infer``
-and ``route`` (``--timeout`` in seconds); ``json_flag``: ``--json``. Each is a click
+and ``route`` (``--timeout`` in seconds); ``request_id_option``: ``infer``'s ``--request-id``;
+``json_flag``: ``--json``. Each is a click
 decorator; ``GENERAL`` and ``REQUEST`` name their ``--help`` sections.
 """
 
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import msgspec
 
 from fedgate.help import Option
-from shared.messages import Privacy
+from shared.messages import Privacy, RequestId
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,7 +76,7 @@ def request_options(fn: F) -> F:
             **group,
         ),
         click.option(
-            "--max-tokens", type=click.IntRange(0), metavar="N", help="Output budget.", **group
+            "--max-tokens", type=click.IntRange(1), metavar="N", help="Output budget.", **group
         ),
         click.option("--seed", type=int, metavar="N", help="Sampling seed.", **group),
         click.option(
@@ -90,6 +92,30 @@ def request_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _request_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            msgspec.convert(value, RequestId)  # the protocol's own rule
+        except msgspec.ValidationError:
+            raise click.BadParameter("1 to 128 of A-Z, a-z, 0-9, '_' and '-'") from None
+    return value
+
+
+def request_id_option(fn: F) -> F:
+    """``--request-id`` (``infer``): the request's identity, with its tenant."""
+    return click.option(
+        "--request-id",
+        metavar="ID",
+        callback=_request_id,
+        cls=Option,
+        group=REQUEST,
+        default_text="16 random hex digits",
+        help="Request id (1-128 of A-Za-z0-9_-). While a request of the same id and tenant is "
+        "in flight, another body is a 409 duplicate; the same body takes it over "
+        "(docs/protocol.md, Request identity).",
+    )(fn)
 
 
 def json_flag(what: str) -> Callable[[F], F]:

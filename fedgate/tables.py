@@ -43,6 +43,22 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+NOT_MEASURED = "–"
+"""The latency cells of a node without latency samples yet."""
+
+
+def latencies(node: dict[str, Any]) -> tuple[str, str]:
+    """P50 and P99 cells: ``NOT_MEASURED`` while the gateway has no sample of the node.
+
+    The reply carries no sample count (and ``--json`` stays as it is), but a gateway's
+    percentiles are exactly 0.0 only for an empty window (gateway/latency.py), so two
+    zeros read "not measured yet", not "fast"."""
+    p50, p99 = node.get("latency_p50_ms"), node.get("latency_p99_ms")
+    if not p50 and not p99:
+        return NOT_MEASURED, NOT_MEASURED
+    return fmt(p50), fmt(p99)
+
+
 def state(text: Any) -> Text:
     """A state word in its colour."""
     return Text(str(text), style=STATE_STYLE.get(str(text), ""))
@@ -73,8 +89,7 @@ def nodes_table(replies: list[dict[str, Any]]) -> RenderableType:
                 ",".join(md["model"] for md in n["models"]),
                 ",".join(sorted({c for md in n["models"] for c in md["capabilities"]})),
                 state(n["health"]),
-                fmt(n["latency_p50_ms"]),
-                fmt(n["latency_p99_ms"]),
+                *latencies(n),
                 state(n["circuit"]),
                 f"{n['in_flight']}/{n['capacity']}",
                 n["privacy"],

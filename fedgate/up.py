@@ -18,6 +18,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedgate.children import (
@@ -30,7 +31,7 @@ from fedgate.children import (
     watch_parent,
 )
 from fedgate.gather import gather_on
-from fedgate.options import Invocation, Params, nats_config
+from fedgate.options import Invocation, Params, gateway_config, nats_config
 from shared.client import FedClient
 from shared.config import NatsConfig
 from shared.natsserver import NatsServer
@@ -147,7 +148,7 @@ async def up(params: Params) -> int:
             if not ready:
                 return 0  # stopped during start-up
             _say(f"  ✓ ready in {time.monotonic() - started:.1f}s")
-            _banner(cfg.url, http_port, params["llm"])
+            _banner(cfg.url, http_port, params["llm"], key_tenants(params))
             if not params["no_probe"]:
                 await _probe(client)
         _say(f"serving on {cfg.url}; press Ctrl-C to stop")
@@ -198,7 +199,13 @@ async def _wait_ready(
     )
 
 
-def _banner(url: str, http_port: int = 0, llm: bool = False) -> None:
+def key_tenants(params: Params) -> list[str]:
+    """The tenants of the gateway's ``api_keys`` (flags, env, ``--config``), as its
+    gateway child reads them: the HTTP front door wants one of those keys when any."""
+    return sorted(set(gateway_config(params).api_keys.values()))
+
+
+def _banner(url: str, http_port: int = 0, llm: bool = False, tenants: Sequence[str] = ()) -> None:
     lines = [
         f"\nfedgate is up. Connect to NATS at {url}\n",
         f"  fedgate infer generate 'hello there' --stream --nats {url}",
@@ -213,11 +220,17 @@ def _banner(url: str, http_port: int = 0, llm: bool = False) -> None:
         )
     if http_port:
         model = "smollm2" if llm else "llama-3-8b"
+        auth = ' -H "Authorization: Bearer $FEDGATE_API_KEY"' if tenants else ""
         lines.append(
-            f"  curl -s http://127.0.0.1:{http_port}/v1/chat/completions -H 'content-type: "
+            f"  curl -s http://127.0.0.1:{http_port}/v1/chat/completions{auth} -H 'content-type: "
             f'application/json\' -d \'{{"model":"{model}","messages":[{{"role":'
             f'"user","content":"hi"}}]}}\''
         )
+        if tenants:
+            lines.append(
+                "    (the HTTP front door wants an API key: first export FEDGATE_API_KEY=<one of "
+                f"gateway.api_keys>; their tenants: {', '.join(tenants)})"
+            )
     _say("\n".join(lines) + "\n")
 
 

@@ -44,12 +44,12 @@ async def test_worker_gateway_infer_round_trip(nats_url: str) -> None:
         assert "served by w-eu, 4 tokens" in streamed.stderr
 
         as_json, stream_json = fedgate_all(
-            ["infer", "generate", "hi", "--json", "--nats", nats_url],
+            ["infer", "generate", "hi", "--json", "--request-id", "cli-1", "--nats", nats_url],
             ["infer", "generate", "hi", "--json", "--stream", "--max-tokens", "3",
              "--nats", nats_url],
         )  # fmt: skip
         result = json.loads(as_json.stdout)
-        assert result["served_by"] == "w-eu"
+        assert (result["served_by"], result["request_id"]) == ("w-eu", "cli-1")
         # --json is json.dumps of the Result as it always was: one line, ", " and ": "
         # separators, the Struct's field order
         assert as_json.stdout == json.dumps(result) + "\n"
@@ -146,6 +146,8 @@ async def test_tables_of_replayed_replies(nats_url: str) -> None:
         ["gw-a", "eu-1", "eu-west"], ["gw-a", "us-1", "us-west"], ["gw-a", "emb-1", "us-west"],
         ["gw-b", "eu-1", "eu-west"], ["gw-b", "us-1", "us-west"], ["gw-b", "emb-1", "us-west"],
     ]  # fmt: skip
+    # recorded before any request: no latency sample, "–" rather than a fast-looking 0.00
+    assert [line.split()[6:8] for line in nodes[2:]] == [["–", "–"]] * 6
     assert "\x1b[" not in outputs["nodes"].stdout  # no colour when piped
     stats = outputs["stats"].stdout.splitlines()
     assert stats[0].split()[:3] == ["GATEWAY", "TOTAL", "OK"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +67,9 @@ def test_usage_errors_exit_2_naming_the_flag(capsys: pytest.CaptureFixture[str])
         capsys.readouterr().err
     )
     assert main(["nodes", "--no-such-flag"]) == 2
+    capsys.readouterr()
+    assert main(["infer", "generate", "hi", "--max-tokens", "0"]) == 2  # as the HTTP door: >= 1
+    assert "Invalid value for '--max-tokens': 0 is not in the range x>=1" in capsys.readouterr().err
     assert main(["worker", "--label", "no-equals-sign"]) == 2
     assert main([]) == 2  # no command: the help, as a usage error
 
@@ -134,9 +138,74 @@ def test_positionals_and_request_flags() -> None:
     assert parse(["top", "--once", "--tab", "health"]).params["tab"] == "health"
 
 
+def test_infer_request_id_is_the_requests_and_follows_the_protocols_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedgate.commands import request_fields
+    from shared.client import FedClient
+
+    params = parse(["infer", "generate", "hi", "--request-id", "my-req_1", "--tenant", "t"]).params
+    request = FedClient.build_request("hi", **request_fields(params))
+    assert (request.request_id, request.tenant_id) == ("my-req_1", "t")
+    generated = FedClient.build_request(
+        "hi", **request_fields(parse(["infer", "generate", "hi"]).params)
+    )
+    assert generated.request_id and len(generated.request_id) == 16  # none given: generated
+    for bad in ("", "a.b", "x" * 129):
+        assert main(["infer", "generate", "hi", "--request-id", bad]) == 2
+        assert "Invalid value for '--request-id'" in capsys.readouterr().err
+
+
 def test_up_keeps_its_argv_and_its_supervised_flag() -> None:
     inv = parse(["up", "--workers", "2", "--no-probe"])
     assert inv.argv == ("up", "--workers", "2", "--no-probe")
     p = inv.params
     assert (p["workers"], p["no_probe"], p["supervised"], p["http_port"]) == (2, True, False, 8080)
     assert p["url"] is None  # no --nats: up starts its own server
+
+
+def test_infer_error_line_says_when_to_retry() -> None:
+    from fedgate.commands import error_line
+    from shared import errors
+
+    limited = errors.RateLimited("tenant 'acme' is over its requests per minute (3)", 12.2)
+    back = errors.from_headers(limited.headers())  # as the CLI gets it: through the headers
+    assert back is not None
+    assert error_line(back) == (
+        "fedgate: 429 rate_limited: tenant 'acme' is over its requests per minute (3)"
+        " (retry after 13 s)"
+    )
+    assert error_line(errors.SloUnmet("no node meets it now", 0.2)).endswith("(retry after 1 s)")
+    assert error_line(errors.Overloaded("busy")) == "fedgate: 429 overloaded: busy"
+    assert "retry after" not in error_line(errors.PolicyViolation("no"))  # not a RetryAfter
+
+
+def test_up_banner_curl_carries_the_api_key_the_gateway_wants(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedgate.up import _banner, key_tenants
+
+    monkeypatch.delenv("FEDGATE_GATEWAY_API_KEYS", raising=False)
+    monkeypatch.delenv("FEDGATE_CONFIG", raising=False)
+    config = tmp_path / "keys.toml"
+    config.write_text(
+        '[gateway.api_keys]\n"sk-a" = "team-a"\n"sk-b" = "team-b"\n"sk-c" = "team-a"\n'
+    )
+    tenants = key_tenants(parse(["up", "--config", str(config)]).params)
+    assert tenants == ["team-a", "team-b"]
+    assert key_tenants(parse(["up"]).params) == []
+    _banner("nats://127.0.0.1:4222", 8080, tenants=tenants)
+    out = capsys.readouterr().out
+    assert 'completions -H "Authorization: Bearer $FEDGATE_API_KEY" -H' in out
+    assert "export FEDGATE_API_KEY=<one of gateway.api_keys>; their tenants: team-a, team-b" in out
+    assert "sk-a" not in out  # the keys themselves are not printed
+    _banner("nats://127.0.0.1:4222", 8080)
+    assert "Authorization" not in capsys.readouterr().out  # no keys: no header
+
+
+def test_nodes_latency_cells_say_not_measured_rather_than_zero() -> None:
+    from fedgate.tables import latencies
+
+    assert latencies({"latency_p50_ms": 0.0, "latency_p99_ms": 0.0}) == ("–", "–")
+    assert latencies({"latency_p50_ms": None, "latency_p99_ms": None}) == ("–", "–")
+    assert latencies({"latency_p50_ms": 12.0, "latency_p99_ms": 30.25}) == ("12.0", "30.2")
