@@ -27,7 +27,6 @@ gateway is skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -48,6 +47,8 @@ log = logging.getLogger("fedgate.gateway")
 
 IDLE_TICK_S = 1.0
 """The loop's pace while the gateway is idle (no slot held, nothing queued or to report)."""
+IDLE_STEP_S = 0.1
+"""While idle, how often the loop looks whether a dispatch woke it."""
 
 
 class FairCharge(msgspec.Struct, frozen=True, array_like=True):
@@ -121,7 +122,7 @@ class SharedFair:
         self._sent_at = 0.0
         self._draining = False
         self._flushing = False
-        self._wake = asyncio.Event()
+        self._woken = False
         """Set by a dispatch: the loop leaves its idle pace."""
         fleet.on_hold = self._held
         queue.on_yield = self._took
@@ -131,16 +132,19 @@ class SharedFair:
     async def run(self) -> None:
         """Publish, expire and tidy every ``tick_s`` until cancelled; every ``IDLE_TICK_S``
         while this gateway holds no slot, queues nothing and has nothing to report (a
-        dispatch wakes it at once): an idle gateway does not wake 50 times a second."""
+        dispatch or a queued request wakes it within ``IDLE_STEP_S``): an idle gateway does not run the loop 50
+        times a second."""
         last_tidy = last_kick = self.clock()
         while True:
             queue = self.queue
             if self.fleet.held or queue or queue.unreported or queue.announced:
                 await asyncio.sleep(self.tick_s)
-            else:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_TICK_S)
+            else:  # idle: a cheap look every IDLE_STEP_S, the loop's work every IDLE_TICK_S
+                self._woken = False
+                for _ in range(round(IDLE_TICK_S / IDLE_STEP_S)):
+                    await asyncio.sleep(IDLE_STEP_S)
+                    if self._woken or self.fleet.held or queue or queue.unreported:
+                        break
             now = self.clock()
             try:
                 await self.flush(now)
@@ -218,7 +222,7 @@ class SharedFair:
     def _held(self, node_id: str) -> None:
         """A dispatch took a slot of ``node_id``: if that filled it, the others hear of it
         at once (else at the next tick: no publish per request on a fleet with room)."""
-        self._wake.set()
+        self._woken = True
         node = self.fleet.catalog.node(node_id)
         if node is not None and node.local_in_flight >= node.capacity:
             self._took()
