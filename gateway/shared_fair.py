@@ -132,8 +132,8 @@ class SharedFair:
     async def run(self) -> None:
         """Publish, expire and tidy every ``tick_s`` until cancelled; every ``IDLE_TICK_S``
         while this gateway holds no slot, queues nothing and has nothing to report (a
-        dispatch or a queued request wakes it within ``IDLE_STEP_S``): an idle gateway does not run the loop 50
-        times a second."""
+        dispatch or a queued request wakes it within ``IDLE_STEP_S``): an idle gateway
+        does not run the loop 50 times a second."""
         last_tidy = last_kick = self.clock()
         while True:
             queue = self.queue
