@@ -27,6 +27,17 @@ def nats_url(nats_server: NatsServer) -> str:
 
 
 @pytest.fixture
+def js_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server of its own with JetStream (the KV buckets of limits and identity)."""
+    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats-js"), jetstream=True)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[Client]:
     client = await nats.connect(nats_url, max_reconnect_attempts=2, reconnect_time_wait=0.1)
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from nats.aio.msg import Msg
 from gateway.claims import Claim, State, claim_decoder, key_of
 from gateway.registry import BUCKET
 from shared.client import FedClient
-from shared.natsserver import NatsServer
 from tests.helpers import Proc, connect, eventually, processes
 from worker.backends.synthetic import expected_text
 
@@ -32,16 +30,6 @@ pytestmark = pytest.mark.slow
 
 PROMPT = "killed mid-request"
 TOKENS = 8
-
-
-@pytest.fixture
-def js_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats-js"), jetstream=True)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 def worker(url: str) -> Proc:

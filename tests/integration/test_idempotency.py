@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,21 +26,10 @@ from gateway.registry import BUCKET
 from gateway.service import GatewayService
 from shared.client import FedClient
 from shared.config import GatewayConfig
-from shared.natsserver import NatsServer
 from tests.helpers import Federation, eventually, federation
 from worker.backends.synthetic import SyntheticBackend, SyntheticOptions, expected_text
 
 A, B = "infer.generate", "inferb.generate"
-
-
-@pytest.fixture
-def js_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats-js"), jetstream=True)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 class Caller:

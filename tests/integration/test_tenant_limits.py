@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -14,21 +13,10 @@ from shared import errors
 from shared import messages as m
 from shared.client import FedClient
 from shared.config import GatewayConfig, TenantLimits
-from shared.natsserver import NatsServer
 from tests.helpers import eventually, federation
 from worker.backends.synthetic import SyntheticBackend, SyntheticOptions
 
 MAX_TOKENS = 50
-
-
-@pytest.fixture
-def js_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats-js"), jetstream=True)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 def _config(limits: TenantLimits) -> GatewayConfig:
