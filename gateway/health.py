@@ -13,7 +13,8 @@ States and transitions (thresholds from ``HealthConfig``; docs/routing.md draws 
 
 A success is judged per unit of work: its time to first token (``ttft_s``) against
 ``degraded_ttft_s`` and its time per output token against ``degraded_tpot_s`` and against
-``slow_factor`` x the node's own median. A success reported with neither ``ttft_s`` nor
+``slow_factor`` x the node's own median (when that is ``slow_min_excess_s`` late in
+all: not a scheduler hiccup). A success reported with neither ``ttft_s`` nor
 ``tokens`` is a whole request (an RPC such as an embedding) and is judged as the
 reference does: slower than ``degraded_latency_s`` is slow.
 
@@ -131,7 +132,7 @@ class HealthChecker(HealthProbes):
             if tokens > 0:
                 work_s = latency_s - ttft_s if ttft_s is not None else latency_s
                 tpot_ms = max(work_s, 0.0) * 1000.0 / tokens
-                slow = self._slow_tpot(st, tpot_ms) or slow
+                slow = self._slow_tpot(st, tpot_ms, tokens) or slow
                 st.samples.tpot.add(now, tpot_ms)
         if tokens > 0 and latency_s > 0:
             st.samples.rate.add(now, latency_s, tokens)
@@ -146,14 +147,20 @@ class HealthChecker(HealthProbes):
             return
         self._publish(node_id, st)
 
-    def _slow_tpot(self, st: HealthRecord, tpot_ms: float) -> bool:
+    def _slow_tpot(self, st: HealthRecord, tpot_ms: float, tokens: int) -> bool:
+        """Over ``degraded_tpot_s``; or over ``slow_factor`` x the node's own median with
+        ``slow_min_samples`` earlier samples, by ``slow_min_excess_s`` in all at least."""
         cfg = self.config
         if tpot_ms > cfg.degraded_tpot_s * 1000.0:
             return True
         if not cfg.slow_factor or len(st.samples.tpot) < cfg.slow_min_samples:
             return False
         median = st.samples.tpot.quantile(0.5)
-        return median > 0 and tpot_ms > cfg.slow_factor * median
+        return (
+            median > 0
+            and tpot_ms > cfg.slow_factor * median
+            and (tpot_ms - median) * tokens > cfg.slow_min_excess_s * 1000.0
+        )
 
     def flush(self) -> None:
         """Publish every node whose figures changed since its last publish."""

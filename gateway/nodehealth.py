@@ -51,6 +51,12 @@ class HealthConfig:
     (0 disables the relative rule)."""
     slow_min_samples: int = 8
     """The relative rule needs at least this many earlier time-per-token samples."""
+    slow_min_excess_s: float = 0.25
+    """The relative rule also needs the answer to have taken this much longer in all
+    than its tokens at the node's median would have: on a node answering in a fraction
+    of a millisecond per token, a scheduler hiccup of a few milliseconds is 8 x its
+    median, and marking it DEGRADED halved a fleet of two identical nodes (one got 5 of
+    30 sequential requests, tests/integration/test_prefix_routing.py)."""
     sample_max_age_s: float = 120.0
     """Samples older than this leave the windows, except each window's newest (0: never)."""
     idle_probe_s: float = 15.0

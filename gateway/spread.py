@@ -83,7 +83,8 @@ class Spreader:
 
     def pick(self, view: View, request: InferRequest, exclude: Collection[str]) -> list[Candidate]:
         """Candidates for the POWER_OF_TWO choice (the less loaded of the first two wins):
-        two random members of the near-best band, or one and an UNKNOWN node; when the
+        two random members of the near-best band, or an UNKNOWN node and one (the
+        explorer first: on equal load it wins, so that its share is a member's); when the
         band has a single selectable member, it and the runner-up, in this order.
 
         A band of more than two is drawn by index, and only the winner of the draw is
@@ -165,7 +166,9 @@ class Spreader:
                     b, b_nb = node, neg_base
                     break
             if a is not None and b is not None:
-                if random() < 0.5:  # the first of an equal-load pair wins: make it either
+                if a is not explorer and random() < 0.5:
+                    # the first of an equal-load pair wins: make it either (an explorer
+                    # wins: its share is then 1 / (band + unknown), a member's)
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
                 # NodeInfo.load of a and b, inlined (engine-aware: gateway/nodeinfo.py)
                 x, y = a.in_flight, a.local_in_flight
@@ -195,7 +198,7 @@ class Spreader:
             else:
                 pair = heads
             if len(pair) == 2:
-                if -pair[1][0] >= floor and random() < 0.5:
+                if explorer is None and -pair[1][0] >= floor and random() < 0.5:
                     pair.reverse()  # both near-best: on equal load, either
                 a, b = pair[0][3], pair[1][3]
                 x, y = a.in_flight, a.local_in_flight  # as in the draws

@@ -276,6 +276,19 @@ def test_slow_tokens_absolute_and_relative(clock: FakeClock) -> None:
     assert status(hc, "rel") is HealthState.HEALTHY
 
 
+def test_a_hiccup_on_a_fast_node_is_not_slow(clock: FakeClock) -> None:
+    """8 x the median of a node answering 30 tokens in half a millisecond is a scheduler
+    hiccup (a few ms), not a slow node; 8 x and a quarter second late in all is."""
+    hc = checker(clock)
+    hc.register_node("fast")
+    for _ in range(8):
+        hc.report_success("fast", 0.0005, 30)  # ~0.017 ms per token
+    hc.report_success("fast", 0.02, 30)  # 40 x its median, 20 ms late in all
+    assert status(hc, "fast") is HealthState.HEALTHY
+    hc.report_success("fast", 0.3, 30)  # 10 ms per token: 600 x, 0.3 s late in all
+    assert status(hc, "fast") is HealthState.DEGRADED
+
+
 def test_windows_age_out_but_keep_the_newest(clock: FakeClock) -> None:
     hc = checker(clock, sample_max_age_s=60)
     hc.register_node("n")

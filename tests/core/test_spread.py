@@ -94,6 +94,22 @@ def test_an_unknown_node_gets_a_bounded_share_then_its_part() -> None:
     assert served["new"] / 1508 > 0.25, served
 
 
+@pytest.mark.parametrize("known", [1, 2, 3, 6])
+def test_an_unknown_node_gets_a_members_share_at_concurrency_1(known: int) -> None:
+    """While it is UNKNOWN, a new node is drawn with probability 1 / (band + unknown) and
+    wins an equal-load pair: a band member's share, not half of it (a fresh node of two
+    got 25 %, and 3 of 30 sequential requests in a two-gateway test)."""
+    w = World(P2C)
+    for i in range(known):
+        node(w, f"k{i}")
+    node(w, "new", None)
+    n = 6000
+    served = Counter(w.router.route(req(request_id=f"r{i}")).node_id for i in range(n))
+    fair = 1 / (known + 1)
+    assert abs(served["new"] / n - fair) < 0.05 * fair + 0.02, served
+    assert w.health.get_cached_health("new").status is HealthState.UNKNOWN  # type: ignore[union-attr]
+
+
 def test_least_latency_still_starves_an_unknown_node() -> None:
     """The reference strategy, kept by config: why it is no longer the default."""
     w = World(RouterConfig(strategy=LoadBalanceStrategy.LEAST_LATENCY))
