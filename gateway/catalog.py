@@ -69,6 +69,7 @@ class ModelCatalog(ModelRegistry):
         self._retired: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._listeners: list[CatalogListener] = []
         self._seq = 0
+        self._dispatches = 0
 
     # -- listeners ----------------------------------------------------------------
 
@@ -230,10 +231,14 @@ class ModelCatalog(ModelRegistry):
         return list(index.values()) if index else []
 
     def add_in_flight(self, node_id: str, delta: int) -> None:
-        """Count this gateway's own dispatches to a node (never below zero)."""
+        """Count this gateway's own dispatches to a node (never below zero); a positive
+        ``delta`` also stamps ``NodeInfo.last_dispatch``."""
         node = self._nodes.get(node_id)
         if node is not None:
             node.local_in_flight = max(0, node.local_in_flight + delta)
+            if delta > 0:
+                self._dispatches += 1
+                node.last_dispatch = self._dispatches
 
     def __len__(self) -> int:
         return len(self._nodes)

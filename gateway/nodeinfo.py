@@ -80,6 +80,9 @@ class NodeInfo:
     tokens_per_s: float | None = None
     seq: int = 0
     """Catalog insertion number: the stable tie-breaker of every ranking."""
+    last_dispatch: int = 0
+    """When this gateway last dispatched to the node, as a count of its dispatches (0:
+    never): POWER_OF_TWO gives an equal-load pair to the least recently used."""
     engine: EngineSignals | None = None
     """The node's latest fresh engine signals (None: none, or stale; ``apply_engine``)."""
     engine_load: float = 0.0

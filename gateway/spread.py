@@ -82,10 +82,12 @@ class Spreader:
         return (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * self._index.ms_worth + 1e-9
 
     def pick(self, view: View, request: InferRequest, exclude: Collection[str]) -> list[Candidate]:
-        """Candidates for the POWER_OF_TWO choice (the less loaded of the first two wins):
-        two random members of the near-best band, or an UNKNOWN node and one (the
-        explorer first: on equal load it wins, so that its share is a member's); when the
-        band has a single selectable member, it and the runner-up, in this order.
+        """Candidates for the POWER_OF_TWO choice: two random members of the near-best
+        band, or an UNKNOWN node and one; the less loaded wins, on equal load the UNKNOWN
+        node (its share is then a member's), else the least recently used
+        (``NodeInfo.last_dispatch``): identical nodes at concurrency 1 take turns instead
+        of tossing coins. When the band has a single selectable member: it and the
+        runner-up, in this order.
 
         A band of more than two is drawn by index, and only the winner of the draw is
         scored (unless it fails a check); a smaller or sparse band is walked. The lists
@@ -166,9 +168,9 @@ class Spreader:
                     b, b_nb = node, neg_base
                     break
             if a is not None and b is not None:
-                if a is not explorer and random() < 0.5:
-                    # the first of an equal-load pair wins: make it either (an explorer
-                    # wins: its share is then 1 / (band + unknown), a member's)
+                if a is not explorer and b.last_dispatch < a.last_dispatch:
+                    # the first of an equal-load pair wins: make it the least recently
+                    # used (an explorer stays first: its share is then a member's)
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
                 # NodeInfo.load of a and b, inlined (engine-aware: gateway/nodeinfo.py)
                 x, y = a.in_flight, a.local_in_flight
@@ -198,9 +200,11 @@ class Spreader:
             else:
                 pair = heads
             if len(pair) == 2:
-                if explorer is None and -pair[1][0] >= floor and random() < 0.5:
-                    pair.reverse()  # both near-best: on equal load, either
                 a, b = pair[0][3], pair[1][3]
+                if explorer is None and -pair[1][0] >= floor:
+                    if b.last_dispatch < a.last_dispatch:  # both near-best: on equal
+                        pair.reverse()  # load, the least recently used
+                        a, b = b, a
                 x, y = a.in_flight, a.local_in_flight  # as in the draws
                 load_a = (x if x >= y else y) / a.capacity
                 if a.engine_load > load_a:

@@ -52,12 +52,15 @@ def test_a_workers_own_running_count_is_not_load_again() -> None:
 
 
 def routes(w: World, request_of: Any, n: int = 60) -> Counter[str]:
-    """Where ``n`` requests go, each recorded in the index as Fleet.route does."""
+    """Where ``n`` requests go, each recorded in the index as Fleet.route does, then
+    dispatched and answered (Fleet.hold and release: the in-flight count)."""
     out: Counter[str] = Counter()
     for i in range(n):
         request = request_of(i)
         chosen = w.router.route(request)
         w.router.affinity.routed(request, chosen)
+        w.catalog.add_in_flight(chosen.node_id, 1)
+        w.catalog.add_in_flight(chosen.node_id, -1)
         out[chosen.node_id] += 1
     return out
 

@@ -250,7 +250,8 @@ def test_weighted_random_and_power_of_two_are_seeded() -> None:
             w.catalog.add_in_flight(f"n{i}", 1)
         runs.append([w.router.route(req()).node_id for _ in range(200)])
     counts = Counter(runs[0])
-    assert runs[0] == runs[1] and counts["n3"] > 2 * counts["n0"]
+    # n3 is in half of the pairs and wins each: about 100 of 200 (a uniform choice: 50)
+    assert runs[0] == runs[1] and counts["n3"] > 80, counts
 
 
 def test_consistent_hash_affinity() -> None:
