@@ -105,7 +105,7 @@ class Fleet:
             self.base_ms.append(50.0 if dist == "equal" else rng.uniform(5.0, 55.0))
         self.rng = random.Random(2)
         for i in range(n):
-            for _ in range(3):
+            for _ in range(8):  # past RouterConfig.explore_samples (4): a measured fleet
                 self.report(i)
         self.requests = self._requests(random.Random(3), 200)
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import CatalogEvent, ModelCatalog, NodeInfo
-from gateway.health import HealthChecker, HealthState
+from gateway.health import HealthChecker, HealthState, NodeHealth
 from gateway.ordering import Bag, Entry, Ordering
 from gateway.policies import Candidate, Policy
 from gateway.scorer import Scorer
@@ -35,6 +35,7 @@ Bucket = tuple[list[Entry], float | None, str | None]
 
 _UNKNOWN = HealthState.UNKNOWN
 """Module global: an Enum member read through its class costs a quarter microsecond."""
+_HEALTHY = HealthState.HEALTHY
 _NO_ENTRIES: list[Entry] = []
 """A view's second list when it has only one (never written)."""
 _MAX_VIEWS = 4096
@@ -57,7 +58,7 @@ class View(NamedTuple):
     hi2: float | None
     """The most they add to a node of ``second`` outside the region."""
     unknown: Bag | None
-    """The UNKNOWN nodes to explore: the region's, or all of them."""
+    """The nodes to explore (``CandidateIndex.explorable``): the region's, or all."""
     layout: int
     ends: list[int]
     """Where the near-best band of ``first`` and of ``second`` ended last time (a hint
@@ -74,8 +75,12 @@ class CandidateIndex(Scorer):
         breaker: CircuitBreaker,
         policy: Policy | None,
         min_score: float,
+        explore_samples: int = 0,
     ) -> None:
         self.catalog = catalog
+        self.explore_samples = explore_samples
+        """A HEALTHY node with fewer samples than this (latency or time per token,
+        whichever it has more of) is explored like an UNKNOWN one (``explorable``)."""
         super().__init__(health, breaker, policy, min_score)
         catalog.add_listener(self._on_catalog)
         health.add_listener(self._on_health)
@@ -89,6 +94,15 @@ class CandidateIndex(Scorer):
         self._memberships: dict[str, list[Ordering]] = {}
 
     # -- orderings ----------------------------------------------------------------------
+
+    def explorable(self, h: NodeHealth) -> bool:
+        """Is the node in its orderings' exploration bag: UNKNOWN, or HEALTHY with fewer
+        than ``explore_samples`` samples (a node measured once or twice, whose figures
+        may be a cold start's, or whose older samples aged out)?"""
+        status = h.status
+        if status is _UNKNOWN:
+            return True
+        return status is _HEALTHY and max(h.samples, h.tpot_samples) < self.explore_samples
 
     def _variant_key(self, request: InferRequest) -> tuple[Hashable, ...]:
         variants = self._variants
@@ -132,7 +146,7 @@ class CandidateIndex(Scorer):
             items = []
             for node in self.catalog.nodes_for(request.capability, request.model):
                 h = self.health_of(node.node_id)
-                unknown = h.status is _UNKNOWN
+                unknown = self.explorable(h)
                 items.append((node, self.base(node, h, request), unknown))
                 self._memberships.setdefault(node.node_id, []).append(o)
             o.fill(items)
@@ -148,7 +162,7 @@ class CandidateIndex(Scorer):
         if node is None:
             return
         h = self.health_of(node_id)
-        unknown = h.status is _UNKNOWN
+        unknown = self.explorable(h)
         bases: dict[tuple[Hashable, ...], float] = {}  # one base per variant key
         for o in orderings:
             base = bases.get(o.variant)
@@ -167,7 +181,7 @@ class CandidateIndex(Scorer):
         if event is CatalogEvent.REMOVED:
             return
         h = self.health_of(nid)
-        unknown = h.status is _UNKNOWN
+        unknown = self.explorable(h)
         joined: list[Ordering] = []
         bases: dict[tuple[Hashable, ...], float] = {}  # one base per variant key
         for cap in node.capabilities:

@@ -1,10 +1,11 @@
 """The router's incremental index: one ``Ordering`` per (capability, model, variant key).
 
 An ordering holds its nodes sorted by base score (the request-independent part of their
-composite score), best first, once globally and once per region, plus the nodes whose
-health is still UNKNOWN (the ones a spreading strategy explores). A node that moves
-within its region costs, per list, two searches and a shift of the entries between its
-old and new places (a health report moves it a few places: no memmove of a list's tail);
+composite score), best first, once globally and once per region, plus the nodes a
+spreading strategy explores (health UNKNOWN, or too few samples: the ``unknown`` flag).
+A node that moves within its region costs, per list, two searches and a shift of the
+entries between its old and new places (a health report moves it a few places: no
+memmove of a list's tail);
 a new node or a region change, a deletion and an insertion per list. Nothing is ever
 re-sorted.
 

@@ -53,7 +53,9 @@ class Router:
         self._clock = clock
         self._chooser = Chooser(self.config.seed)
         self._rng = self._chooser.rng
-        self._index = CandidateIndex(catalog, health, breaker, policy, self.config.min_score)
+        self._index = CandidateIndex(
+            catalog, health, breaker, policy, self.config.min_score, self.config.explore_samples
+        )
         self._spreader = Spreader(
             self._index, self.config, self._rng, health.get_cached_health, breaker.admits
         )

@@ -22,7 +22,7 @@ def test_config_defaults() -> None:
     # Issue 12: the default spreads load (the reference's default was LEAST_LATENCY).
     assert (c.max_candidates, c.min_score, c.strategy, c.seed) == (10, 0.1, S.POWER_OF_TWO, None)
     assert (c.spread_tolerance, c.spread_tolerance_ms, c.challenge) == (0.25, 5.0, 8.0)
-    assert c.explore_max_in_flight == 1
+    assert (c.explore_max_in_flight, c.explore_samples) == (1, 4)
 
 
 def test_route_no_nodes() -> None:

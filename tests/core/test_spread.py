@@ -19,10 +19,11 @@ P2C = RouterConfig(strategy=LoadBalanceStrategy.POWER_OF_TWO, seed=11)
 
 
 def node(w: World, nid: str, ttft_s: float | None = 0.2, *, capacity: int = 64) -> None:
-    """A node that joined by heartbeat; measured by three streams if ``ttft_s`` is set."""
+    """A node that joined by heartbeat; measured by four streams if ``ttft_s`` is set
+    (``RouterConfig.explore_samples``: no longer explored)."""
     w.catalog.apply_heartbeat(nid, hb(region="us", capacity=capacity))
     w.health.register_node(nid)
-    for _ in range(3 if ttft_s is not None else 0):
+    for _ in range(4 if ttft_s is not None else 0):
         w.health.report_success(nid, ttft_s + 1.0, 50, ttft_s=ttft_s)
 
 
@@ -122,6 +123,26 @@ def test_an_unknown_node_gets_a_members_share_at_concurrency_1(known: int) -> No
     fair = 1 / (known + 1)
     assert abs(served["new"] / n - fair) < 0.05 * fair + 0.02, served
     assert w.health.get_cached_health("new").status is HealthState.UNKNOWN  # type: ignore[union-attr]
+
+
+def test_a_node_measured_twice_by_a_cold_start_is_explored_back() -> None:
+    """Two cold-start samples (2 s TTFT against its peers' 0.2 s) make a new node HEALTHY
+    but put it far out of the band; with fewer than ``explore_samples`` (4) samples it is
+    still explored, and its next answers bring it back at concurrency 1 (before: no
+    request until its idle canary, 15 s later)."""
+    w = World(P2C)
+    node(w, "a")
+    node(w, "b")
+    w.catalog.apply_heartbeat("cold", hb(region="us", capacity=64))
+    w.health.register_node("cold")
+    for _ in range(2):
+        w.health.report_success("cold", 3.0, 50, ttft_s=2.0)
+    h = w.health.get_cached_health("cold")
+    assert h is not None and h.status is HealthState.HEALTHY and h.samples == 2
+    served = Traffic(w, 1).run(300)
+    assert served["cold"] / 300 > 0.25, served
+    cold = w.health.get_cached_health("cold")
+    assert cold is not None and cold.latency_p50_ms == pytest.approx(200.0)
 
 
 def test_least_latency_still_starves_an_unknown_node() -> None:
