@@ -30,6 +30,7 @@ from gateway.nodeinfo import (
     apply_engine,
     models_of,
     node_from_heartbeat,
+    note_in_flight,
 )
 from shared.messages import Heartbeat, ModelInfo
 
@@ -146,7 +147,7 @@ class ModelCatalog(ModelRegistry):
             return HeartbeatOutcome.REPLACED
         node.last_seen = self._clock()
         node.capacity = hb.capacity
-        node.in_flight = hb.in_flight
+        note_in_flight(node, hb.in_flight)
         node.privacy = hb.privacy
         node.labels = hb.labels
         node.draining = hb.draining

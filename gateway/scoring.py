@@ -108,8 +108,7 @@ def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -
     tps = health.tokens_per_s
     if tps is None:
         tps = node.tokens_per_s
-    x, y = node.in_flight, node.local_in_flight  # max(x, y), without the call
-    load = (x if x >= y else y) / node.capacity
+    load = (node.local_in_flight + node.remote_in_flight) / node.capacity
     if node.engine_load > load:  # the engine's running + waiting (gateway/nodeinfo.py)
         load = node.engine_load
     latency = health.latency_p50_ms / LATENCY_HORIZON_MS

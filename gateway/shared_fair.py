@@ -40,6 +40,7 @@ from gateway.clock import Clock
 from gateway.core.fairqueue import FairQueue
 from gateway.core.remote import RemoteHolds
 from gateway.fleet import Fleet
+from gateway.nodeinfo import note_in_flight
 from shared.messages import Base
 
 log = logging.getLogger("fedgate.gateway")
@@ -218,6 +219,7 @@ class SharedFair:
             if node is not None:
                 target = own.get(node_id, 0) + self.holds.held(node_id)
                 catalog.add_in_flight(node_id, target - node.local_in_flight)
+                note_in_flight(node, node.in_flight)  # the others' part is counted now
 
     def _held(self, node_id: str) -> None:
         """A dispatch took a slot of ``node_id``: if that filled it, the others hear of it

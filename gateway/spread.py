@@ -109,8 +109,7 @@ class Spreader:
         # and in the heads, index.available.
         cfg = self.config
         ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
-        x, y = ref.in_flight, ref.local_in_flight  # max(), inlined: a call costs a line
-        ref_load = (x if x >= y else y) / ref.capacity
+        ref_load = (ref.local_in_flight + ref.remote_in_flight) / ref.capacity
         if ref.engine_load > ref_load:
             ref_load = ref.engine_load
         tolerance_ms = (cfg.spread_tolerance + ref_load) * ref_health.latency_p50_ms
@@ -173,12 +172,10 @@ class Spreader:
                     # used (an explorer stays first: its share is then a member's)
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
                 # NodeInfo.load of a and b, inlined (engine-aware: gateway/nodeinfo.py)
-                x, y = a.in_flight, a.local_in_flight
-                load_a = (x if x >= y else y) / a.capacity
+                load_a = (a.local_in_flight + a.remote_in_flight) / a.capacity
                 if a.engine_load > load_a:
                     load_a = a.engine_load
-                x, y = b.in_flight, b.local_in_flight
-                load_b = (x if x >= y else y) / b.capacity
+                load_b = (b.local_in_flight + b.remote_in_flight) / b.capacity
                 if b.engine_load > load_b:
                     load_b = b.engine_load
                 if load_b < load_a:
@@ -205,12 +202,10 @@ class Spreader:
                     if b.last_dispatch < a.last_dispatch:  # both near-best: on equal
                         pair.reverse()  # load, the least recently used
                         a, b = b, a
-                x, y = a.in_flight, a.local_in_flight  # as in the draws
-                load_a = (x if x >= y else y) / a.capacity
+                load_a = (a.local_in_flight + a.remote_in_flight) / a.capacity
                 if a.engine_load > load_a:
                     load_a = a.engine_load
-                x, y = b.in_flight, b.local_in_flight
-                load_b = (x if x >= y else y) / b.capacity
+                load_b = (b.local_in_flight + b.remote_in_flight) / b.capacity
                 if b.engine_load > load_b:
                     load_b = b.engine_load
                 if load_b < load_a:

@@ -90,7 +90,7 @@ class Chooser:
             self._rr[request.capability] = i + 1
             return top[i % len(top)]
         if strategy is LoadBalanceStrategy.LEAST_CONNECTIONS:
-            return min(top, key=lambda c: max(c.node.in_flight, c.node.local_in_flight))
+            return min(top, key=lambda c: c.node.local_in_flight + c.node.remote_in_flight)
         if strategy is LoadBalanceStrategy.WEIGHTED_RANDOM:
             return self._weighted(top)
         key = request.tenant_id or request.request_id or ""

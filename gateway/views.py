@@ -98,7 +98,7 @@ class Views:
                     latency_p99_ms=health.latency_p99_ms if health else None,
                     circuit=self.breaker.state(node.node_id).name.lower(),
                     failures=self.breaker.failures(node.node_id),
-                    in_flight=max(node.in_flight, node.local_in_flight),
+                    in_flight=node.local_in_flight + node.remote_in_flight,
                     capacity=node.capacity,
                     privacy=str(node.privacy),
                     cost=node.cost,

@@ -178,11 +178,30 @@ def test_model_change_reindexes_and_notifies(cat: ModelCatalog) -> None:
     assert cat.list_all() == ["x"]
 
 
+def test_load_counts_a_stale_heartbeat_only_for_the_other_gateways_part() -> None:
+    """A heartbeat's in-flight count is a snapshot up to an interval old: the load is this
+    gateway's exact count now plus what the heartbeat had beyond this gateway's count when
+    it came (other gateways' requests), not the larger of the two."""
+    cat = ModelCatalog()
+    cat.apply_heartbeat("n", hb(capacity=64))
+    for _ in range(15):
+        cat.add_in_flight("n", 1)
+    cat.apply_heartbeat("n", hb(capacity=64, in_flight=15))  # all 15 ours
+    node = cat.node("n")
+    assert node is not None and node.remote_in_flight == 0 and node.load == 15 / 64
+    cat.add_in_flight("n", -15)  # the batch finished; the heartbeat still says 15
+    assert node.load == 0.0  # was 15 / 64 until the next heartbeat
+    cat.apply_heartbeat("n", hb(capacity=64, in_flight=4))  # 4 of another gateway's
+    assert node.remote_in_flight == 4
+    cat.add_in_flight("n", 2)
+    assert node.load == 6 / 64
+
+
 def test_in_flight_and_capacity() -> None:
-    node = NodeInfo(node_id="n", capacity=2, in_flight=1)
+    node = NodeInfo(node_id="n", capacity=2, remote_in_flight=1)
     assert not node.at_capacity and node.load == 0.5
     node.local_in_flight = 2
-    assert node.at_capacity and node.load == 1.0
+    assert node.at_capacity and node.load == 1.5  # ours and another gateway's
     cat = ModelCatalog()
     cat.apply_heartbeat("n", hb(capacity=2))
     cat.add_in_flight("n", -5)

@@ -174,7 +174,7 @@ def test_load_policy() -> None:
     p = LoadPolicy()
     h = synthetic_health("n")
     idle = build_candidate(NodeInfo(node_id="a", capacity=4), h, R)
-    busy = build_candidate(NodeInfo(node_id="b", capacity=4, in_flight=3), h, R)
+    busy = build_candidate(NodeInfo(node_id="b", capacity=4, remote_in_flight=3), h, R)
     full = build_candidate(NodeInfo(node_id="c", capacity=4, local_in_flight=9), h, R)
     assert p.score(idle, R) == 1.0 and p.score(busy, R) == 0.25 and p.score(full, R) == 0.0
 
