@@ -79,8 +79,8 @@ class CandidateIndex(Scorer):
     ) -> None:
         self.catalog = catalog
         self.explore_samples = explore_samples
-        """A HEALTHY node with fewer samples than this (latency or time per token,
-        whichever it has more of) is explored like an UNKNOWN one (``explorable``)."""
+        """A HEALTHY node with fewer successes in a row than this is explored like an
+        UNKNOWN one (``explorable``)."""
         super().__init__(health, breaker, policy, min_score)
         catalog.add_listener(self._on_catalog)
         health.add_listener(self._on_health)
@@ -96,13 +96,15 @@ class CandidateIndex(Scorer):
     # -- orderings ----------------------------------------------------------------------
 
     def explorable(self, h: NodeHealth) -> bool:
-        """Is the node in its orderings' exploration bag: UNKNOWN, or HEALTHY with fewer
-        than ``explore_samples`` samples (a node measured once or twice, whose figures
-        may be a cold start's, or whose older samples aged out)?"""
+        """Is the node in its orderings' exploration bag: UNKNOWN, or HEALTHY after fewer
+        than ``explore_samples`` successes in a row (measured only by its first answers
+        since it joined or came back, which may be a cold start's)? Not a node whose
+        older samples aged out: its idle canary re-measures it (exploring it cost a mixed
+        fleet's slow nodes 4 % of the traffic at concurrency 1, bench/bench_spread)."""
         status = h.status
         if status is _UNKNOWN:
             return True
-        return status is _HEALTHY and max(h.samples, h.tpot_samples) < self.explore_samples
+        return status is _HEALTHY and h.consecutive_successes < self.explore_samples
 
     def _variant_key(self, request: InferRequest) -> tuple[Hashable, ...]:
         variants = self._variants

@@ -63,9 +63,9 @@ class RouterConfig:
     """POWER_OF_TWO: an UNKNOWN node outside the band is still drawn, with at most this
     many of this gateway's requests in flight (a new node's bounded share)."""
     explore_samples: int = 4
-    """POWER_OF_TWO: a HEALTHY node with fewer latency (or time-per-token) samples than
-    this is explored as an UNKNOWN one is: two cold-start samples cannot keep a node
-    out of the band until its idle canary (docs/routing.md)."""
+    """POWER_OF_TWO: a HEALTHY node with fewer successes in a row than this is explored
+    as an UNKNOWN one is: two cold-start samples cannot keep a new node out of the band
+    until its idle canary (docs/routing.md)."""
 
 
 class Chooser:

@@ -136,7 +136,7 @@ def make_request(spec: dict[str, Any], rid: str = "r1", tenant: str | None = Non
 
 def assert_near_best(w: World, chosen: Any, cands: list[Any], exclude: set[str]) -> None:
     """POWER_OF_TWO's choice: in (or close to) the near-best band, a node being explored
-    (UNKNOWN, or too few samples), or, when the band was sparse, one of the best
+    (UNKNOWN, or too few successes), or, when the band was sparse, one of the best
     ``max_candidates``."""
     eligible = [c for c in cands if c.eligible and c.node_id not in exclude]
     assert chosen.node_id in {c.node_id for c in eligible}
@@ -146,10 +146,9 @@ def assert_near_best(w: World, chosen: Any, cands: list[Any], exclude: set[str])
     assert (
         chosen.score >= best - w.router.config.challenge * widest - 1e-9
         or chosen.health.status is HealthState.UNKNOWN
-        or (  # explored: too few samples (RouterConfig.explore_samples)
+        or (  # explored: too few successes (RouterConfig.explore_samples)
             chosen.health.status is HealthState.HEALTHY
-            and max(chosen.health.samples, chosen.health.tpot_samples)
-            < w.router.config.explore_samples
+            and chosen.health.consecutive_successes < w.router.config.explore_samples
         )
         or chosen.node_id in top
     )
