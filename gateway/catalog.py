@@ -5,6 +5,11 @@ expire) and ``apply_heartbeat`` (the live federation: nodes announce themselves,
 incarnation is ignored, silent nodes expire). Indexes by capability and by
 (capability, model) are maintained incrementally; listeners learn about every change.
 
+A node's silence is measured on a *listening* clock: the catalog's clock less the time
+the gateway itself could not listen (``stalled``: its event loop was blocked, so the
+heartbeats that came meanwhile wait unread in the connection's buffer). A gateway that
+stalls for three heartbeat intervals does not drop every live node it has not yet read.
+
 The reference API's model view (``register``, ``get``, ...) is the ``ModelRegistry`` mixin
 of gateway/catalog_models.py.
 """
@@ -71,6 +76,8 @@ class ModelCatalog(ModelRegistry):
         self._listeners: list[CatalogListener] = []
         self._seq = 0
         self._dispatches = 0
+        self.deaf_s = 0.0
+        """Seconds this gateway could not listen, in all (``stalled``)."""
 
     # -- listeners ----------------------------------------------------------------
 
@@ -145,7 +152,8 @@ class ModelCatalog(ModelRegistry):
             self._drop(node)
             self._add(self._from_heartbeat(node_id, hb))
             return HeartbeatOutcome.REPLACED
-        node.last_seen = self._clock()
+        node.last_seen = now = self._clock()
+        node.heard = now - self.deaf_s
         node.capacity = hb.capacity
         note_in_flight(node, hb.in_flight)
         node.privacy = hb.privacy
@@ -176,7 +184,10 @@ class ModelCatalog(ModelRegistry):
     def _from_heartbeat(self, node_id: str, hb: Heartbeat) -> NodeInfo:
         models = models_of(hb.models)
         self._raw_models[node_id] = hb.models
-        return node_from_heartbeat(node_id, hb, models, self._clock(), self._wall() * 1000.0)
+        now = self._clock()
+        node = node_from_heartbeat(node_id, hb, models, now, self._wall() * 1000.0)
+        node.heard = now - self.deaf_s
+        return node
 
     def remove_node(self, node_id: str, incarnation: str | None = None) -> bool:
         """A leave: drop the node unless ``incarnation`` names another one; True if dropped."""
@@ -191,13 +202,20 @@ class ModelCatalog(ModelRegistry):
         self._drop(node)
         return True
 
+    def stalled(self, seconds: float) -> None:
+        """This gateway could not listen for ``seconds`` (its event loop was blocked):
+        that time is no node's silence (the listening clock stands still over it)."""
+        if seconds > 0:
+            self.deaf_s += seconds
+
     def expire(self) -> list[str]:
-        """Drop heartbeat nodes silent for expiry_intervals x interval_ms; their ids."""
-        now = self._clock()
+        """Drop heartbeat nodes silent for expiry_intervals x interval_ms of listening
+        time (``stalled``); their ids."""
+        now = self._clock() - self.deaf_s
         gone = [
             n
             for n in self._nodes.values()
-            if n.incarnation and now - n.last_seen > self._expiry_intervals * n.interval_ms / 1000.0
+            if n.incarnation and now - n.heard > self._expiry_intervals * n.interval_ms / 1000.0
         ]
         for node in gone:
             self._drop(node)
@@ -213,7 +231,8 @@ class ModelCatalog(ModelRegistry):
         node = self._nodes.get(node_id)
         if node is None:
             return False
-        node.last_seen = self._clock()
+        node.last_seen = now = self._clock()
+        node.heard = now - self.deaf_s
         if node.engine is not None:
             apply_engine(node, node.engine, self._wall() * 1000.0)
         return True

@@ -122,8 +122,13 @@ class Membership:
         if self.catalog.remove_node(node_id, incarnation):
             await self._forget(node_id)
 
+    def stalled(self, seconds: float) -> None:
+        """The gateway could not listen for ``seconds`` (its event loop was blocked): the
+        heartbeats of that time wait unread, so it counts as no node's silence."""
+        self.catalog.stalled(seconds)
+
     async def expire(self) -> None:
-        """Drop nodes whose heartbeats stopped (3 intervals)."""
+        """Drop nodes whose heartbeats stopped (3 intervals of listening time)."""
         for node_id in self.catalog.expire():
             await self._forget(node_id)
 

@@ -84,6 +84,10 @@ class NodeInfo:
     started_ms: int = 0
     interval_ms: int = 1000
     last_seen: float = 0.0
+    heard: float = 0.0
+    """When the last heartbeat came on the catalog's listening clock (its clock less the
+    time this gateway could not listen: ``ModelCatalog.stalled``); expiry measures a
+    node's silence from it."""
     queue_depth: int = 0
     ttft_ms: float | None = None
     tokens_per_s: float | None = None

@@ -1,11 +1,19 @@
 """The sweeper: one loop that fires what is due, every ``min(0.05, liveness_probe_s / 2)`` s.
 
+membership.stalled  a tick more than a tick late: the event loop was blocked, the
+                    gateway could not listen; that time is no node's silence
+membership.expire   every 0.5 s: nodes whose heartbeats stopped
 health.flush        successes batched for the router's orderings
 timers              per flight (``lifecycle.due``): the deadline passed -> ``504`` and
                     the node's job cancelled; no first chunk, or a stall -> the attempt
                     failed (the node's fault); silence -> a liveness ping
 decisions.flush     ``fed.decisions``, after the replies went out
-membership.expire   every 0.5 s: nodes whose heartbeats stopped
+
+Expiry comes first after a wake, with no await between the measure of the stall and the
+judgement: heartbeats that arrived while the loop was blocked are still unread then
+(the connection's reader runs a few loop turns later), and a node must not be dropped
+for the gateway's own deafness (a blocked loop of 0.7 s with nodes heartbeating every
+0.2 s dropped them all: ``404 no_capacity`` to the requests that came next).
 """
 
 from __future__ import annotations
@@ -45,18 +53,25 @@ class Sweeper:
 
     async def run(self) -> None:
         """Sweep until cancelled; an error is logged and the next tick comes anyway."""
-        clock = self.engine.clock
+        clock, loop_time = self.engine.clock, asyncio.get_running_loop().time
         last_expiry = clock()
+        tick, woke = self.tick_s, loop_time()
         while True:
-            await asyncio.sleep(self.tick_s)
+            await asyncio.sleep(tick)
+            # How late the loop woke us (the last tick's work included), on the clock
+            # asyncio's timers keep: a fake gateway clock's jumps are no stall.
+            at = loop_time()
+            late, woke = at - woke - tick, at
+            now = clock()
             try:
-                self.health.flush()
-                await self.fire()
-                await self.decisions.flush()
-                now = clock()
+                if late > tick:
+                    self.membership.stalled(late)
                 if now - last_expiry >= EXPIRY_S:
                     last_expiry = now
                     await self.membership.expire()
+                self.health.flush()
+                await self.fire()
+                await self.decisions.flush()
             except Exception:
                 log.exception("sweeper error")
 

@@ -162,6 +162,30 @@ def test_expiry(cat: ModelCatalog, clock: FakeClock) -> None:
     assert cat.nodes_for("generate")[0].node_id == "s1"
 
 
+def test_time_the_gateway_could_not_listen_is_no_nodes_silence(
+    cat: ModelCatalog, clock: FakeClock
+) -> None:
+    """A blocked event loop (``stalled``) leaves heartbeats unread: that time does not
+    count toward expiry; what the gateway does hear out still does."""
+    cat.apply_heartbeat("n1", hb(interval_ms=200))  # expires after 0.6 s of silence
+    cat.apply_heartbeat("n2", hb("i2", interval_ms=200))
+    clock.advance(0.9)
+    cat.stalled(0.85)  # the sweeper woke 0.85 s late
+    assert cat.expire() == []
+    cat.touch("n2")  # the unread heartbeat of n2, read at last
+    node = cat.node("n2")
+    assert node is not None and node.last_seen == clock.now  # the age shown stays true
+    clock.advance(0.56)  # n1: 0.05 + 0.56 s heard of silence, n2: 0.56 s
+    assert cat.expire() == ["n1"]
+    clock.advance(0.02)
+    cat.stalled(0)  # nothing to excuse
+    cat.stalled(-0.1)
+    assert cat.expire() == []
+    clock.advance(0.03)
+    assert cat.expire() == ["n2"]
+    assert cat.deaf_s == pytest.approx(0.85)
+
+
 def test_model_change_reindexes_and_notifies(cat: ModelCatalog) -> None:
     events: list[tuple[CatalogEvent, str]] = []
     cat.add_listener(lambda e, n: events.append((e, n.node_id)))

@@ -19,6 +19,8 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from gateway.catalog import CatalogEvent
+from shared.client import FedClient
 from tests.helpers import Federation, eventually, federation
 from tests.integration.test_protocol import (
     StreamCall,
@@ -158,6 +160,37 @@ async def test_node_expires_after_missed_heartbeats(fed: Federation, nc: Client)
     await eventually(lambda: _lacks(nc, "blink"), 3, "blink expired")
     gone_after = time.monotonic() - stopped
     assert 0.28 <= gone_after <= 1.5, gone_after  # 3 x interval_ms, checked every 0.5 s
+
+
+async def test_a_stalled_gateway_keeps_its_live_nodes(fed: Federation, nc: Client) -> None:
+    """The gateway's event loop blocked for 4.5 heartbeat intervals (a busy 2-core box:
+    the 3-gateway budget test saw 0.4-0.7 s): the heartbeats of that time wait unread, and
+    that is no node's silence. Before, the sweeper woke first and dropped both live
+    nodes; requests that came next got ``404 no_capacity`` ("No nodes available")."""
+    gw = await fed.gateway(fast())
+    for node_id in ("w0", "w1"):
+        await fed.node(node_id, capacity=8)  # heartbeats every 0.2 s: expiry after 0.6 s
+    await fed.seen("w0", "w1")
+    removed: list[str] = []
+    gw.catalog.add_listener(
+        lambda event, node: removed.append(node.node_id) if event is CatalogEvent.REMOVED else None
+    )
+    client = FedClient(nc)
+    # The fault, not a wait: the loop blocked (nodes, gateway and test share it, as in
+    # the suite's in-process federations on a busy box).
+    time.sleep(0.9)  # noqa: ASYNC251  # sleep-ok: the fault itself
+    results = await asyncio.gather(
+        *(client.infer("generate", f"right after the stall {i}") for i in range(8))
+    )
+    assert {r.served_by for r in results} <= {"w0", "w1"}
+    assert removed == []
+    assert gw.catalog.deaf_s >= 0.5  # the stall was seen, and not counted as silence
+    # Silence the gateway hears out still drops a node: w1 stops heartbeating, no leave.
+    heartbeats = fed.nodes["w1"]._heartbeat_task
+    assert heartbeats is not None
+    heartbeats.cancel()
+    await eventually(lambda: gw.catalog.node("w1") is None, 5, "w1 expired")
+    assert removed == ["w1"] and gw.catalog.node("w0") is not None
 
 
 async def test_leave_removes_at_once(fed: Federation, nc: Client) -> None:
