@@ -1,7 +1,8 @@
 """The sweeper: one loop that fires what is due, every ``min(0.05, liveness_probe_s / 2)`` s.
 
 membership.stalled  a tick more than a tick late: the event loop was blocked, the
-                    gateway could not listen; that time is no node's silence
+deaf                gateway could not listen; that time is no node's silence (nor
+                    an attempt's: its first-chunk and stall timers start later)
 membership.expire   every 0.5 s: nodes whose heartbeats stopped
 health.flush        successes batched for the router's orderings
 timers              per flight (``lifecycle.due``): the deadline passed -> ``504`` and
@@ -66,6 +67,7 @@ class Sweeper:
             try:
                 if late > tick:
                     self.membership.stalled(late)
+                    self.deaf(late)
                 if now - last_expiry >= EXPIRY_S:
                     last_expiry = now
                     await self.membership.expire()
@@ -74,6 +76,18 @@ class Sweeper:
                 await self.decisions.flush()
             except Exception:
                 log.exception("sweeper error")
+
+    def deaf(self, seconds: float) -> None:
+        """This gateway could not listen for ``seconds``: no attempt's silence counts it
+        (its first-chunk and stall timers, and its TTFT, start that much later), or a
+        blocked loop would fail over, and blame, nodes whose chunks wait unread. The
+        callers' deadlines stand."""
+        for flight in self.engine.flights.values():
+            attempt = flight.current
+            if attempt is not None:
+                attempt.last_activity += seconds
+                if attempt.first_chunk_at is None:
+                    attempt.started += seconds
 
     async def fire(self) -> None:
         """Fire the timers due now: deadlines, first-chunk and stall timeouts, pings."""

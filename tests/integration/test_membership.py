@@ -32,7 +32,7 @@ from tests.integration.test_protocol import (
     payload,
     slow,
 )
-from worker.backends.synthetic import expected_text
+from worker.backends.synthetic import SyntheticBackend, SyntheticOptions, expected_text
 
 _sentinels = itertools.count(1)
 
@@ -191,6 +191,29 @@ async def test_a_stalled_gateway_keeps_its_live_nodes(fed: Federation, nc: Clien
     heartbeats.cancel()
     await eventually(lambda: gw.catalog.node("w1") is None, 5, "w1 expired")
     assert removed == ["w1"] and gw.catalog.node("w0") is not None
+
+
+async def test_a_stalled_gateway_blames_no_attempt(fed: Federation, nc: Client) -> None:
+    """The loop blocked 1.5 s right after a dispatch: longer than the first-chunk limit
+    (1 s here), but the node's answer waits unread in the gateway's buffer, and that is no
+    node's silence either. Before, the sweeper woke first and gave the attempt up as late
+    (a retry, and a failure deferred against a node that had answered in time)."""
+    gw = await fed.gateway(fast())
+    for node_id in ("w0", "w1"):  # a first chunk after 0.3 s: in flight when the loop blocks
+        await fed.node(node_id, SyntheticBackend(SyntheticOptions(ttft_ms=300)), capacity=8)
+    await fed.seen("w0", "w1")
+    client = FedClient(nc)
+    call = asyncio.ensure_future(client.infer("generate", "a question the stall interrupts"))
+    await eventually(
+        lambda: any(f.current is not None for f in gw.engine.flights.values()), 5, "dispatched"
+    )
+    time.sleep(1.5)  # noqa: ASYNC251  # sleep-ok: the fault itself (the loop blocked)
+    result = await call
+    await eventually(lambda: not gw.engine.flights, 5, "the gateway saw the answer")
+    assert (gw.retries, gw.failovers) == (0, 0), result  # before: 1 retry
+    health = [gw.health.get_cached_health(n) for n in ("w0", "w1")]
+    assert all(h is not None and h.consecutive_failures == 0 for h in health), health
+    assert gw.catalog.deaf_s >= 1.0
 
 
 async def test_leave_removes_at_once(fed: Federation, nc: Client) -> None:
