@@ -80,6 +80,7 @@ class HealthChecker(HealthProbes):
             samples=len(lat),
             tpot_p50_ms=tpot.quantile(0.50),
             tpot_samples=len(tpot),
+            measured=len(lat) > 0,
         )
         for listener in self._listeners:
             listener(node_id)
@@ -87,7 +88,9 @@ class HealthChecker(HealthProbes):
     def register_node(self, node_id: str) -> None:
         """(Re)register a node: fresh UNKNOWN state."""
         now = self._clock()
-        snap = NodeHealth(node_id=node_id, status=HealthState.UNKNOWN, last_check=now)
+        snap = NodeHealth(
+            node_id=node_id, status=HealthState.UNKNOWN, last_check=now, measured=False
+        )
         self._nodes[node_id] = HealthRecord(snap, self.config, now)
         for listener in self._listeners:
             listener(node_id)

@@ -12,6 +12,7 @@ is a failure. Pure: no I/O; the service owns the probe loop.
 from __future__ import annotations
 
 import heapq
+import math
 from typing import TYPE_CHECKING
 
 from gateway.nodehealth import HealthConfig, HealthRecord, HealthState
@@ -92,7 +93,8 @@ class HealthProbes:
         Due: UNHEALTHY nodes; nodes whose p50 is over ``latency_limit_s``; UNKNOWN and
         DEGRADED nodes with no outcome for ``check_interval_s`` (traffic is not proving
         them; a new node first gets its share of real traffic, exploration's job); nodes
-        with no latency sample for ``idle_probe_s`` (never measured, or idle), at most
+        with no latency sample for ``idle_probe_s`` (never measured, or idle), or none
+        at all while they serve (non-streaming answers carry no first-token time), at most
         ``max_idle_probes`` of those per call, the longest idle first (an idle fleet of
         10,000 nodes costs a bounded trickle of canaries, not a burst). Also ages every
         node's samples out (call it periodically)."""
@@ -116,6 +118,8 @@ class HealthProbes:
                 due.append(node_id)
             elif idle:
                 since = max(st.samples.lat.last_at, st.registered)
+                if st.successes and not len(st.samples.lat):
+                    since = -math.inf  # serving, never timed (non-streaming answers): now
                 if now - since >= idle:
                     idlers.append((since, node_id, st))
         if len(idlers) > cfg.max_idle_probes:

@@ -92,6 +92,11 @@ class NodeHealth:
     tpot_p50_ms: float = 0.0
     """Median time per output token (ms); 0 until a report carries tokens."""
     tpot_samples: int = 0
+    measured: bool = True
+    """False while the health checker holds no latency sample of the node (new, or
+    serving only non-streaming answers, which carry no first-token time): its latency
+    percentiles are then 0, not a figure, and the latency policy scores it as a node it
+    does not know (``UNMEASURED_MS``), not as the fastest."""
 
 
 HealthListener = Callable[[str], None]

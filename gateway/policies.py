@@ -74,6 +74,10 @@ class HealthPolicy(Policy):
         return OK if c.scores.health > 0.0 else (False, "health: unhealthy")
 
 
+UNMEASURED_MS = 1000
+"""The p50 a node without a latency sample is scored with (``synthetic_health``'s)."""
+
+
 class LatencyPolicy(Policy):
     """Prefers low p50; enforces max_latency_s and the request's latency/throughput QoS."""
 
@@ -84,8 +88,14 @@ class LatencyPolicy(Policy):
         self.max_latency_s = max_latency_s
 
     def score(self, c: Candidate, request: InferRequest) -> float:
-        """(1 - p50_ms / max_ms) x weight on whole milliseconds; 0 at or past the max."""
-        lat_ms = int(c.health.latency_p50_ms)
+        """(1 - p50_ms / max_ms) x weight on whole milliseconds; 0 at or past the max.
+
+        A node without a latency sample (``NodeHealth.measured`` False) counts as
+        ``UNMEASURED_MS``, as a node the health checker does not know, not as 0 ms: a
+        new node behind non-streaming traffic took all of it at concurrency 1 until its
+        first canary."""
+        h = c.health
+        lat_ms = int(h.latency_p50_ms) if h.measured else UNMEASURED_MS
         max_ms = int(self.max_latency_s * 1000)
         if lat_ms >= max_ms:
             return 0.0

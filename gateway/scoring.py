@@ -41,6 +41,7 @@ def synthetic_health(node_id: str) -> NodeHealth:
         latency_p50_ms=1000.0,
         latency_p90_ms=5000.0,
         latency_p99_ms=5000.0,
+        measured=False,
     )
 
 

@@ -289,6 +289,27 @@ def test_a_hiccup_on_a_fast_node_is_not_slow(clock: FakeClock) -> None:
     assert status(hc, "fast") is HealthState.DEGRADED
 
 
+def test_a_node_serving_only_whole_answers_is_canaried_at_once(clock: FakeClock) -> None:
+    """Non-streaming answers carry no first-token time: a node serving only them has no
+    latency figure, so it is due a canary at once, not after ``idle_probe_s``; its
+    snapshot says it is unmeasured until the canary's TTFT comes."""
+    hc = checker(clock)
+    hc.register_node("n")
+    assert snap(hc, "n").measured is False
+    assert hc.needs_probe() == []  # new, no outcome yet: exploration's job
+    hc.report_success("n", 1.0, 50)
+    hc.report_success("n", 1.0, 50)
+    h = snap(hc, "n")
+    assert h.status is HealthState.HEALTHY and h.measured is False and h.samples == 0
+    clock.advance(1)
+    assert hc.needs_probe() == ["n"]  # 1 s after it joined, not 15 s
+    hc.report_probe_success("n", latency_s=0.03)
+    h = snap(hc, "n")
+    assert h.measured and h.samples == 1 and h.latency_p50_ms == pytest.approx(30.0)
+    clock.advance(1)
+    assert hc.needs_probe() == []
+
+
 def test_windows_age_out_but_keep_the_newest(clock: FakeClock) -> None:
     hc = checker(clock, sample_max_age_s=60)
     hc.register_node("n")

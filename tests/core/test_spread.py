@@ -145,6 +145,29 @@ def test_a_node_measured_twice_by_a_cold_start_is_explored_back() -> None:
     assert cold is not None and cold.latency_p50_ms == pytest.approx(200.0)
 
 
+def test_a_new_node_behind_non_streaming_traffic_does_not_take_it_all() -> None:
+    """Non-streaming answers give no latency sample: a new node serving only those has
+    no p50, and it is scored as unmeasured (1000 ms), not as 0 ms, the fastest. Before, it
+    took 116 of 116 sequential requests until its first canary (a trial of 4 nodes)."""
+    w = World(P2C)
+    node(w, "a")
+    node(w, "b")
+    w.catalog.apply_heartbeat("new", hb(region="us", capacity=64))
+    w.health.register_node("new")
+    served: Counter[str] = Counter()
+    for i in range(300):
+        nid = w.router.route(req(request_id=f"r{i}")).node_id
+        w.catalog.add_in_flight(nid, 1)
+        w.clock.advance(0.05)
+        w.catalog.add_in_flight(nid, -1)
+        w.health.report_success(nid, 1.0, 50)  # a whole answer: no first-token time
+        served[nid] += 1
+    new = w.health.get_cached_health("new")
+    assert new is not None and new.status is HealthState.HEALTHY and not new.measured
+    assert served["new"] <= 10, served  # explored (4 successes), then left to its canary
+    assert min(served["a"], served["b"]) >= 130, served
+
+
 def test_least_latency_still_starves_an_unknown_node() -> None:
     """The reference strategy, kept by config: why it is no longer the default."""
     w = World(RouterConfig(strategy=LoadBalanceStrategy.LEAST_LATENCY))
