@@ -158,7 +158,9 @@ class GatewayConfig(Config, frozen=True, kw_only=True):
     access_log: bool = False
     """Log one line per request (request id, trace id, node, outcome, latency)."""
     probe_interval_s: PositiveSeconds = 2.0
-    """How often Unknown/Unhealthy nodes are pinged."""
+    """How often the gateway asks which nodes are due a canary (a real one-token
+    inference: unknown, unhealthy, degraded, idle or never-timed nodes; docs/routing.md
+    "Canaries")."""
     breaker_failure_threshold: Annotated[int, Meta(ge=1)] = 5
     """Consecutive failures that open a node's circuit."""
     breaker_reset_timeout_s: PositiveSeconds = 30.0
