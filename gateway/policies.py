@@ -23,6 +23,7 @@ from gateway.scoring import (
     HEALTH_SCORES,
     LATENCY_HORIZON_MS,
     OK,
+    UNMEASURED_MS,
     Candidate,
     Policy,
     PolicyKind,
@@ -72,10 +73,6 @@ class HealthPolicy(Policy):
     def is_eligible(self, c: Candidate, request: InferRequest) -> tuple[bool, str]:
         """Rejects health score 0 (UNHEALTHY)."""
         return OK if c.scores.health > 0.0 else (False, "health: unhealthy")
-
-
-UNMEASURED_MS = 1000
-"""The p50 a node without a latency sample is scored with (``synthetic_health``'s)."""
 
 
 class LatencyPolicy(Policy):

@@ -31,6 +31,8 @@ HEALTH_SCORES = {
 
 LATENCY_HORIZON_MS = 5000.0
 """p50 at which the latency input score reaches 0."""
+UNMEASURED_MS = 1000
+"""The p50 a node without a latency sample is scored with (``synthetic_health``'s)."""
 
 
 def synthetic_health(node_id: str) -> NodeHealth:
@@ -38,7 +40,7 @@ def synthetic_health(node_id: str) -> NodeHealth:
     return NodeHealth(
         node_id=node_id,
         status=HealthState.UNKNOWN,
-        latency_p50_ms=1000.0,
+        latency_p50_ms=float(UNMEASURED_MS),
         latency_p90_ms=5000.0,
         latency_p99_ms=5000.0,
         measured=False,
@@ -112,7 +114,8 @@ def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -
     load = (node.local_in_flight + node.remote_in_flight) / node.capacity
     if node.engine_load > load:  # the engine's running + waiting (gateway/nodeinfo.py)
         load = node.engine_load
-    latency = health.latency_p50_ms / LATENCY_HORIZON_MS
+    p50 = health.latency_p50_ms if health.measured else UNMEASURED_MS
+    latency = p50 / LATENCY_HORIZON_MS
     status = health.status  # identity tests: Enum.__hash__ is slow on the hot path
     if status is _HEALTHY:
         health_score = 1.0
