@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.core.flight import ATTEMPT, DONE, Flight
-from gateway.core.verdicts import answered_tokens
+from gateway.core.verdicts import answered
 from gateway.limits import prompt_tokens
 from gateway.wire import error_headers, ok_headers
 from shared import errors
@@ -59,7 +59,13 @@ class Answers:
 
     if TYPE_CHECKING:
 
-        def release(self, flight: Flight, success: bool | None, tokens: int = 0) -> None:
+        def release(
+            self,
+            flight: Flight,
+            success: bool | None,
+            tokens: int = 0,
+            decode_s: float | None = None,
+        ) -> None:
             """The engine's: end the current attempt's hold on its node."""
 
     async def finish_ok(
@@ -75,10 +81,10 @@ class Answers:
         if flight.phase is DONE:
             return
         node_headers = node_headers or {}
-        tokens = answered_tokens(flight, node_headers, data)
+        tokens, decode_s = answered(flight, node_headers, data)
         if flight.ticket is not None:  # what the tenant's limits are charged
             flight.prompt_tokens = prompt_tokens(node_headers, data)
-        self.release(flight, success=True, tokens=tokens)
+        self.release(flight, success=True, tokens=tokens, decode_s=decode_s)
         hdrs = None if delivered else ok_headers(flight, node_headers, tokens, t0)
         self._close(flight, None, tokens)
         if hdrs is not None:

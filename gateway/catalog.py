@@ -36,6 +36,7 @@ from gateway.nodeinfo import (
     models_of,
     node_from_heartbeat,
     note_in_flight,
+    rotate_peaks,
 )
 from shared.messages import Heartbeat, ModelInfo
 
@@ -155,14 +156,14 @@ class ModelCatalog(ModelRegistry):
         node.last_seen = now = self._clock()
         node.heard = now - self.deaf_s
         node.capacity = hb.capacity
-        note_in_flight(node, hb.in_flight)
+        counted = note_in_flight(node, hb.in_flight)
         node.privacy = hb.privacy
         node.labels = hb.labels
         node.draining = hb.draining
         node.interval_ms = hb.interval_ms
         node.queue_depth = hb.queue_depth
         node.ttft_ms = hb.ttft_ms
-        apply_engine(node, hb.engine, self._wall() * 1000.0)
+        apply_engine(node, hb.engine, self._wall() * 1000.0, counted)
         moved = False
         if hb.models is not self._raw_models.get(node_id) and hb.models != self._raw_models.get(
             node_id
@@ -233,6 +234,7 @@ class ModelCatalog(ModelRegistry):
             return False
         node.last_seen = now = self._clock()
         node.heard = now - self.deaf_s
+        rotate_peaks(node)
         if node.engine is not None:
             apply_engine(node, node.engine, self._wall() * 1000.0)
         return True
@@ -252,13 +254,16 @@ class ModelCatalog(ModelRegistry):
 
     def add_in_flight(self, node_id: str, delta: int) -> None:
         """Count this gateway's own dispatches to a node (never below zero); a positive
-        ``delta`` also stamps ``NodeInfo.last_dispatch``."""
+        ``delta`` also stamps ``NodeInfo.last_dispatch`` and raises ``peak_in_flight``."""
         node = self._nodes.get(node_id)
         if node is not None:
-            node.local_in_flight = max(0, node.local_in_flight + delta)
+            local = node.local_in_flight + delta
+            node.local_in_flight = local if local > 0 else 0
             if delta > 0:
                 self._dispatches += 1
                 node.last_dispatch = self._dispatches
+                if local > node.peak_in_flight:
+                    node.peak_in_flight = local
 
     def __len__(self) -> int:
         return len(self._nodes)

@@ -237,9 +237,16 @@ class Engine(Answers):
             await self.wire.cancel(attempt.node_id, flight)
         return self.lifecycle.after_failure(flight, failure, self.clock(), self.cooldowns, fair)
 
-    def release(self, flight: Flight, success: bool | None, tokens: int = 0) -> None:
+    def release(
+        self,
+        flight: Flight,
+        success: bool | None,
+        tokens: int = 0,
+        decode_s: float | None = None,
+    ) -> None:
         """End the current attempt's hold on its node; report the outcome if any
-        (``success`` None: abandoned; ``tokens``: output of a successful attempt)."""
+        (``success`` None: abandoned; ``tokens``: output of a successful attempt;
+        ``decode_s``: a result's decode phase as the node timed it, ``answered``)."""
         if flight.phase is not ATTEMPT:
             return
         attempt = flight.end_attempt()
@@ -247,7 +254,7 @@ class Engine(Answers):
             return
         if attempt.span is not None:
             self.recorder.attempt_ended(attempt, success)
-        self.fleet.release(attempt, success, self.clock(), tokens, flight.request.stream)
+        self.fleet.release(attempt, success, self.clock(), tokens, flight.request.stream, decode_s)
         if self.waiting:
             self.spawn(self.drain(contended=False), "drain-queue")
 

@@ -67,9 +67,21 @@ class Fleet:
             self.on_hold(node_id)
 
     def release(
-        self, attempt: Attempt, success: bool | None, now: float, tokens: int, stream: bool
+        self,
+        attempt: Attempt,
+        success: bool | None,
+        now: float,
+        tokens: int,
+        stream: bool,
+        decode_s: float | None = None,
     ) -> None:
-        """``attempt`` let go of its node, with its outcome (None: nobody's fault)."""
+        """``attempt`` let go of its node, with its outcome (None: nobody's fault). A
+        success's time to first token: a stream's first chunk, as this gateway saw it; a
+        result's, its latency here less ``decode_s`` (the node's time from its first token
+        to its answer), so that an answer is judged per unit of work whether streamed or
+        not (without it, a node that had only answered non-streaming requests stayed
+        unmeasured, scored as ``UNMEASURED_MS`` beside measured peers: 46 / 154 of 200
+        requests at concurrency 16 between two identical nodes)."""
         node_id = attempt.node_id
         self.catalog.add_in_flight(node_id, -1)
         left = self.held.get(node_id, 0) - 1
@@ -81,9 +93,12 @@ class Fleet:
             self.breaker.release(node_id)
         elif success:
             ttft = None
-            if stream and attempt.first_chunk_at is not None:
-                ttft = attempt.first_chunk_at - attempt.started
             latency = now - attempt.started
+            if stream:
+                if attempt.first_chunk_at is not None:
+                    ttft = attempt.first_chunk_at - attempt.started
+            elif decode_s is not None:
+                ttft = latency - decode_s if latency > decode_s else 0.0
             self.health.report_success(node_id, latency, tokens, ttft_s=ttft)
             self.breaker.record_success(node_id)
             if self.share is not None:

@@ -27,32 +27,39 @@ KV_PENALTY = 0.5
 half a node's capacity more queue."""
 
 
-def engine_load(engine: EngineSignals, capacity: int) -> float:
-    """The load an engine reports, as a fraction of the node's capacity:
-    ``(running + waiting) / capacity``, plus ``KV_PENALTY * (kv - KV_KNEE) / (1 - KV_KNEE)``
-    when the KV-cache use ``kv`` is above ``KV_KNEE``.
+def engine_load(engine: EngineSignals, capacity: int, counted: int = 0) -> float:
+    """What an engine reports beyond the requests the gateway counts, as a fraction of
+    the node's capacity: ``(running + waiting - counted) / capacity`` (at least 0), plus
+    ``KV_PENALTY * (kv - KV_KNEE) / (1 - KV_KNEE)`` when the KV-cache use ``kv`` is above
+    ``KV_KNEE``. ``counted`` is the node's in-flight count that ``local_in_flight +
+    remote_in_flight`` already holds (its heartbeat's, or this gateway's peak when
+    higher): what is left is the engine's other callers' (clients that bypass fedgate).
+    ``NodeInfo.load`` adds it.
 
-    With ``source == "worker"`` (no engine metrics: the worker's own counters) ``running``
-    is left out: it is the node's jobs in flight, which the gateway counts itself and
-    more freshly; a heartbeat's snapshot of them, up to an interval old, made identical
-    nodes lose every power-of-two comparison in turn and herded traffic onto one
-    (tests/integration/test_spread.py saw 184/16)."""
-    running = 0 if engine.source == "worker" else engine.running
-    load = (running + engine.waiting) / capacity
+    Until 2026-12 the engine's count was a floor for the load (``max``): a snapshot up to
+    an interval old of requests this gateway counts itself, and more freshly. A node that
+    had just finished its batch still read it, and identical nodes lost every
+    power-of-two comparison in turn (tests/integration/test_spread.py saw 184/16 with the
+    worker's own counters)."""
+    beyond = engine.running + engine.waiting - counted
+    load = beyond / capacity if beyond > 0 else 0.0
     kv = engine.kv_cache_usage
     if kv is not None and kv > KV_KNEE:
         load += KV_PENALTY * (kv - KV_KNEE) / (1.0 - KV_KNEE)
     return load
 
 
-def apply_engine(node: NodeInfo, engine: EngineSignals | None, wall_ms: float) -> None:
+def apply_engine(
+    node: NodeInfo, engine: EngineSignals | None, wall_ms: float, counted: int | None = None
+) -> None:
     """Keep ``engine`` on ``node`` when fresh (measured within ``ENGINE_STALE_INTERVALS``
     heartbeat intervals of ``wall_ms``, the gateway's wall clock in epoch milliseconds),
-    else forget the node's engine signals: ``engine_load`` 0 and ``engine`` None."""
+    else forget the node's engine signals: ``engine_load`` 0 and ``engine`` None.
+    ``counted``: see ``engine_load`` (None: the same signals again, the load kept)."""
     if engine is None or wall_ms - engine.measured_at > ENGINE_STALE_INTERVALS * node.interval_ms:
         node.engine, node.engine_load = None, 0.0
-    else:
-        node.engine, node.engine_load = engine, engine_load(engine, node.capacity)
+    elif counted is not None:
+        node.engine, node.engine_load = engine, engine_load(engine, node.capacity, counted)
 
 
 @dataclass(slots=True, eq=False)
@@ -69,12 +76,20 @@ class NodeInfo:
     local_in_flight: int = 0
     """This gateway's own dispatches in flight (exact, now)."""
     remote_in_flight: int = 0
-    """The other gateways' part at the last heartbeat: ``in_flight`` minus this gateway's
-    count when it came, at least 0 (``note_in_flight``). ``load`` adds it to the exact
-    local count instead of taking the larger of a heartbeat up to an interval old and
-    the count now: with one gateway and 32 streams, a node that had just finished its
-    batch still read 15 of 64 from its last heartbeat, and three identical nodes held
-    16 / 15 / 1 requests in turn (bench/peers)."""
+    """The other gateways' part at the last heartbeat: ``in_flight`` less the most this
+    gateway had in flight there over the last two heartbeat intervals (``peak_in_flight``,
+    ``prior_peak``), at least 0 (``note_in_flight``). ``load`` adds it to the exact local
+    count instead of taking the larger of a heartbeat up to an interval old and the count
+    now: with one gateway and 32 streams, a node that had just finished its batch still
+    read 15 of 64 from its last heartbeat, and three identical nodes held 16 / 15 / 1
+    requests in turn (bench/peers). Less the count when the heartbeat is read (until
+    2026-12), a heartbeat sent before a batch finished and read after its answers showed
+    the batch as another gateway's: 8 phantom requests on one of two identical nodes for a
+    heartbeat interval, 181 / 19 of 200 requests at concurrency 16."""
+    peak_in_flight: int = 0
+    """The most of this gateway's dispatches in flight there since the last heartbeat."""
+    prior_peak: int = 0
+    """``peak_in_flight`` of the interval before."""
     privacy: Privacy = Privacy.INTERNAL
     cost: float = 0.5
     gpu: bool = False
@@ -99,14 +114,14 @@ class NodeInfo:
     engine: EngineSignals | None = None
     """The node's latest fresh engine signals (None: none, or stale; ``apply_engine``)."""
     engine_load: float = 0.0
-    """``engine_load(engine, capacity)`` of the fresh signals, else 0."""
+    """``engine_load`` of the fresh signals (the engine's other callers' part and KV-cache
+    pressure), else 0."""
 
     @property
     def load(self) -> float:
-        """(own dispatches + the others' at the last heartbeat) / capacity, or the
-        engine's load (``engine_load``) when higher (can exceed 1.0)."""
-        load = (self.local_in_flight + self.remote_in_flight) / self.capacity
-        return load if load > self.engine_load else self.engine_load
+        """(own dispatches + the others' at the last heartbeat) / capacity, plus the
+        engine's part beyond them (``engine_load``); can exceed 1.0."""
+        return (self.local_in_flight + self.remote_in_flight) / self.capacity + self.engine_load
 
     @property
     def at_capacity(self) -> bool:
@@ -181,11 +196,25 @@ def models_of(infos: Iterable[ModelInfo]) -> dict[str, frozenset[str]]:
     return models
 
 
-def note_in_flight(node: NodeInfo, in_flight: int) -> None:
-    """A heartbeat's in-flight count: ``in_flight`` and ``remote_in_flight`` (see there)."""
+def note_in_flight(node: NodeInfo, in_flight: int, heartbeat: bool = True) -> int:
+    """A heartbeat's in-flight count: ``in_flight`` and ``remote_in_flight`` (see there),
+    against the most this gateway had there since the heartbeat before the last one (the
+    node counted while this gateway's answers were on their way). ``heartbeat`` False:
+    the same count again (this gateway's own changed), the peaks kept. Returns what the
+    load now counts of the heartbeat (``in_flight``, or this gateway's peak if higher)."""
     node.in_flight = in_flight
-    remote = in_flight - node.local_in_flight
+    local = node.local_in_flight
+    own = max(local, node.peak_in_flight, node.prior_peak)
+    if heartbeat:
+        rotate_peaks(node)
+    remote = in_flight - own
     node.remote_in_flight = remote if remote > 0 else 0
+    return own if own > in_flight else in_flight
+
+
+def rotate_peaks(node: NodeInfo) -> None:
+    """A heartbeat came: this gateway's peak starts again (``peak_in_flight``)."""
+    node.prior_peak, node.peak_in_flight = node.peak_in_flight, node.local_in_flight
 
 
 def node_from_heartbeat(
@@ -214,6 +243,5 @@ def node_from_heartbeat(
         ttft_ms=hb.ttft_ms,
         tokens_per_s=hb.tokens_per_s,
     )
-    note_in_flight(node, hb.in_flight)
-    apply_engine(node, hb.engine, wall_ms)
+    apply_engine(node, hb.engine, wall_ms, note_in_flight(node, hb.in_flight))
     return node

@@ -111,9 +111,8 @@ def build_candidate(node: NodeInfo, health: NodeHealth, request: InferRequest) -
     tps = health.tokens_per_s
     if tps is None:
         tps = node.tokens_per_s
-    load = (node.local_in_flight + node.remote_in_flight) / node.capacity
-    if node.engine_load > load:  # the engine's running + waiting (gateway/nodeinfo.py)
-        load = node.engine_load
+    # the engine's part beyond the counted requests (gateway/nodeinfo.py)
+    load = (node.local_in_flight + node.remote_in_flight) / node.capacity + node.engine_load
     p50 = health.latency_p50_ms if health.measured else UNMEASURED_MS
     latency = p50 / LATENCY_HORIZON_MS
     status = health.status  # identity tests: Enum.__hash__ is slow on the hot path

@@ -219,7 +219,8 @@ class SharedFair:
             if node is not None:
                 target = own.get(node_id, 0) + self.holds.held(node_id)
                 catalog.add_in_flight(node_id, target - node.local_in_flight)
-                note_in_flight(node, node.in_flight)  # the others' part is counted now
+                # the others' part is counted now
+                note_in_flight(node, node.in_flight, heartbeat=False)
 
     def _held(self, node_id: str) -> None:
         """A dispatch took a slot of ``node_id``: if that filled it, the others hear of it

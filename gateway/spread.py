@@ -105,13 +105,11 @@ class Spreader:
             if upper > ceiling:
                 ceiling, ref = upper, second[0][2]
         # Inlined here (a call costs what a dozen lines do): self.band, NodeInfo.load
-        # (engine-aware: the engine's running + waiting when higher, gateway/nodeinfo.py),
+        # (plus the engine's part beyond the counted requests, gateway/nodeinfo.py),
         # and in the heads, index.available.
         cfg = self.config
         ref_health = self._cached_health(ref.node_id) or index.health_of(ref.node_id)
-        ref_load = (ref.local_in_flight + ref.remote_in_flight) / ref.capacity
-        if ref.engine_load > ref_load:
-            ref_load = ref.engine_load
+        ref_load = (ref.local_in_flight + ref.remote_in_flight) / ref.capacity + ref.engine_load
         tolerance_ms = (cfg.spread_tolerance + ref_load) * ref_health.latency_p50_ms
         band = (tolerance_ms + cfg.spread_tolerance_ms + 1.0) * index.ms_worth + 1e-9
         floor = ceiling - band
@@ -172,12 +170,8 @@ class Spreader:
                     # used (an explorer stays first: its share is then a member's)
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
                 # NodeInfo.load of a and b, inlined (engine-aware: gateway/nodeinfo.py)
-                load_a = (a.local_in_flight + a.remote_in_flight) / a.capacity
-                if a.engine_load > load_a:
-                    load_a = a.engine_load
-                load_b = (b.local_in_flight + b.remote_in_flight) / b.capacity
-                if b.engine_load > load_b:
-                    load_b = b.engine_load
+                load_a = (a.local_in_flight + a.remote_in_flight) / a.capacity + a.engine_load
+                load_b = (b.local_in_flight + b.remote_in_flight) / b.capacity + b.engine_load
                 if load_b < load_a:
                     a, a_nb, b, b_nb = b, b_nb, a, a_nb
                 h = ref_health if a is ref else None
@@ -202,12 +196,8 @@ class Spreader:
                     if b.last_dispatch < a.last_dispatch:  # both near-best: on equal
                         pair.reverse()  # load, the least recently used
                         a, b = b, a
-                load_a = (a.local_in_flight + a.remote_in_flight) / a.capacity
-                if a.engine_load > load_a:
-                    load_a = a.engine_load
-                load_b = (b.local_in_flight + b.remote_in_flight) / b.capacity
-                if b.engine_load > load_b:
-                    load_b = b.engine_load
+                load_a = (a.local_in_flight + a.remote_in_flight) / a.capacity + a.engine_load
+                load_b = (b.local_in_flight + b.remote_in_flight) / b.capacity + b.engine_load
                 if load_b < load_a:
                     pair.reverse()
             for _, _, neg_base, node in pair:

@@ -166,6 +166,11 @@ class Result(Base, frozen=True, kw_only=True):
     with them ``output`` may be empty and ``finish_reason`` is ``tool_calls``."""
     logprobs: dict[str, Any] | None = None
     """The engine's log-probabilities of the output (OpenAI's ``logprobs`` object)."""
+    ttft_ms: float | None = None
+    """The node's time to its first output token (ms, from the dispatch's arrival; None:
+    not measured, or an embedding). A gateway takes ``latency_ms - ttft_ms`` (the decode
+    phase) off the answer's latency as it saw it, and judges the node's time to first
+    token as it does a stream's (docs/routing.md, "Health state machine")."""
 
 
 # -- cancels -----------------------------------------------------------------------

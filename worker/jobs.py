@@ -102,6 +102,7 @@ class JobRunner:
             to, copy, chunks = direct.to, direct.observe, direct.seq_from
         tag = attempt if direct is not None else 0
         produced = False
+        ttft_s = 0.0
         flushed = started
         clock = self.signals.clock(started)
         try:
@@ -113,7 +114,8 @@ class JobRunner:
                         clock.output(piece.tokens)
                     if not produced:
                         produced = True
-                        self._note_ttft(time.perf_counter() - started)
+                        ttft_s = time.perf_counter() - started
+                        self._note_ttft(ttft_s)
                     if not streaming:
                         continue
                     now = time.perf_counter()
@@ -178,6 +180,7 @@ class JobRunner:
                 prompt_tokens=out.prompt_tokens,
                 tool_calls=calls,
                 logprobs=logprobs,
+                ttft_ms=round(ttft_s * 1000, 3) if produced and out.embedding is None else None,
             )
             # No headers to the gateway: it reads ``tokens`` from the body (decoding a small
             # JSON is cheaper for it than parsing a header block).

@@ -59,25 +59,39 @@ def read_node_error(hdrs: dict[str, str], remaining_s: float) -> tuple[Verdict, 
     return verdict, Failure(err, verdict.blame, code, kind, node_reported=True), busy_s
 
 
-class _Tokens(msgspec.Struct):
+class _Figures(msgspec.Struct):
     tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
 
 
-_tokens_decoder = msgspec.json.Decoder(_Tokens)
+_figures_decoder = msgspec.json.Decoder(_Figures)
 
 
-def answered_tokens(flight: Flight, node_headers: dict[str, str], data: bytes) -> int:
-    """The tokens to report for a successful answer."""
+def answered(flight: Flight, node_headers: dict[str, str], data: bytes) -> tuple[int, float | None]:
+    """A successful answer's output tokens, and its decode phase as the node timed it
+    (seconds from its first token to its answer: a result's ``latency_ms - ttft_ms``;
+    None for a stream, whose first chunk the gateway times itself, or a node that does
+    not say)."""
     if flight.request.stream and flight.failovers:
         # After a failover the caller's total is what it received, whatever the last
         # node counted (it may or may not include ``resume.tokens``).
-        return flight.relayed()[1]
+        return flight.relayed()[1], None
     text = node_headers.get(h.TOKENS, "")
     if text.isdigit():
-        return int(text)
-    if data:  # a node that does not send Fed-Tokens: read the result
+        return int(text), None
+    if data:  # a result (our nodes send no headers with it): read it
         try:
-            return _tokens_decoder.decode(data).tokens
+            figures = _figures_decoder.decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return 0
-    return 0
+            return 0, None
+        ttft = figures.ttft_ms
+        if ttft is None or not 0.0 <= ttft <= figures.latency_ms:
+            return figures.tokens, None
+        return figures.tokens, (figures.latency_ms - ttft) / 1000.0
+    return 0, None
+
+
+def answered_tokens(flight: Flight, node_headers: dict[str, str], data: bytes) -> int:
+    """The tokens to report for a successful answer (``answered``'s first part)."""
+    return answered(flight, node_headers, data)[0]

@@ -40,15 +40,23 @@ def engine(**kw: Any) -> EngineSignals:
     return EngineSignals(measured_at=int(time.time() * 1000), **kw)
 
 
-def test_a_workers_own_running_count_is_not_load_again() -> None:
-    """Without engine metrics (source "worker") running is the node's jobs in flight, which
-    the gateway counts itself: only what waits counts (a stale snapshot herded traffic)."""
+def test_an_engine_count_is_load_only_beyond_the_counted_requests() -> None:
+    """The engine's running + waiting counts only beyond the heartbeat's in-flight (or
+    this gateway's peak): the requests the gateway counts itself, and more freshly (a
+    stale snapshot of them herded traffic), are not load again."""
     w = world()
     w.catalog.apply_heartbeat(
-        "n1", hb(capacity=4, engine=engine(running=4, waiting=2, source="worker"))
+        "n1", hb(capacity=4, in_flight=4, engine=engine(running=4, source="worker"))
     )
     node = w.catalog.node("n1")
-    assert node is not None and node.engine_load == pytest.approx(0.5)
+    assert node is not None and node.engine_load == 0.0 and node.load == 1.0  # 4 of 4, once
+    for _ in range(4):
+        w.catalog.add_in_flight("n1", 1)  # this gateway's 4 are on their way back
+    w.catalog.apply_heartbeat("n1", hb(capacity=4, in_flight=1, engine=engine(running=6)))
+    assert node.engine_load == pytest.approx(0.5)  # 2 of another client, beyond our 4
+    for _ in range(4):
+        w.catalog.add_in_flight("n1", -1)
+    assert node.load == pytest.approx(0.5)  # not the snapshot's 6 of 4 (1.5)
 
 
 def routes(w: World, request_of: Any, n: int = 60) -> Counter[str]:

@@ -215,10 +215,18 @@ def test_load_counts_a_stale_heartbeat_only_for_the_other_gateways_part() -> Non
     assert node is not None and node.remote_in_flight == 0 and node.load == 15 / 64
     cat.add_in_flight("n", -15)  # the batch finished; the heartbeat still says 15
     assert node.load == 0.0  # was 15 / 64 until the next heartbeat
+    # A heartbeat sent before the batch's answers came and read after them: the node
+    # still counted 15, all this gateway's (it had 15 there within two intervals).
+    cat.apply_heartbeat("n", hb(capacity=64, in_flight=15))
+    assert node.remote_in_flight == 0 and node.load == 0.0  # was 15 phantom requests
+    cat.apply_heartbeat("n", hb(capacity=64, in_flight=4))  # within two intervals of 15:
+    assert node.remote_in_flight == 0  # could still be this gateway's, not counted
     cat.apply_heartbeat("n", hb(capacity=64, in_flight=4))  # 4 of another gateway's
     assert node.remote_in_flight == 4
     cat.add_in_flight("n", 2)
     assert node.load == 6 / 64
+    cat.apply_heartbeat("n", hb(capacity=64, in_flight=7))  # 2 ours + 5 theirs
+    assert node.remote_in_flight == 5 and node.load == 7 / 64
 
 
 def test_in_flight_and_capacity() -> None:

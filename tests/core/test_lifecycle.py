@@ -27,7 +27,13 @@ from gateway.core.steps import (
     WaitBusy,
 )
 from gateway.core.table import FlightTable
-from gateway.core.verdicts import answered_tokens, final_error, read_node_error, refusal
+from gateway.core.verdicts import (
+    answered,
+    answered_tokens,
+    final_error,
+    read_node_error,
+    refusal,
+)
 from gateway.outcome import Blame
 from shared import errors
 from shared import messages as m
@@ -283,6 +289,18 @@ def test_the_tokens_reported_are_what_the_caller_received() -> None:
     s.chunk_log = [m.encode(m.Chunk(seq=1, text="a", tokens=2))]
     s.failovers = 1
     assert answered_tokens(s, {"Fed-Tokens": "9"}, b"") == 2
+
+
+def test_a_results_decode_phase_is_read_from_the_node_s_timing() -> None:
+    """A result with ``ttft_ms`` gives its decode phase (latency less TTFT, seconds);
+    none without it, with an impossible one, or for a stream (timed by the gateway)."""
+    f = flight()
+    ok = b'{"tokens": 20, "latency_ms": 250.0, "ttft_ms": 50.0, "output": "x"}'
+    assert answered(f, {}, ok) == (20, pytest.approx(0.2))
+    assert answered(f, {}, b'{"tokens": 20, "latency_ms": 250.0}') == (20, None)
+    assert answered(f, {}, b'{"tokens": 3, "latency_ms": 10.0, "ttft_ms": 11.0}') == (3, None)
+    assert answered(f, {}, b'{"tokens": 3, "latency_ms": 10.0, "ttft_ms": -1}') == (3, None)
+    assert answered(flight(stream=True), {"Fed-Tokens": "9"}, b"") == (9, None)
 
 
 def test_refused_before_acceptance_and_final_errors() -> None:

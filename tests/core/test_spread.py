@@ -7,6 +7,8 @@ from collections import Counter, deque
 import pytest
 
 from gateway.catalog import NodeInfo
+from gateway.core.flight import Attempt
+from gateway.fleet import Fleet
 from gateway.health import HealthConfig, HealthState
 from gateway.ordering import Entry
 from gateway.policies import Candidate, CompositePolicy, HealthPolicy, LatencyPolicy, Policy
@@ -166,6 +168,45 @@ def test_a_new_node_behind_non_streaming_traffic_does_not_take_it_all() -> None:
     assert new is not None and new.status is HealthState.HEALTHY and not new.measured
     assert served["new"] <= 10, served  # explored (4 successes), then left to its canary
     assert min(served["a"], served["b"]) >= 130, served
+
+
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_results_with_the_node_s_ttft_measure_a_node_as_streams_do(concurrency: int) -> None:
+    """A result that carries the node's TTFT (``Result.ttft_ms``) is judged as a stream
+    is: its latency less the node's decode phase is a TTFT sample. Two identical nodes,
+    one measured by streams and one only by results, split the traffic evenly (with
+    results unmeasured, 46 / 154 of 200 at concurrency 16: tests/integration/test_spread.py)."""
+    w = World(P2C)
+    fleet = Fleet(w.catalog, w.health, w.breaker, w.router)
+    node(w, "streams")
+    w.catalog.apply_heartbeat("results", hb(region="us", capacity=64))
+    w.health.register_node("results")
+    in_flight: deque[Attempt] = deque()
+    served: Counter[str] = Counter()
+
+    def complete() -> None:
+        attempt = in_flight.popleft()
+        w.clock.advance(0.05)
+        now = attempt.started + 1.2  # 0.2 s to the first token, 1.0 s of decode
+        if attempt.node_id == "streams":
+            attempt.first_chunk_at = attempt.started + 0.2
+            fleet.release(attempt, True, now, 50, True)
+        else:
+            fleet.release(attempt, True, now, 50, False, decode_s=1.0)
+
+    for i in range(400):
+        if len(in_flight) >= concurrency:
+            complete()
+        c = w.router.route(req(request_id=f"r{i}"))
+        fleet.hold(c.node_id)
+        in_flight.append(Attempt(1, c.node_id, c.score, w.clock(), 0, 0))
+        served[c.node_id] += 1
+    while in_flight:
+        complete()
+    h = w.health.get_cached_health("results")
+    assert h is not None and h.measured and h.latency_p50_ms == pytest.approx(200.0)
+    assert h.tpot_p50_ms == pytest.approx(20.0)  # the decode phase per token
+    assert 0.4 <= served["results"] / 400 <= 0.6, served
 
 
 def test_least_latency_still_starves_an_unknown_node() -> None:

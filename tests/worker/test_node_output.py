@@ -130,6 +130,45 @@ async def test_result_carries_tool_calls_and_prompt_tokens(nats_url: str) -> Non
     ]
 
 
+class Paced:
+    """A backend whose first token comes after ``ttft_s``, then ``tokens`` one by one."""
+
+    def __init__(self, ttft_s: float, tokens: int, embedding: bool = False) -> None:
+        self.ttft_s, self.tokens, self.embedding = ttft_s, tokens, embedding
+
+    async def stream(self, job: Job) -> AsyncIterator[Piece]:
+        await asyncio.sleep(self.ttft_s)  # the backend's prefill, not a synchronisation
+        if self.embedding:
+            yield Piece(text="", tokens=0, embedding=[0.5, 0.5])
+            return
+        for _ in range(self.tokens):
+            yield Piece(text="x", tokens=1)
+            await asyncio.sleep(0.01)
+
+
+async def test_result_carries_the_node_s_time_to_first_token(nats_url: str) -> None:
+    """A result says when its first token came (``ttft_ms``) so that a gateway can judge
+    a non-streaming answer per unit of work; an embedding says nothing."""
+    node, nc = await node_with(nats_url, Paced(0.2, 10))
+    try:
+        (msg,) = await ask(nc, "w1", {"model": "m"})
+    finally:
+        await node.stop()
+        await nc.close()
+    result = json.loads(msg.data)
+    assert result["tokens"] == 10
+    assert 200.0 <= result["ttft_ms"] < result["latency_ms"]
+    assert result["latency_ms"] - result["ttft_ms"] >= 90.0  # 9 gaps of 10 ms, at least
+    node, nc = await node_with(nats_url, Paced(0.01, 0, embedding=True))
+    try:
+        (msg,) = await ask(nc, "w1", {"model": "m", "cap": "embed"})
+    finally:
+        await node.stop()
+        await nc.close()
+    result = json.loads(msg.data)
+    assert result["embedding"] == [0.5, 0.5] and result.get("ttft_ms") is None
+
+
 @pytest.mark.parametrize(
     ("error", "code", "kind", "extra"),
     [
