@@ -77,7 +77,7 @@ class Relay:
                 return
         now = self.clock()
         attempt.last_activity = now
-        attempt.pinged = False
+        attempt.pinged = 0.0
         if attempt.first_chunk_at is None:
             attempt.first_chunk_at = now
         if not flight.request.stream:
@@ -119,7 +119,7 @@ class Relay:
         data = msg.data
         now = self.clock()
         attempt.last_activity = now
-        attempt.pinged = False
+        attempt.pinged = 0.0
         if attempt.first_chunk_at is None:
             attempt.first_chunk_at = now
         delivered = attempt.direct == flight.reply and flight.sink is None

@@ -103,7 +103,7 @@ class Sweeper:
                 await engine.stop_job(flight)
                 await engine.finish_error(flight, errors.Timeout(flight.deadline - flight.started))
             elif timer is PING and attempt is not None:
-                attempt.pinged = True
+                attempt.pinged = now
                 await engine.wire.ping(flight, attempt)
             else:
                 await engine.failed(flight, engine.lifecycle.timeout_failure(flight, timer))

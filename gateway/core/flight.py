@@ -79,8 +79,8 @@ class Attempt:
         """How long the node may take to that first chunk, seconds (0: the configured
         ``first_chunk_timeout_s``; set at dispatch from the node's own record)."""
         self.last_activity = started
-        self.pinged = False
-        """A liveness ping is out since the last activity."""
+        self.pinged = 0.0
+        """When the last liveness ping since the last activity went out (0: none)."""
         self.offset = offset
         """Caller seq of the chunk before this attempt's first one."""
         self.epoch = epoch

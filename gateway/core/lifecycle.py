@@ -59,6 +59,13 @@ BUSY_BACKOFF_S = 0.1
 QUEUE_FULL_RETRY_AFTER_S = 1.0
 """``Retry-After`` of a ``429`` answered because the capacity queue is full."""
 
+REPING_FACTOR = 4.0
+"""An attempt still silent after its liveness ping is pinged again every this many
+``liveness_probe_s`` (1 s at the default): a non-streaming request is silent until its
+answer, and a node that dies after the first ping was otherwise noticed only when its
+heartbeats stopped (3 intervals: a request moved after 3.5 s instead of 0.5 s in a trial
+that killed a node, 2026-12)."""
+
 SLOW_NODE_FACTOR = 3.0
 """A node may take this many times what its own recent p90s predict before its first
 chunk is overdue (``Lifecycle.first_chunk_limit``)."""
@@ -230,8 +237,10 @@ class Lifecycle:
                 return FIRST_CHUNK
         elif now - attempt.last_activity >= lim.stall_timeout_s:
             return STALL
-        if not attempt.pinged and now - attempt.last_activity >= lim.liveness_probe_s:
-            return PING
+        if now - attempt.last_activity >= lim.liveness_probe_s:
+            pinged = attempt.pinged
+            if not pinged or now - pinged >= REPING_FACTOR * lim.liveness_probe_s:
+                return PING
         return NO_TIMER
 
     def first_chunk_limit(

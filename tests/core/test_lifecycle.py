@@ -251,8 +251,10 @@ def test_timers_fire_in_their_order() -> None:
     dispatch(f, "n1")
     assert lc.due(f, NOW + 0.1) is Timer.NONE
     assert lc.due(f, NOW + 0.3) is Timer.PING  # silent before its first chunk
-    f.current.pinged = True  # type: ignore[union-attr]
-    assert lc.due(f, NOW + 5) is Timer.NONE
+    f.current.pinged = NOW + 0.3  # type: ignore[union-attr]
+    assert lc.due(f, NOW + 1.2) is Timer.NONE  # the node answered; still silent:
+    assert lc.due(f, NOW + 1.3) is Timer.PING  # pinged again every 4 x liveness_probe_s
+    f.current.pinged = NOW + 9.3  # type: ignore[union-attr]
     assert lc.due(f, NOW + 10) is Timer.FIRST_CHUNK
     f.current.first_chunk_at = f.current.last_activity = NOW + 1  # type: ignore[union-attr]
     assert lc.due(f, NOW + 3) is Timer.STALL
@@ -393,5 +395,5 @@ def test_the_first_chunk_limit_follows_the_nodes_own_record() -> None:
     f = flight(stream=True)
     dispatch(f, "n1")
     f.current.first_chunk_s = 18.0  # type: ignore[union-attr]
-    f.current.pinged = True  # type: ignore[union-attr]
+    f.current.pinged = NOW + 16.5  # type: ignore[union-attr]
     assert lc.due(f, NOW + 17) is Timer.NONE and lc.due(f, NOW + 18) is Timer.FIRST_CHUNK

@@ -248,5 +248,43 @@ async def test_mid_stream_failover_with_real_workers(fed: Federation, nc: Client
         assert hdrs["Fed-Tokens"] == "40"
 
 
+async def test_a_silent_request_moves_when_its_node_dies_after_the_first_ping(
+    fed: Federation, nc: Client
+) -> None:
+    """A non-streaming request is silent until its answer: the gateway keeps pinging its
+    node (every 4 x liveness_probe_s), so a node SIGKILLed after the first ping is found
+    gone by a ping, long before its heartbeats are missed (3 x 2 s here); before, only
+    the heartbeat expiry moved the request."""
+    url = fed.url
+    gw = await fed.gateway(fast(first_chunk_timeout_s=30, request_timeout_s=30))
+    with processes() as procs:
+        workers: dict[str, Proc] = {}
+        for node_id in ("w1", "w2"):
+            workers[node_id] = Proc(
+                "worker", "--nats", url, "--node-id", node_id, "--model", "m",
+                "--capability", "generate", "--token-interval-ms", "20",
+                "--heartbeat-interval", "2",
+            )  # fmt: skip
+            procs.append(workers[node_id])
+        await fed.seen("w1", "w2", timeout=20)
+        pongs = await nc.subscribe(f"{gw.engine.inbox}.*.p1")  # a copy of each ping's answer
+        body = {"input": "silent", "params": {"max_tokens": 60, "seed": 3}}
+        answer = asyncio.ensure_future(ask(nc, "infer.generate", body, timeout=30))
+        await eventually(lambda: len(gw.engine.flights) == 1, what="the request is in flight")
+        (flight,) = gw.engine.flights.values()
+        victim = flight.node_id
+        pong = await pongs.next_msg(timeout=10)  # its node answered the first ping
+        assert not (pong.headers or {}).get("Status")  # (not "no responders")
+        workers[victim].kill()  # SIGKILL: no leave, no error, its heartbeats just stop
+        survivor = "w2" if victim == "w1" else "w1"
+        await eventually(lambda: flight.node_id == survivor, timeout=10, what="moved")
+        assert gw.catalog.node(victim) is not None  # found by a ping, not by expiry
+        msg = await answer
+        assert_ok_result(msg)
+        hdrs = msg.headers or {}
+        assert (hdrs["Fed-Served-By"], hdrs["Fed-Attempts"]) == (survivor, "2")
+        assert json.loads(msg.data)["output"] == expected_text("m", "silent", 3, 60)
+
+
 async def _has(nc: Client, node_id: str) -> bool:
     return node_id in await nodes_view(nc)
