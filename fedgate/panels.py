@@ -91,7 +91,7 @@ def health_panel(d: Board) -> tuple[str, RenderableType]:
     nodes = d.merged_nodes()
     if not nodes:
         return "NODE HEALTH", Text("No nodes registered for health monitoring.")
-    t = grid(["Node", "State", "Latency P50", "Latency P99", "Queue"], [25, 20, 20, 20, 15])
+    t = grid(["Node", "State", "TTFT P50", "TTFT P99", "In flight"], [25, 20, 20, 20, 15])
     for n in nodes:
         t.add_row(
             n["node_id"],

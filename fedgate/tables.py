@@ -75,9 +75,9 @@ def table(headers: Sequence[str], numeric: Sequence[str] = ()) -> Table:
 def nodes_table(replies: list[dict[str, Any]]) -> RenderableType:
     """``fedgate nodes``: one row per node, per gateway that sees it."""
     t = table(
-        ["GATEWAY", "NODE", "REGION", "MODELS", "CAPABILITIES", "HEALTH", "P50 MS", "P99 MS",
-         "CIRCUIT", "LOAD", "PRIVACY", "HB AGE MS"],
-        numeric=["P50 MS", "P99 MS", "LOAD", "HB AGE MS"],
+        ["GATEWAY", "NODE", "REGION", "MODELS", "CAPABILITIES", "HEALTH", "TTFT P50 MS",
+         "TTFT P99 MS", "TPOT MS", "CIRCUIT", "LOAD", "PRIVACY", "HB AGE MS"],
+        numeric=["TTFT P50 MS", "TTFT P99 MS", "TPOT MS", "LOAD", "HB AGE MS"],
     )  # fmt: skip
     for reply in replies:
         for n in reply.get("nodes", []):
@@ -90,6 +90,7 @@ def nodes_table(replies: list[dict[str, Any]]) -> RenderableType:
                 ",".join(sorted({c for md in n["models"] for c in md["capabilities"]})),
                 state(n["health"]),
                 *latencies(n),
+                fmt(n.get("tpot_p50_ms")) if n.get("tpot_p50_ms") is not None else NOT_MEASURED,
                 state(n["circuit"]),
                 f"{n['in_flight']}/{n['capacity']}",
                 n["privacy"],

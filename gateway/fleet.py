@@ -81,7 +81,9 @@ class Fleet:
         to its answer), so that an answer is judged per unit of work whether streamed or
         not (without it, a node that had only answered non-streaming requests stayed
         unmeasured, scored as ``UNMEASURED_MS`` beside measured peers: 46 / 154 of 200
-        requests at concurrency 16 between two identical nodes)."""
+        requests at concurrency 16 between two identical nodes). The result's first token
+        is then placed there (``attempt.first_chunk_at``): the TTFT histogram and span
+        attribute read it."""
         node_id = attempt.node_id
         self.catalog.add_in_flight(node_id, -1)
         left = self.held.get(node_id, 0) - 1
@@ -99,6 +101,7 @@ class Fleet:
                     ttft = attempt.first_chunk_at - attempt.started
             elif decode_s is not None:
                 ttft = latency - decode_s if latency > decode_s else 0.0
+                attempt.first_chunk_at = attempt.started + ttft  # metrics and spans too
             self.health.report_success(node_id, latency, tokens, ttft_s=ttft)
             self.breaker.record_success(node_id)
             if self.share is not None:

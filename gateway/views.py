@@ -108,6 +108,9 @@ class Views:
                     incarnation=node.incarnation,
                     heartbeat_age_ms=round((now - node.last_seen) * 1000, 1),
                     tokens_per_s=node.tokens_per_s,
+                    tpot_p50_ms=health.tpot_p50_ms
+                    if health and health.tpot_samples
+                    else msgspec.UNSET,
                 )
             )
         return m.NodesReply(gateway=self.gateway_id, nodes=views)

@@ -71,6 +71,9 @@ class NodeView(Base, frozen=True, kw_only=True):
     heartbeat_age_ms: float = 0.0
     """Milliseconds since the node's last heartbeat."""
     tokens_per_s: float | None = None
+    tpot_p50_ms: float | UnsetType = UNSET
+    """(addition) Median time per output token, ms, as this gateway measured it (absent:
+    no sample). ``latency_*`` are the time to first token (docs/routing.md)."""
 
 
 class NodesReply(Base, frozen=True, kw_only=True):

@@ -139,15 +139,15 @@ async def test_tables_of_replayed_replies(nats_url: str) -> None:
             outputs[case] = await asyncio.to_thread(fedgate, *argv, "--nats", nats_url)
     nodes = outputs["nodes"].stdout.splitlines()
     assert nodes[0].split() == ["GATEWAY", "NODE", "REGION", "MODELS", "CAPABILITIES", "HEALTH",
-                                "P50", "MS", "P99", "MS", "CIRCUIT", "LOAD", "PRIVACY", "HB",
-                                "AGE", "MS"]  # fmt: skip
+                                "TTFT", "P50", "MS", "TTFT", "P99", "MS", "TPOT", "MS",
+                                "CIRCUIT", "LOAD", "PRIVACY", "HB", "AGE", "MS"]  # fmt: skip
     assert set(nodes[1]) == {"─"}
     assert [line.split()[:3] for line in nodes[2:]] == [
         ["gw-a", "eu-1", "eu-west"], ["gw-a", "us-1", "us-west"], ["gw-a", "emb-1", "us-west"],
         ["gw-b", "eu-1", "eu-west"], ["gw-b", "us-1", "us-west"], ["gw-b", "emb-1", "us-west"],
     ]  # fmt: skip
     # recorded before any request: no latency sample, "–" rather than a fast-looking 0.00
-    assert [line.split()[6:8] for line in nodes[2:]] == [["–", "–"]] * 6
+    assert [line.split()[6:9] for line in nodes[2:]] == [["–", "–", "–"]] * 6
     assert "\x1b[" not in outputs["nodes"].stdout  # no colour when piped
     stats = outputs["stats"].stdout.splitlines()
     assert stats[0].split()[:3] == ["GATEWAY", "TOTAL", "OK"]

@@ -165,6 +165,30 @@ async def test_prometheus_endpoint_counts_traffic(nats_url: str) -> None:
         assert "fedgate_heartbeat_age_seconds" in after
 
 
+async def test_a_results_ttft_is_its_first_token_not_the_whole_answer(nats_url: str) -> None:
+    """A non-streaming result carries the node's TTFT: the TTFT histogram and the health
+    checker count the time to the first token, not the whole answer (decode included)."""
+    async with federation(nats_url) as fed:
+        gw = await fed.gateway(metrics_port=0)
+        slow_decode = SyntheticBackend(SyntheticOptions(ttft_ms=5, token_interval_ms=40))
+        await fed.node("w1", slow_decode, models=MODELS)
+        await fed.seen("w1")
+        client = FedClient(await fed.client())
+        result = await client.infer("generate", "decode slowly", params={"max_tokens": 10})
+        assert result.result.tokens == 10 and result.result.ttft_ms is not None
+        text = await _scrape(gw.metrics_port)
+        assert _value(text, "fedgate_ttft_seconds_count", node="w1") == 1
+        ttft = _value(text, "fedgate_ttft_seconds_sum", node="w1")
+        whole = _value(text, "fedgate_request_duration_seconds_sum", outcome="ok")
+        assert whole >= 0.35  # 9 gaps of 40 ms
+        assert ttft < whole - 0.3, (ttft, whole)  # the decode phase is not in it
+        health = gw.health.get_cached_health("w1")
+        assert health is not None and health.measured and health.latency_p50_ms < 1000 * ttft + 1
+        (view,) = gw.views.nodes().nodes  # `fedgate nodes`: TTFT and TPOT apart
+        assert view.latency_p50_ms == health.latency_p50_ms
+        assert isinstance(view.tpot_p50_ms, float) and 30.0 <= view.tpot_p50_ms < 400.0
+
+
 async def test_decisions_published_and_decodable(nats_url: str) -> None:
     async with federation(nats_url) as fed:
         await fed.gateway()
